@@ -1,0 +1,3 @@
+from xaitk_exp.cli import main
+
+main()

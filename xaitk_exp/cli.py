@@ -1,0 +1,108 @@
+"""The entry point: ``xaitk-exp`` / ``python -m xaitk_exp``. Hydra composes the config; a stage runner runs it.
+
+Heavy libraries (mlflow, xaitk-saliency, scikit-learn) are imported only once a stage starts, so ``--help`` and
+``--cfg job`` stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+GROUPS = ("dataset", "model", "saliency", "logging")
+CONFIG_PACKAGE = "xaitk_exp.conf"
+
+
+def group_options(group: str) -> list[str]:
+    """The option names of a config group (the YAML files shipped in ``xaitk_exp.conf/<group>``)."""
+    from importlib.resources import files
+
+    folder = files(CONFIG_PACKAGE).joinpath(group)
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def precheck_overrides(argv: list[str]) -> str | None:
+    """A one-line error for ``group=option`` overrides naming an option that does not exist, else None."""
+    for token in argv:
+        if token.startswith("-") or "=" not in token:
+            continue
+        key, _, value = token.partition("=")
+        key = key.lstrip("+~")
+        if key not in GROUPS or any(ch in value for ch in "()[]{}*$"):
+            continue
+        options = group_options(key)
+        for choice in value.split(","):
+            if choice.strip() and choice.strip() not in options:
+                return f"{key}={choice.strip()!r} is invalid: one of {', '.join(options)}"
+    return None
+
+
+def run(cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | Path | None = None) -> object:
+    """Validate ``cfg``, open the tracker for its logging level and run ``cfg.stage``. Returns the stage context."""
+    from xaitk_exp.config import resolve_tracking, validate
+    from xaitk_exp.errors import ConfigError
+    from xaitk_exp.stages import STAGES, Context
+    from xaitk_exp.tracking import make_tracker
+
+    validate(cfg)
+    _http_settings(cfg)
+    uri, artifact_root = resolve_tracking(cfg)
+    tracker = make_tracker(str(cfg.logging.level), uri, artifact_root)
+    ctx = Context(cfg=cfg, tracker=tracker, output_dir=Path(output_dir or "."), overrides=list(overrides or []))
+    if cfg.stage == "reproduce":
+        from xaitk_exp.reproduce import run_reproduce
+
+        run_reproduce(ctx)
+        return ctx
+    runner = STAGES.get(str(cfg.stage))
+    if runner is None:
+        raise ConfigError("stage", cfg.stage, f"one of {', '.join([*STAGES, 'reproduce'])}")
+    runner(ctx)
+    if uri.startswith("sqlite:"):
+        print(f"View the runs: mlflow ui --backend-store-uri {uri}")
+    return ctx
+
+
+def _http_settings(cfg: DictConfig) -> None:
+    """Bound how long an unreachable tracking server can stall a job (MLflow retries for minutes by default)."""
+    http = cfg.tracking.get("http") or {}
+    for key, env in (
+        ("timeout", "MLFLOW_HTTP_REQUEST_TIMEOUT"),
+        ("max_retries", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"),
+        ("backoff_factor", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"),
+    ):
+        if http.get(key) is not None:
+            os.environ[env] = str(http[key])
+
+
+@hydra.main(version_base="1.3", config_path="pkg://xaitk_exp.conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from xaitk_exp.errors import XaitkExpError
+
+    hc = HydraConfig.get()
+    try:
+        run(cfg, list(hc.overrides.task), hc.runtime.output_dir)
+    except XaitkExpError as exc:
+        print(f"xaitk-exp: error: {exc}", file=sys.stderr)
+        if hc.mode == RunMode.MULTIRUN:
+            raise
+        sys.exit(2)
+
+
+def main() -> None:
+    message = precheck_overrides(sys.argv[1:])
+    if message:
+        print(f"xaitk-exp: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""A folder of PNG/JPEG images with one sub-folder per class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from xaitk_exp.data.base import ImageSplit, split_arrays
+from xaitk_exp.errors import ConfigError, DataError
+
+SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class ImageFolder:
+    """Images under ``path/<class>/*.png|jpg``, resized to ``shape`` ``[H, W]``, ``grayscale`` or RGB.
+
+    With ``resize=False`` every image must already have ``shape``; mixed sizes are refused.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        name: str | None = None,
+        shape: tuple[int, int] = (32, 32),
+        grayscale: bool = True,
+        resize: bool = True,
+        test_size: float = 0.25,
+        seed: int = 0,
+    ) -> None:
+        self.path, self.name, self.shape, self.grayscale = path, name, tuple(shape), bool(grayscale)
+        self.resize, self.test_size, self.seed = bool(resize), test_size, seed
+
+    def load(self) -> ImageSplit:
+        from PIL import Image, UnidentifiedImageError
+
+        if not self.path:
+            raise ConfigError("dataset.path", self.path, "a folder with one sub-folder of images per class")
+        root = Path(self.path).expanduser()
+        if not root.is_dir():
+            raise ConfigError("dataset.path", self.path, "an existing folder with one sub-folder per class")
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        files = [(c, f) for c in classes for f in sorted((root / c).iterdir()) if f.suffix.lower() in SUFFIXES]
+        if not files:
+            raise ConfigError(
+                "dataset.path", self.path, f"a folder whose class sub-folders hold {', '.join(SUFFIXES)} files"
+            )
+        if len({c for c, _ in files}) < 2:
+            raise ConfigError("dataset.path", self.path, "at least two class sub-folders with images")
+        if len(self.shape) != 2 or min(self.shape) < 1:
+            raise ConfigError("dataset.shape", list(self.shape), "[height, width] with positive integers")
+        mode = "L" if self.grayscale else "RGB"
+        images, labels, paths, sizes = [], [], [], set()
+        for c, f in files:
+            rel = f.relative_to(root).as_posix()
+            try:
+                with Image.open(f) as im:
+                    im = im.convert(mode)
+                    sizes.add(im.size)
+                    if self.resize:
+                        im = im.resize((self.shape[1], self.shape[0]), Image.BILINEAR)
+                    arr = np.asarray(im, dtype="float64") / 255.0
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataError(f"dataset.path: image {rel!r} cannot be read ({type(exc).__name__}); remove or fix it") from exc
+            images.append(arr)
+            labels.append(classes.index(c))
+            paths.append(rel)
+        if not self.resize and len(sizes) > 1:
+            raise ConfigError(
+                "dataset.resize", False, f"true, or images of one size (found {sorted(sizes)[:3]}...)"
+            )
+        present = sorted(set(labels))
+        names = [classes[i] for i in present]
+        label_arr = np.searchsorted(present, labels)
+        return split_arrays(
+            self.name or root.name, np.stack(images), label_arr, self.test_size, self.seed, paths, names
+        )

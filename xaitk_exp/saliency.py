@@ -1,0 +1,67 @@
+"""Build xaitk-saliency algorithms from config and compute maps with them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from xaitk_exp.config import SALIENCY_RESERVED, instantiate, to_dict, validate_saliency
+
+
+class Algorithm:
+    """A configured saliency generator plus the settings its ``get_config()`` leaves out (``fill``, the name).
+
+    ``needs_channels``: MC-RISE wants ``[H, W, C]`` input even for grayscale; maps come back
+    ``[k_colors, n_classes, H, W]`` for it and ``[n_classes, H, W]`` otherwise.
+    """
+
+    def __init__(self, cfg: Any, image_shape: tuple[int, ...], extra_allowed: Iterable[str] = ()) -> None:
+        node = to_dict(cfg)
+        self.name: str = node["name"]
+        self.fill = node.get("fill")
+        ctor = {k: v for k, v in node.items() if k not in SALIENCY_RESERVED}
+        validate_saliency(ctor, tuple(image_shape[:2]))
+        self.target: str = ctor["_target_"]
+        self.generator = instantiate(ctor, "saliency", extra_allowed)
+        if self.fill is not None and hasattr(self.generator, "fill"):
+            self.generator.fill = self.fill
+        self.needs_channels = type(self.generator).__name__ == "MCRISEStack"
+
+    def config(self) -> dict[str, Any]:
+        """What ran: the generator's ``get_config()``, its class, and ``fill`` (which ``get_config`` omits)."""
+        cfg = dict(self.generator.get_config())
+        cfg["fill"] = self.fill
+        cfg["algorithm"] = self.name
+        cfg["class"] = self.target
+        return cfg
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        return image[..., None] if self.needs_channels and image.ndim == 2 else image
+
+    def compute(self, image: np.ndarray, blackbox: Any) -> np.ndarray:
+        """Maps for every class of ``blackbox``: ``[n_classes, H, W]`` (MC-RISE: ``[k, n_classes, H, W]``), in
+        ``[-1, 1]``."""
+        return np.asarray(self.generator(self.prepare(image), blackbox))
+
+
+def class_maps(maps: np.ndarray) -> np.ndarray:
+    """``[n_classes, H, W]`` maps for display and metrics; MC-RISE's per-colour maps are averaged."""
+    return maps.mean(axis=0) if maps.ndim == 4 else maps
+
+
+def compute_many(
+    algorithm_cfg: Any,
+    image_shape: tuple[int, ...],
+    model: Any,
+    images: list[np.ndarray],
+    chunk_size: int,
+    extra_allowed: Iterable[str] = (),
+) -> list[np.ndarray]:
+    """Worker body for parallel saliency: rebuild the algorithm in this process and compute each image's maps."""
+    from xaitk_exp.blackbox import SklearnBlackbox
+
+    algo = Algorithm(algorithm_cfg, image_shape, extra_allowed)
+    bb = SklearnBlackbox(model, chunk_size)
+    return [algo.compute(img, bb) for img in images]

@@ -1,0 +1,41 @@
+"""Stage runners and the registry the entry point dispatches on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from xaitk_exp.stages.context import Context
+
+
+def _train(ctx: Context) -> None:
+    from xaitk_exp.stages.train import run_train
+
+    run_train(ctx)
+
+
+def _evaluation(ctx: Context) -> None:
+    from xaitk_exp.stages.evaluation import run_evaluation
+
+    run_evaluation(ctx)
+
+
+def _saliency(ctx: Context) -> None:
+    from xaitk_exp.stages.saliency import run_saliency
+
+    run_saliency(ctx)
+
+
+def _all(ctx: Context) -> None:
+    _train(ctx)
+    _evaluation(ctx)
+    _saliency(ctx)
+
+
+STAGES: dict[str, Callable[[Context], None]] = {
+    "all": _all,
+    "train": _train,
+    "evaluation": _evaluation,
+    "saliency": _saliency,
+}
+
+__all__ = ["STAGES", "Context"]

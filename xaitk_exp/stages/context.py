@@ -1,0 +1,198 @@
+"""What the stages share within one job: the config, the tracker, the loaded data and the upstream results."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from xaitk_exp.config import config_hash, instantiate, to_dict
+from xaitk_exp.data import ImageSplit
+from xaitk_exp.errors import ConfigError, DataError, TrackingError
+from xaitk_exp.tracking.base import Tracker
+
+PACKAGES = ("xaitk-exp", "mlflow", "scikit-learn", "xaitk-saliency", "numpy", "hydra-core", "skops")
+
+
+@dataclass
+class Context:
+    """State handed from stage to stage. ``model`` and the run ids are filled in as stages finish."""
+
+    cfg: DictConfig
+    tracker: Tracker
+    output_dir: Path
+    overrides: list[str] = field(default_factory=list)
+    model: Any = None
+    train_run_id: str | None = None
+    train_exp_id: str | None = None
+    evaluation_run_id: str | None = None
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def extra_allowed(self) -> list[str]:
+        return list(self.cfg.get("allow_targets") or [])
+
+    # ----- data ----------------------------------------------------------------------------------------------
+    @cached_property
+    def split(self) -> ImageSplit:
+        loader = instantiate(self.cfg.dataset, "dataset", self.extra_allowed)
+        return loader.load()
+
+    @property
+    def dataset_name(self) -> str:
+        return str(self.cfg.dataset.name)
+
+    # ----- model ---------------------------------------------------------------------------------------------
+    @property
+    def pretrained_uri(self) -> str | None:
+        return self.cfg.model.get("uri")
+
+    def build_model(self) -> Any:
+        from xaitk_exp.models import check_classifier
+
+        node = {k: v for k, v in to_dict(self.cfg.model).items() if k not in ("name",)}
+        model = instantiate(node, "model", self.extra_allowed)
+        check_classifier(model)
+        return model
+
+    @property
+    def model_class(self) -> str:
+        if self.model is not None:
+            return type(self.model).__name__
+        if self.pretrained_uri:
+            return type(self.load_pretrained()).__name__
+        target = str(self.cfg.model.get("_target_", ""))
+        return target.rsplit(".", 1)[-1]
+
+    def load_pretrained(self) -> Any:
+        from xaitk_exp.models import load_model
+
+        if self.model is None:
+            self.model = load_model(self.pretrained_uri, self.tracker.uri, bool(self.cfg.model.get("allow_pickle")))
+            self.train_run_id, self.train_exp_id = self._pretrained_source()
+        return self.model
+
+    def _pretrained_source(self) -> tuple[str | None, str | None]:
+        uri = str(self.pretrained_uri)
+        run_id = None
+        if uri.startswith("runs:/"):
+            run_id = uri[len("runs:/") :].split("/")[0]
+        elif uri.startswith("models:/"):
+            name_version = uri[len("models:/") :].split("/")
+            if len(name_version) >= 2 and name_version[1].isdigit():
+                try:
+                    run_id = self.tracker.client.get_model_version(name_version[0], name_version[1]).run_id
+                except Exception:
+                    run_id = None
+        if run_id is None:
+            return None, None
+        run = self.tracker.get_run(run_id)
+        return run_id, run.info.experiment_id
+
+    def experiment_name(self, stage: str) -> str:
+        return f"{self.model_class} - {stage}"
+
+    # ----- hashes: the config that matters to each stage ---------------------------------------------------------
+    def hash_for(self, stage: str) -> str:
+        c = self.cfg
+        train = config_hash(c.dataset, c.model)
+        if stage == "train":
+            return train
+        evaluation = config_hash(train, c.evaluation)
+        if stage == "evaluation":
+            return evaluation
+        return config_hash(evaluation, c.saliency, c.query, c.get("metrics"))
+
+    def find_latest(self, stage_experiment: str, stage: str, extra_filter: str = "") -> Any:
+        """The latest FINISHED run of ``stage`` whose recorded config hash equals this config's."""
+        exp_id = self.tracker.experiment(self.experiment_name(stage_experiment), create=False)
+        if exp_id is None:
+            return None
+        flt = f"tags.config_hash = '{self.hash_for(stage)}' and attributes.status = 'FINISHED'"
+        if extra_filter:
+            flt += f" and {extra_filter}"
+        runs = self.tracker.search([exp_id], flt, ["attributes.start_time DESC"], 1)
+        return runs[0] if runs else None
+
+    # ----- provenance --------------------------------------------------------------------------------------------
+    def provenance_tags(self, stage: str) -> dict[str, str]:
+        tags = {
+            "config_hash": self.hash_for(stage),
+            "xaitk_exp.stage": stage,
+            "xaitk_exp.level": self.tracker.level,
+            "data_fingerprint": self.split.fingerprint(),
+        }
+        if git_commit():
+            tags["git_commit"] = git_commit()
+        if self.cfg.get("sweep_run_id"):
+            tags["Sweep_run_id"] = str(self.cfg.sweep_run_id)
+        return tags
+
+    def record_config(self, run_id: str) -> None:
+        """The resolved config, the overrides and the package versions, as artifacts of ``run_id``."""
+        resolved = OmegaConf.to_container(self.cfg, resolve=True)
+        self.tracker.log_dict(run_id, resolved, "config/config.yaml")
+        self.tracker.log_dict(run_id, {"overrides": list(self.overrides)}, "config/overrides.yaml")
+        self.tracker.log_dict(run_id, package_versions(), "config/environment.json")
+
+    def check_image_shape(self, model: Any) -> None:
+        expected = getattr(model, "n_features_in_", None)
+        shape = self.split.image_shape
+        size = 1
+        for d in shape:
+            size *= d
+        if expected is not None and expected != size:
+            raise DataError(
+                f"dataset={self.dataset_name!r}: images of shape {list(shape)} ({size} values) do not fit the model, "
+                f"which expects {expected} values per image; set dataset.shape to match the model"
+            )
+
+    def require(self, condition: bool, key: str, value: Any, allowed: str) -> None:
+        if not condition:
+            raise ConfigError(key, value, allowed)
+
+    def get_run_in(self, run_id: str, key: str, experiment_name: str, finished: bool = True) -> Any:
+        try:
+            run = self.tracker.get_run(run_id)
+        except TrackingError as exc:
+            raise ConfigError(key, run_id, f"the id of a run in experiment {experiment_name!r}") from exc
+        exp_id = self.tracker.experiment(experiment_name, create=False)
+        if run.info.experiment_id != exp_id:
+            raise ConfigError(key, run_id, f"the id of a run in experiment {experiment_name!r}")
+        if finished and run.info.status != "FINISHED":
+            raise ConfigError(key, run_id, f"a FINISHED run (this one is {run.info.status})")
+        return run
+
+
+_GIT: list[str | None] = []
+
+
+def git_commit() -> str | None:
+    """The commit of the git checkout this package runs from, if any."""
+    if not _GIT:
+        here = Path(__file__).resolve().parent
+        try:
+            out = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
+            )
+            _GIT.append(out.stdout.strip() if out.returncode == 0 else None)
+        except (OSError, subprocess.SubprocessError):
+            _GIT.append(None)
+    return _GIT[0]
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": os.sys.version.split()[0]}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out

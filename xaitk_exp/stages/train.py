@@ -1,0 +1,60 @@
+"""Train: fit the estimator, record its parameters, loss curve and the model, in ``<Model> - Train``."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from xaitk_exp.stages.context import Context
+
+
+def run_train(ctx: Context) -> str | None:
+    if ctx.pretrained_uri:
+        ctx.load_pretrained()
+        print(f"[train] model=pretrained: using {ctx.pretrained_uri}, nothing to train")
+        return None
+    split = ctx.split
+    model = ctx.build_model()
+    ctx.model = model
+    if not ctx.cfg.force:
+        previous = ctx.find_latest("Train", "train")
+        if previous is not None and _reuse(ctx, previous):
+            return ctx.train_run_id
+    X = split.train_images.reshape(len(split.train_images), -1)
+    tracker = ctx.tracker
+    exp_id = tracker.experiment(ctx.experiment_name("Train"))
+    tags = {"Dataset": ctx.dataset_name, **ctx.provenance_tags("train")}
+    with tracker.run(exp_id, "train_info", tags=tags) as run_id:
+        tracker.log(run_id, params=_params(model))
+        ctx.record_config(run_id)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(X, split.train_labels)
+        if caught:
+            tracker.log(run_id, tags={"fit_warnings": "; ".join(sorted({str(w.message)[:200] for w in caught}))})
+        if hasattr(model, "loss_curve_"):
+            tracker.log_metric_history(run_id, "Train loss", list(model.loss_curve_))
+        tracker.log(run_id, metrics={"Train accuracy": float(model.score(X, split.train_labels))})
+        tracker.log_model(run_id, model, X[:2])
+    ctx.train_run_id, ctx.train_exp_id = run_id, exp_id
+    print(f"[train] {type(model).__name__} on {ctx.dataset_name}: run {run_id} in '{ctx.experiment_name('Train')}'")
+    return run_id
+
+
+def _reuse(ctx: Context, run: Any) -> bool:
+    """Load the model of a FINISHED train run with the same config hash instead of training again."""
+    from xaitk_exp.models import load_model
+
+    uri = f"runs:/{run.info.run_id}/sklearn-model"
+    ctx.model = load_model(uri, ctx.tracker.uri)
+    ctx.train_run_id, ctx.train_exp_id = run.info.run_id, run.info.experiment_id
+    print(f"[train] reusing run {run.info.run_id} (same config; force=true retrains)")
+    return True
+
+
+def _params(model: Any) -> dict[str, Any]:
+    """``get_params()`` with nested estimators named by class (what ran, as MLflow string params)."""
+    out = {}
+    for k, v in model.get_params(deep=False).items():
+        out[k] = type(v).__name__ if hasattr(v, "get_params") else v
+    return out

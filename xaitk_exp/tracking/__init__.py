@@ -1,0 +1,32 @@
+"""Tracking: one interface (:class:`~xaitk_exp.tracking.base.Tracker`), three MLflow API levels.
+
+- ``high``: :mod:`xaitk_exp.tracking.high`, MLflow's flavour and convenience functions (``mlflow.sklearn.log_model``,
+  ``mlflow.log_dict``, ``mlflow.log_table``) on top of the fluent API.
+- ``mid``: :mod:`xaitk_exp.tracking.mid`, the fluent ``mlflow.*`` API (active-run stack).
+- ``low``: :mod:`xaitk_exp.tracking.low`, ``MlflowClient`` with explicit run ids and batched writes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from xaitk_exp.tracking.base import Tracker
+
+LEVELS = {
+    "high": "xaitk_exp.tracking.high:HighTracker",
+    "mid": "xaitk_exp.tracking.mid:MidTracker",
+    "low": "xaitk_exp.tracking.low:LowTracker",
+}
+
+
+def make_tracker(level: str, uri: str, artifact_root: str | None = None) -> Tracker:
+    """The tracker for ``logging.level``; the class is imported only when asked for."""
+    import importlib
+
+    from xaitk_exp.errors import ConfigError
+
+    if level not in LEVELS:
+        raise ConfigError("logging.level", level, f"one of {', '.join(LEVELS)}")
+    module, cls = LEVELS[level].split(":")
+    return getattr(importlib.import_module(module), cls)(uri, artifact_root)

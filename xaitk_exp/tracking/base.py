@@ -1,0 +1,292 @@
+"""The tracker interface the stages talk to. Stages never import ``mlflow`` themselves.
+
+Public methods validate and shape the data (template method); subclasses implement the ``_``-prefixed writes
+with their own MLflow API level. Reads (search, get) are shared and go through ``MlflowClient``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from xaitk_exp.errors import RunKilled, TrackingError
+
+MAX_PARAMS, MAX_TAGS, MAX_METRICS = 100, 100, 1000
+MAX_PARAM_CHARS = 6000
+MODEL_DIR = "sklearn-model"
+
+
+def _stringify(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return repr(value) if isinstance(value, (list, tuple, dict)) else str(value)
+
+
+class Tracker(ABC):
+    """Writes runs to one MLflow tracking store. ``artifact_root`` places new experiments' artifacts."""
+
+    level = "abstract"
+
+    def __init__(self, uri: str, artifact_root: str | None = None) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri=uri)
+        self._experiments: dict[str, str] = {}
+
+    # ----- experiments -------------------------------------------------------------------------------------------
+    def experiment(self, name: str, create: bool = True) -> str | None:
+        """The id of experiment ``name``, created with tags ``framework``, ``version``, ``Experiment`` if missing."""
+        if name in self._experiments:
+            return self._experiments[name]
+        from mlflow.exceptions import MlflowException
+
+        exp = self._get_experiment(name)
+        if exp is None and create:
+            import sklearn
+
+            location = None
+            if self.artifact_root:
+                safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+                location = Path(self.artifact_root, safe).as_uri()
+            tags = {"framework": "scikit-learn", "version": sklearn.__version__, "Experiment": name}
+            try:
+                self.client.create_experiment(name, artifact_location=location, tags=tags)
+            except MlflowException:  # created meanwhile by a parallel job
+                pass
+            exp = self._get_experiment(name)
+        if exp is None:
+            return None
+        self._experiments[name] = exp.experiment_id
+        return exp.experiment_id
+
+    def _get_experiment(self, name: str) -> Any:
+        try:
+            return self.client.get_experiment_by_name(name)
+        except Exception as exc:  # unreachable server, broken store
+            raise TrackingError(f"tracking.uri: the tracking store cannot be read ({_short(exc)})") from exc
+
+    # ----- runs --------------------------------------------------------------------------------------------------
+    @contextmanager
+    def run(
+        self,
+        experiment_id: str,
+        run_name: str,
+        tags: Mapping[str, Any] | None = None,
+        parent_run_id: str | None = None,
+        run_id: str | None = None,
+    ) -> Iterator[str]:
+        """Open a run (or reopen ``run_id``) and close it with an honest status.
+
+        FINISHED on success; FAILED with ``traceback.txt`` and an ``error`` tag on an exception; KILLED on
+        Ctrl-C or SIGTERM. The run id is yielded.
+        """
+        all_tags = {k: _stringify(v) for k, v in (tags or {}).items()}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        if run_id is None:
+            run_id = self._start_run(experiment_id, run_name, all_tags)
+        else:
+            self._resume_run(run_id)
+            if all_tags:
+                self._log(run_id, {}, {}, all_tags, 0)
+        previous = _install_sigterm()
+        try:
+            yield run_id
+        except (KeyboardInterrupt, RunKilled):
+            self._close(run_id, "KILLED", None)
+            raise
+        except BaseException as exc:
+            self._close(run_id, "FAILED", exc)
+            raise
+        else:
+            self._end_run(run_id, "FINISHED")
+        finally:
+            _restore_sigterm(previous)
+
+    def _close(self, run_id: str, status: str, exc: BaseException | None) -> None:
+        """Best effort: record the error, then the status; never mask the original exception."""
+        try:
+            if exc is not None:
+                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                self._log(run_id, {}, {}, {"error": _short(exc)}, 0)
+                self.log_text(run_id, text, "traceback.txt")
+        except Exception:
+            pass
+        try:
+            self._end_run(run_id, status)
+        except Exception:
+            pass
+
+    def log(
+        self,
+        run_id: str,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        step: int = 0,
+    ) -> None:
+        """Log params, metrics and tags in as few calls as the level allows (chunks of MLflow's batch limits)."""
+        p = {k: _stringify(v) for k, v in (params or {}).items()}
+        for k, v in p.items():
+            if len(v) > MAX_PARAM_CHARS:
+                raise TrackingError(f"param {k!r} is {len(v)} characters; MLflow keeps at most {MAX_PARAM_CHARS}")
+        m = {k: float(v) for k, v in (metrics or {}).items()}
+        t = {k: _stringify(v) for k, v in (tags or {}).items()}
+        if len(p) <= MAX_PARAMS and len(m) <= MAX_METRICS and len(t) <= MAX_TAGS:
+            self._log(run_id, p, m, t, step)
+            return
+        for chunk in _chunks(p, MAX_PARAMS):
+            self._log(run_id, chunk, {}, {}, step)
+        for chunk in _chunks(m, MAX_METRICS):
+            self._log(run_id, {}, chunk, {}, step)
+        for chunk in _chunks(t, MAX_TAGS):
+            self._log(run_id, {}, {}, chunk, step)
+
+    def log_metric_history(self, run_id: str, key: str, values: list[float]) -> None:
+        """One value per step ``0..len(values)-1`` (for example a loss per epoch)."""
+        for start in range(0, len(values), MAX_METRICS):
+            self._log_history(run_id, key, [float(v) for v in values[start : start + MAX_METRICS]], start)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, Path(artifact_file).name)
+            path.write_text(text)
+            self.log_artifact(run_id, str(path), _parent(artifact_file))
+
+    def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> None:
+        """A JSON (``.json``) or YAML (other suffixes) copy of ``obj``."""
+        if artifact_file.endswith(".json"):
+            text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+        else:
+            import yaml
+
+            text = yaml.safe_dump(obj, sort_keys=False)
+        self.log_text(run_id, text, artifact_file)
+
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
+        self._log_artifact(run_id, local_path, artifact_path)
+
+    def log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+        self._log_artifacts(run_id, local_dir, artifact_path)
+
+    def log_model(self, run_id: str, model: Any, input_example: Any) -> None:
+        """The estimator as an MLflow sklearn model (skops format) in the run's ``sklearn-model/`` folder."""
+        from xaitk_exp.models import save_sklearn_model
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_sklearn_model(model, Path(tmp, MODEL_DIR), input_example)
+            self._log_model(run_id, model, input_example, str(path))
+
+    def _log_model(self, run_id: str, model: Any, input_example: Any, saved_dir: str) -> None:
+        self._log_artifacts(run_id, saved_dir, MODEL_DIR)
+
+    # ----- reads (shared by every level) -------------------------------------------------------------------------
+    def search(
+        self,
+        experiment_ids: list[str],
+        filter_string: str = "",
+        order_by: list[str] | None = None,
+        max_results: int = 1000,
+    ) -> list[Any]:
+        """Runs matching an MLflow filter string, as ``mlflow.entities.Run`` objects."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return list(
+                self.client.search_runs(
+                    experiment_ids, filter_string=filter_string, order_by=order_by, max_results=max_results
+                )
+            )
+        except MlflowException as exc:
+            raise TrackingError(_short(exc)) from exc
+
+    def get_run(self, run_id: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as exc:
+            raise TrackingError(f"run {run_id!r} does not exist in {self.display_uri}") from exc
+
+    @property
+    def display_uri(self) -> str:
+        from xaitk_exp.config import redact_uri
+
+        return redact_uri(self.uri)
+
+    def download(self, run_id: str, artifact_path: str, dst: str) -> str:
+        return self.client.download_artifacts(run_id, artifact_path, dst)
+
+    # ----- what each level implements ----------------------------------------------------------------------------
+    @abstractmethod
+    def _start_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str: ...
+
+    @abstractmethod
+    def _resume_run(self, run_id: str) -> None: ...
+
+    @abstractmethod
+    def _end_run(self, run_id: str, status: str) -> None: ...
+
+    @abstractmethod
+    def _log(self, run_id: str, params: dict[str, str], metrics: dict[str, float], tags: dict[str, str], step: int) -> None: ...
+
+    @abstractmethod
+    def _log_history(self, run_id: str, key: str, values: list[float], first_step: int) -> None: ...
+
+    @abstractmethod
+    def _log_artifact(self, run_id: str, local_path: str, artifact_path: str | None) -> None: ...
+
+    @abstractmethod
+    def _log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None) -> None: ...
+
+
+def _chunks(d: dict[str, Any], size: int) -> Iterator[dict[str, Any]]:
+    items = list(d.items())
+    for i in range(0, len(items), size):
+        yield dict(items[i : i + size])
+
+
+def _parent(artifact_file: str) -> str | None:
+    parent = os.path.dirname(artifact_file)
+    return parent or None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+
+
+def _raise_killed(signum: int, frame: Any) -> None:
+    raise RunKilled(f"received signal {signum}")
+
+
+def _install_sigterm() -> Any:
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _raise_killed)
+    except ValueError:
+        return None
+
+
+def _restore_sigterm(previous: Any) -> None:
+    import threading
+
+    if previous is None or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        signal.signal(signal.SIGTERM, previous)
+    except ValueError:
+        pass

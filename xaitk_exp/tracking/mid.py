@@ -1,0 +1,62 @@
+"""Mid level: the fluent ``mlflow.*`` API, which keeps a per-thread stack of active runs.
+
+Every run opened here is closed here (``end_run`` in :meth:`Tracker.run`), so nothing leaks between jobs that
+share a worker process.
+"""
+
+from __future__ import annotations
+
+from xaitk_exp.tracking.base import Tracker
+
+
+class MidTracker(Tracker):
+    level = "mid"
+
+    def __init__(self, uri: str, artifact_root: str | None = None) -> None:
+        super().__init__(uri, artifact_root)
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        self._mlflow = mlflow
+
+    def _start_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        # the parent, if any, is passed as the tag itself so the record matches the other levels
+        nested = self._mlflow.active_run() is not None
+        active = self._mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested)
+        return active.info.run_id
+
+    def _resume_run(self, run_id: str) -> None:
+        self._mlflow.start_run(run_id=run_id, nested=self._mlflow.active_run() is not None)
+
+    def _end_run(self, run_id: str, status: str) -> None:
+        active = self._mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            self._mlflow.end_run(status=status)
+        else:  # not on this thread's stack (should not happen): close it by id
+            self.client.set_terminated(run_id, status=status)
+
+    def _log(self, run_id: str, params: dict[str, str], metrics: dict[str, float], tags: dict[str, str], step: int) -> None:
+        if params:
+            self._mlflow.log_params(params, run_id=run_id)
+        if metrics:
+            self._mlflow.log_metrics(metrics, step=step, run_id=run_id)
+        if tags:
+            self._set_tags(run_id, tags)
+
+    def _set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        active = self._mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            self._mlflow.set_tags(tags)
+        else:
+            for k, v in tags.items():
+                self.client.set_tag(run_id, k, v)
+
+    def _log_history(self, run_id: str, key: str, values: list[float], first_step: int) -> None:
+        for i, v in enumerate(values):
+            self._mlflow.log_metric(key, v, step=first_step + i, run_id=run_id)
+
+    def _log_artifact(self, run_id: str, local_path: str, artifact_path: str | None) -> None:
+        self._mlflow.log_artifact(local_path, artifact_path, run_id=run_id)
+
+    def _log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None) -> None:
+        self._mlflow.log_artifacts(local_dir, artifact_path, run_id=run_id)
