@@ -163,6 +163,7 @@ def _log_one(
         "Datasplit": eval_run.data.tags.get("Datasplit", "test"),
         "Evaluation_exp_id": eval_run.info.experiment_id,
         "Evaluation_run_id": eval_run.info.run_id,
+        "Evaluation_summary_run_id": ctx.evaluation_run_id or "",
         "Image_id": k,
         "Predicted_class": predicted,
         "GT_class": eval_run.data.tags.get("GT_class", ""),
