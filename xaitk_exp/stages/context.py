@@ -106,7 +106,7 @@ class Context:
         evaluation = config_hash(train, c.evaluation)
         if stage == "evaluation":
             return evaluation
-        return config_hash(evaluation, c.saliency, c.query, c.get("metrics"))
+        return config_hash(evaluation, c.saliency, c.query, c.get("metrics"), c.chunk_size)  # chunking changes float bits
 
     def find_latest(self, stage_experiment: str, stage: str, extra_filter: str = "") -> Any:
         """The latest FINISHED run of ``stage`` whose recorded config hash equals this config's."""
@@ -124,7 +124,6 @@ class Context:
         tags = {
             "config_hash": self.hash_for(stage),
             "xaitk_exp.stage": stage,
-            "xaitk_exp.level": self.tracker.level,
             "data_fingerprint": self.split.fingerprint(),
         }
         if git_commit():
