@@ -1,0 +1,206 @@
+"""Each stage against a real SQLite store: the schema users query, reuse, edits, and bit-exact maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xaitk_exp.errors import ConfigError, QueryError, TrackingError
+
+SEED_QUERY = "metrics.Predicted_class_conf >= 0.9 and tags.Predicted_class = '4'"
+
+
+def _exp(client, name):
+    exp = client.get_experiment_by_name(name)
+    assert exp is not None, f"missing experiment {name}"
+    return exp.experiment_id
+
+
+def _runs(client, name, flt=""):
+    return client.search_runs([_exp(client, name)], filter_string=flt, max_results=1000)
+
+
+def test_train_stage_records_params_loss_and_model(run_stage, client):
+    ctx = run_stage("stage=train")
+    (run,) = _runs(client, "MLPClassifier - Train")
+    assert run.info.run_name == "train_info" and run.info.status == "FINISHED"
+    p = run.data.params
+    assert (p["hidden_layer_sizes"], p["solver"], p["max_iter"], p["learning_rate_init"]) == ("[50]", "sgd", "10", "0.1")
+    assert run.data.tags["Dataset"] == "digits"
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.tags["Experiment"] == "MLPClassifier - Train" and exp.tags["framework"] == "scikit-learn"
+    assert "version" in exp.tags
+    history = client.get_metric_history(run.info.run_id, "Train loss")
+    assert [m.step for m in history] == list(range(ctx.model.n_iter_))
+    assert np.allclose([m.value for m in history], ctx.model.loss_curve_)
+    files = {f.path for f in client.list_artifacts(run.info.run_id, "sklearn-model")}
+    assert {"sklearn-model/MLmodel", "sklearn-model/model.skops", "sklearn-model/input_example.json"} <= files
+    assert {f.path for f in client.list_artifacts(run.info.run_id, "config")} >= {
+        "config/config.yaml", "config/overrides.yaml", "config/environment.json"
+    }
+    import mlflow.sklearn
+
+    loaded = mlflow.sklearn.load_model(f"runs:/{run.info.run_id}/sklearn-model")
+    X = ctx.split.test_images.reshape(len(ctx.split.test_images), -1)
+    assert np.array_equal(loaded.predict_proba(X), ctx.model.predict_proba(X))
+
+
+def test_evaluation_stage_one_run_per_image_plus_summary(run_stage, client):
+    run_stage("stage=train")
+    ctx = run_stage("stage=evaluation", "evaluation.num_images=12")
+    train = _runs(client, "MLPClassifier - Train")[0]
+    images = _runs(client, "MLPClassifier - Evaluation", "tags.Run_type = 'image'")
+    assert sorted(r.info.run_name for r in images) == sorted(f"ImageID-{k}_conf" for k in range(12))
+    probs = ctx.model.predict_proba(ctx.split.test_images[:12].reshape(12, -1))
+    for run in images:
+        k = int(run.data.tags["Image_id"])
+        t, m = run.data.tags, run.data.metrics
+        assert (t["Dataset"], t["Datasplit"]) == ("digits", "test")
+        assert (t["Train_run_id"], t["Train_exp_id"]) == (train.info.run_id, train.info.experiment_id)
+        assert t["GT_class"] == str(ctx.split.test_labels[k])
+        assert t["Predicted_class"] == str(int(np.argmax(probs[k])))
+        assert m["Predicted_class_conf"] == pytest.approx(probs[k].max())
+        assert [m[f"Class_{c}_conf"] for c in range(10)] == pytest.approx(probs[k].tolist())
+        assert run.info.status == "FINISHED"
+    (summary,) = _runs(client, "MLPClassifier - Evaluation", "tags.Run_type = 'summary'")
+    assert all(r.data.tags["mlflow.parentRunId"] == summary.info.run_id for r in images)
+    assert summary.data.metrics["Evaluated_images"] == 12
+    assert 0.8 < summary.data.metrics["Accuracy"] <= 1.0
+    assert "confusion_matrix.png" in {f.path for f in client.list_artifacts(summary.info.run_id)}
+
+
+def test_seed_query_selects_and_explains_matching_images(run_stage, client):
+    ctx = run_stage("stage=all", f'query.filter="{SEED_QUERY}"', "query.max_results=3", "evaluation.num_images=100")
+    runs = _runs(client, "MLPClassifier - Saliency Map Generation")
+    assert 1 <= len(runs) <= 3 and len(runs) == len(ctx.results["saliency_run_ids"])
+    evals = {r.info.run_id: r for r in _runs(client, "MLPClassifier - Evaluation", "tags.Run_type = 'image'")}
+    confs = []
+    for run in runs:
+        src = evals[run.data.tags["Evaluation_run_id"]]
+        assert src.data.tags["Predicted_class"] == "4" and src.data.metrics["Predicted_class_conf"] >= 0.9
+        assert run.data.tags["Image_id"] == src.data.tags["Image_id"]
+        assert run.info.run_name == f"ImageID-{src.data.tags['Image_id']}_saliency_maps"
+        assert run.data.params["window_size"] == "[2, 2]" and run.data.params["fill"] == "0"
+        assert run.data.tags["Saliency_algorithm"] == "sliding_window"
+        confs.append(run.data.metrics["Predicted_class_conf"])
+        paths = {f.path for f in client.list_artifacts(run.info.run_id, "saliency_map_np_arrays")}
+        assert "saliency_map_np_arrays/saliency_maps.npy" in paths
+        assert "Image_saliency_maps.png" in {f.path for f in client.list_artifacts(run.info.run_id)}
+    ranked = sorted((r.data.metrics["Predicted_class_conf"] for r in evals.values()
+                     if r.data.tags["Predicted_class"] == "4" and r.data.metrics["Predicted_class_conf"] >= 0.9),
+                    reverse=True)
+    assert sorted(confs, reverse=True) == ranked[: len(confs)]
+
+
+def test_shortcuts_build_the_same_selection(run_stage, client):
+    run_stage("query.min_conf=0.9", "query.predicted_class=4", "query.max_results=2", "evaluation.num_images=100")
+    runs = _runs(client, "MLPClassifier - Saliency Map Generation")
+    assert len(runs) == 2
+    assert all(r.data.tags["Predicted_class"] == "4" and r.data.metrics["Predicted_class_conf"] >= 0.9 for r in runs)
+
+
+def test_query_matching_nothing_fails_before_any_saliency_run(run_stage, client):
+    run_stage("stage=train")
+    with pytest.raises(QueryError, match="matched no evaluation run"):
+        run_stage("query.min_conf=1.0", "query.predicted_class=nine")
+    exp = client.get_experiment_by_name("MLPClassifier - Saliency Map Generation")
+    assert exp is None or not client.search_runs([exp.experiment_id])
+
+
+def test_editing_a_saliency_run_rewrites_it_for_the_new_image(run_stage, client):
+    run_stage("query.predicted_class=4")
+    (run,) = _runs(client, "MLPClassifier - Saliency Map Generation")
+    assert run.data.tags["Predicted_class"] == "4"
+    run_stage("stage=saliency", "query.predicted_class=9", f"update_run_id={run.info.run_id}")
+    (edited,) = _runs(client, "MLPClassifier - Saliency Map Generation")
+    assert edited.info.run_id == run.info.run_id and edited.info.status == "FINISHED"
+    assert edited.data.tags["Predicted_class"] == "9" and edited.data.tags["Modified_run"] == "True"
+    assert edited.data.tags["Image_id"] != run.data.tags["Image_id"]
+    local = client.download_artifacts(run.info.run_id, "saliency_map_np_arrays/image.npy")
+    ctx_img = np.load(local)
+    from xaitk_exp.data import Digits
+
+    assert np.array_equal(ctx_img, Digits().load().test_images[int(edited.data.tags["Image_id"])])
+
+
+def test_editing_with_other_params_is_refused_with_the_way_out(run_stage, client):
+    run_stage()
+    (run,) = _runs(client, "MLPClassifier - Saliency Map Generation")
+    with pytest.raises(ConfigError, match="params are immutable: drop update_run_id"):
+        run_stage("stage=saliency", "saliency.stride=[2,2]", f"update_run_id={run.info.run_id}")
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+def test_second_run_reuses_train_and_evaluation_unless_forced(run_stage, client):
+    run_stage()
+    run_stage("saliency=rise", "saliency.n=100")
+    assert len(_runs(client, "MLPClassifier - Train")) == 1
+    assert len(_runs(client, "MLPClassifier - Evaluation", "tags.Run_type = 'summary'")) == 1
+    run_stage("force=true", "stage=train")
+    assert len(_runs(client, "MLPClassifier - Train")) == 2
+
+
+def test_evaluation_without_a_train_run_says_what_to_do(run_stage):
+    with pytest.raises(TrackingError, match="run stage=train first"):
+        run_stage("stage=evaluation")
+
+
+def test_pretrained_model_is_explained_without_training(run_stage, client, tmp_path):
+    run_stage("stage=train")
+    (train,) = _runs(client, "MLPClassifier - Train")
+    ctx = run_stage("model=pretrained", f"model.uri=runs:/{train.info.run_id}/sklearn-model", "evaluation.num_images=5")
+    assert len(_runs(client, "MLPClassifier - Train")) == 1
+    evals = _runs(client, "MLPClassifier - Evaluation", "tags.Run_type = 'image'")
+    assert len(evals) == 5 and all(r.data.tags["Train_run_id"] == train.info.run_id for r in evals)
+    assert len(ctx.results["saliency_run_ids"]) == 1
+
+
+@pytest.mark.parametrize("algorithm", ["sliding_window", "rise", "mc_rise"])
+def test_stored_map_equals_direct_xaitk_bit_for_bit(run_stage, client, algorithm):
+    import mlflow.sklearn
+    from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.mc_rise import MCRISEStack
+    from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.rise import RISEStack
+    from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.slidingwindow import SlidingWindowStack
+
+    from xaitk_exp.blackbox import SklearnBlackbox
+    from xaitk_exp.data import Digits
+
+    overrides = [f"saliency={algorithm}", "seed=7"] + ([] if algorithm == "sliding_window" else ["saliency.n=300"])
+    run_stage(*overrides)
+    (run,) = _runs(client, "MLPClassifier - Saliency Map Generation")
+    stored = np.load(client.download_artifacts(run.info.run_id, "saliency_map_np_arrays/saliency_maps.npy"))
+    (train,) = _runs(client, "MLPClassifier - Train")
+    model = mlflow.sklearn.load_model(f"runs:/{train.info.run_id}/sklearn-model")
+    image = Digits(seed=7).load().test_images[int(run.data.tags["Image_id"])]
+    if algorithm == "sliding_window":
+        gen = SlidingWindowStack(window_size=(2, 2), stride=(1, 1), threads=0)
+        gen.fill = 0
+    elif algorithm == "rise":
+        gen = RISEStack(n=300, s=4, p1=0.5, seed=7, threads=0, debiased=True)
+        gen.fill = 0
+    else:
+        gen = MCRISEStack(n=300, s=4, p1=0.5, fill_colors=[[0], [1]], seed=7, threads=0)
+        image = image[..., None]
+    direct = gen(image, SklearnBlackbox(model, chunk_size=256))
+    assert stored.dtype == direct.dtype and stored.shape == direct.shape
+    assert np.array_equal(stored, direct)
+
+
+def test_black_box_checks_counts_and_batches(run_stage):
+    from xaitk_exp.blackbox import SklearnBlackbox
+
+    ctx = run_stage("stage=train")
+    bb = SklearnBlackbox(ctx.model, chunk_size=64)
+    imgs = ctx.split.test_images[:150]
+    out = list(bb.classify_images(iter(imgs)))
+    assert len(out) == 150 and bb.n_calls == 3
+    assert list(out[0]) == list(range(10))
+    assert np.allclose([out[5][c] for c in range(10)], ctx.model.predict_proba(imgs[5:6].reshape(1, -1))[0])
+
+
+def test_artifacts_stay_under_the_store_folder(run_stage, tmp_path):
+    run_stage("stage=train")
+    assert (tmp_path / "mlartifacts").is_dir()
+    assert not (Path.cwd() / "mlruns").exists()
