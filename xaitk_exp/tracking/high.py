@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from xaitk_exp.tracking.base import MODEL_DIR, Tracker
+from xaitk_exp.tracking.base import MODEL_DIR, Tracker, safe_artifact_path
 from xaitk_exp.tracking.mid import MidTracker
 
 
@@ -13,20 +13,22 @@ class HighTracker(MidTracker):
     level = "high"
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self._mlflow.log_text(text, artifact_file, run_id=run_id)
+        self._mlflow.log_text(text, safe_artifact_path(artifact_file) or "file.txt", run_id=run_id)
 
     def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> None:
         if artifact_file.endswith(".json"):
             import json
 
             # same bytes as the other levels: sorted keys, indent 2
-            self._mlflow.log_text(json.dumps(obj, indent=2, sort_keys=True, default=str), artifact_file, run_id=run_id)
+            text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+            self._mlflow.log_text(text, safe_artifact_path(artifact_file) or "file.json", run_id=run_id)
         else:
             Tracker.log_dict(self, run_id, obj, artifact_file)
 
     def _log_model(self, run_id: str, model: Any, input_example: Any, saved_dir: str) -> None:
-        """``mlflow.sklearn.log_model`` registers a LoggedModel linked to the run (the UI's Models tab); the same
-        saved folder also goes to the run's ``sklearn-model/`` artifacts, where every level puts it."""
+        """``mlflow.sklearn.log_model`` registers a LoggedModel linked to the run (the UI's Models tab); the saved
+        folder also goes to the run's own ``sklearn-model/`` artifacts, where every level puts it, so the run's
+        artifact tree is the same at every level."""
         from xaitk_exp.models import pip_requirements, trusted_types
 
         active = self._mlflow.active_run()

@@ -1,0 +1,91 @@
+"""The three logging levels leave equivalent records: ids and times aside, the stores are the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ID_TAGS = (
+    "mlflow.parentRunId", "Train_run_id", "Train_exp_id", "Evaluation_run_id", "Evaluation_exp_id",
+    "Evaluation_summary_run_id", "Sweep_run_id",
+)
+
+
+def _artifact_paths(client, run_id, path=None):
+    out = []
+    for f in client.list_artifacts(run_id, path):
+        out.extend(_artifact_paths(client, run_id, f.path) if f.is_dir else [f.path])
+    return out
+
+
+def snapshot(uri: str) -> dict:
+    """Everything a user can query in a store, with run and experiment ids replaced by names."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exps = {e.experiment_id: e for e in client.search_experiments() if e.name != "Default"}
+    runs = client.search_runs(list(exps), max_results=5000)
+    names = {r.info.run_id: (exps[r.info.experiment_id].name, r.info.run_name) for r in runs}
+    names.update({eid: e.name for eid, e in exps.items()})
+    record = {"experiments": {e.name: dict(e.tags) for e in exps.values()}, "runs": {}}
+    for r in runs:
+        tags = {k: names.get(v, v) if k in ID_TAGS else v for k, v in r.data.tags.items()}
+        history = {k: [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, k)] for k in r.data.metrics}
+        key = (exps[r.info.experiment_id].name, r.info.run_name, tags.get("Image_id"))
+        assert key not in record["runs"], f"two runs share {key}"
+        record["runs"][key] = {
+            "status": r.info.status,
+            "params": dict(r.data.params),
+            "metrics": history,
+            "tags": tags,
+            # MLflow 3 lists a LoggedModel's files (high level) beside the run's own copy: compare the set of paths
+            "artifacts": sorted(set(_artifact_paths(client, r.info.run_id))),
+        }
+    return record
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    from hydra import compose, initialize_config_module
+    from omegaconf import open_dict
+
+    from xaitk_exp.cli import run
+
+    out = {}
+    for level in ("high", "mid", "low"):
+        folder: Path = tmp_path_factory.mktemp(level)
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        overrides = [f"logging={level}", f"tracking.uri={uri}", "progress=false", "evaluation.num_images=8",
+                     "query.max_results=2"]
+        with initialize_config_module(config_module="xaitk_exp.conf", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+        with open_dict(cfg):
+            cfg.pop("hydra", None)
+        run(cfg, overrides, folder)
+        out[level] = snapshot(uri)
+    return out
+
+
+def test_levels_write_the_same_experiments_and_runs(stores):
+    high, mid, low = stores["high"], stores["mid"], stores["low"]
+    assert high["experiments"] == mid["experiments"] == low["experiments"]
+    assert set(high["runs"]) == set(mid["runs"]) == set(low["runs"])
+    assert len(high["runs"]) == 1 + 1 + 8 + 2  # train, evaluation summary, 8 images, 2 saliency runs
+
+
+@pytest.mark.parametrize("field", ["status", "params", "metrics", "tags", "artifacts"])
+def test_levels_agree_field_by_field(stores, field):
+    for key in stores["mid"]["runs"]:
+        values = {}
+        for level in ("high", "mid", "low"):
+            v = stores[level]["runs"][key][field]
+            if field == "metrics":  # the values, not the wall-clock timestamps
+                v = {k: [(s, round(x, 12)) for s, x in hist] for k, hist in v.items()}
+            values[level] = v
+        assert values["high"] == values["mid"] == values["low"], f"{field} differ for {key}"
+
+
+def test_every_run_finished(stores):
+    for level, snap in stores.items():
+        assert {r["status"] for r in snap["runs"].values()} == {"FINISHED"}, level
