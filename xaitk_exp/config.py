@@ -184,3 +184,6 @@ def validate(cfg: DictConfig) -> None:
     if "_target_" not in saliency or "name" not in saliency:
         raise ConfigError("saliency", saliency.get("name"), "a saliency config with _target_ and name")
     validate_saliency({k: v for k, v in saliency.items() if k not in SALIENCY_RESERVED})
+    from xaitk_exp.metrics.settings import settings_from_config
+
+    settings_from_config(cfg.get("metrics"))

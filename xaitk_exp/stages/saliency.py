@@ -93,6 +93,9 @@ def run_saliency(ctx: Context) -> list[str]:
         + ", ".join(run_ids)
     )
     ctx.results["saliency_run_ids"] = run_ids
+    from xaitk_exp.metrics.summary import log_evaluation_summary
+
+    log_evaluation_summary(ctx, exp_id)
     return run_ids
 
 
@@ -180,8 +183,12 @@ def _log_one(
         if not update_run_id:
             tracker.log(run_id, params=algo.config())
             ctx.record_config(run_id)
-        if conf is not None:
-            tracker.log(run_id, metrics={"Predicted_class_conf": conf})
+        from xaitk_exp.metrics.record import image_metrics, log_curves
+
+        quality = image_metrics(ctx, algo, images[k], class_maps(maps), pred_idx, k)  # None: metrics.enabled=false
+        if conf is not None or quality is not None:
+            values = {"Predicted_class_conf": conf} if conf is not None else {}
+            tracker.log(run_id, metrics={**values, **(quality.values if quality is not None else {})})
         with tempfile.TemporaryDirectory() as tmp:
             npy = Path(tmp, NPY_DIR)
             npy.mkdir()
@@ -191,4 +198,6 @@ def _log_one(
             title = f"{algo.name} | image {k} | predicted {predicted} ({conf:.3f})" if conf is not None else algo.name
             saliency_figure(images[k], class_maps(maps), labels, pred_idx, Path(tmp, FIGURE), title)
             tracker.log_artifact(run_id, str(Path(tmp, FIGURE)))
+            if quality is not None:
+                log_curves(tracker, run_id, quality, tmp, f"{algo.name} | image {k} | class {predicted}")
     return run_id
