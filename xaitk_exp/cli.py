@@ -80,15 +80,16 @@ def _http_settings(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://xaitk_exp.conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from xaitk_exp.errors import XaitkExpError
+    from xaitk_exp.sweep import job_result
 
     hc = HydraConfig.get()
     try:
-        run(cfg, list(hc.overrides.task), hc.runtime.output_dir)
+        return job_result(run(cfg, list(hc.overrides.task), hc.runtime.output_dir))
     except XaitkExpError as exc:
         print(f"xaitk-exp: error: {exc}", file=sys.stderr)
         if hc.mode == RunMode.MULTIRUN:
@@ -101,7 +102,12 @@ def main() -> None:
     if message:
         print(f"xaitk-exp: error: {message}", file=sys.stderr)
         sys.exit(2)
-    _hydra_main()
+    try:
+        _hydra_main()
+    finally:  # a sweep that Hydra aborted (a failed job, Ctrl-C) still gets its summary and an honest status
+        from xaitk_exp.sweep import finish_open_sweeps
+
+        finish_open_sweeps()
 
 
 if __name__ == "__main__":

@@ -13,11 +13,14 @@ class ConfigError(XaitkExpError):
     """A configuration value is invalid: names the key, the value and what is allowed."""
 
     def __init__(self, key: str, value: Any, allowed: str, hint: str = "") -> None:
-        self.key, self.value, self.allowed = key, value, allowed
+        self.key, self.value, self.allowed, self.hint = key, value, allowed, hint
         msg = f"{key}={value!r} is invalid: {allowed}"
         if hint:
             msg += f" ({hint})"
         super().__init__(msg)
+
+    def __reduce__(self) -> tuple:  # picklable: a failed sweep job hands its error back to the launcher process
+        return (type(self), (self.key, self.value, self.allowed, self.hint))
 
 
 class QueryError(XaitkExpError):

@@ -130,6 +130,8 @@ class Context:
             tags["git_commit"] = git_commit()
         if self.cfg.get("sweep_run_id"):
             tags["Sweep_run_id"] = str(self.cfg.sweep_run_id)
+        if self.cfg.get("reproduced_from"):  # set by stage=reproduce on the replayed config
+            tags["reproduced_from"] = str(self.cfg.reproduced_from)
         return tags
 
     def record_config(self, run_id: str) -> None:

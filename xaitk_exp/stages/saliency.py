@@ -79,15 +79,21 @@ def run_saliency(ctx: Context) -> list[str]:
         _check_update(ctx, str(update), exp_id, algo)
     names = [str(c) for c in split.class_names]
     labels = [label_name(c, names) for c in model.classes_]
-    run_ids = []
     from tqdm import tqdm
 
-    maps_iter = _compute(ctx, algo, model, [images[int(r.data.tags["Image_id"])] for r in selected])
+    done = {} if cfg.force or update else _finished_runs(ctx, exp_id)
+    todo = [r for r in selected if r.data.tags["Image_id"] not in done]
+    if len(todo) < len(selected):
+        reused = len(selected) - len(todo)
+        print(f"[saliency] {algo.name}: reusing {reused} FINISHED run(s) (same config; force=true reruns)")
+    maps_iter = _compute(ctx, algo, model, [images[int(r.data.tags["Image_id"])] for r in todo])
     for run, maps in tqdm(
-        zip(selected, maps_iter), total=len(selected), desc=f"saliency {algo.name}", unit="img",
+        zip(todo, maps_iter), total=len(todo), desc=f"saliency {algo.name}", unit="img",
         disable=not cfg.progress,
     ):
-        run_ids.append(_log_one(ctx, exp_id, algo, run, images, maps, labels, str(update) if update else None))
+        updated = str(update) if update else None
+        done[run.data.tags["Image_id"]] = _log_one(ctx, exp_id, algo, run, images, maps, labels, updated)
+    run_ids = [done[r.data.tags["Image_id"]] for r in selected]
     print(
         f"[saliency] {algo.name}: {len(run_ids)} run(s) in '{ctx.experiment_name('Saliency Map Generation')}': "
         + ", ".join(run_ids)
@@ -97,6 +103,18 @@ def run_saliency(ctx: Context) -> list[str]:
 
     log_evaluation_summary(ctx, exp_id)
     return run_ids
+
+
+def _finished_runs(ctx: Context, exp_id: str) -> dict[str, str]:
+    """``Image_id`` -> the latest FINISHED saliency run of this evaluation with this config's hash (reused)."""
+    flt = (
+        f"tags.config_hash = '{ctx.hash_for('saliency')}' and attributes.status = 'FINISHED' "
+        f"and tags.Evaluation_summary_run_id = '{ctx.evaluation_run_id}'"
+    )
+    found: dict[str, str] = {}
+    for run in ctx.tracker.search([exp_id], flt, ["attributes.start_time DESC"], 10000):
+        found.setdefault(run.data.tags.get("Image_id", ""), run.info.run_id)
+    return found
 
 
 def _compute(ctx: Context, algo: Any, model: Any, imgs: list[np.ndarray]) -> Iterator[np.ndarray]:
@@ -169,6 +187,7 @@ def _log_one(
         "Evaluation_summary_run_id": ctx.evaluation_run_id or "",
         "Image_id": k,
         "Predicted_class": predicted,
+        "Predicted_class_index": pred_idx,
         "GT_class": eval_run.data.tags.get("GT_class", ""),
         "Saliency_algorithm": algo.name,
         "Train_run_id": ctx.train_run_id or "",

@@ -42,6 +42,7 @@ class Tracker(ABC):
         self.artifact_root = artifact_root
         self.client = MlflowClient(tracking_uri=uri)
         self._experiments: dict[str, str] = {}
+        self._sweep_experiments: dict[str, str | None] = {}
 
     # ----- experiments -------------------------------------------------------------------------------------------
     def experiment(self, name: str, create: bool = True) -> str | None:
@@ -91,6 +92,8 @@ class Tracker(ABC):
         Ctrl-C or SIGTERM. The run id is yielded.
         """
         all_tags = {k: _stringify(v) for k, v in (tags or {}).items()}
+        if not parent_run_id and all_tags.get("Sweep_run_id"):
+            parent_run_id = self._sweep_parent_in(experiment_id, all_tags["Sweep_run_id"])
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         if run_id is None:
@@ -112,6 +115,23 @@ class Tracker(ABC):
             self._end_run(run_id, "FINISHED")
         finally:
             _restore_sigterm(previous)
+
+    def _sweep_parent_in(self, experiment_id: str, sweep_run_id: str) -> str | None:
+        """The sweep's parent run when it lives in ``experiment_id`` (MLflow nests runs only within one experiment;
+        elsewhere the ``Sweep_run_id`` tag links them)."""
+        if sweep_run_id not in self._sweep_experiments:
+            try:
+                self._sweep_experiments[sweep_run_id] = self.client.get_run(sweep_run_id).info.experiment_id
+            except Exception:
+                self._sweep_experiments[sweep_run_id] = None
+        return sweep_run_id if self._sweep_experiments[sweep_run_id] == experiment_id else None
+
+    def start_run(self, experiment_id: str, run_name: str, tags: Mapping[str, Any] | None = None) -> str:
+        """Open a run that outlives one ``with`` block (a sweep's parent); close it with :meth:`finish_run`."""
+        return self._start_run(experiment_id, run_name, {k: _stringify(v) for k, v in (tags or {}).items()})
+
+    def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self._end_run(run_id, status)
 
     def _close(self, run_id: str, status: str, exc: BaseException | None) -> None:
         """Best effort: record the error, then the status; never mask the original exception."""
@@ -175,6 +195,10 @@ class Tracker(ABC):
 
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
         self._log_artifact(run_id, local_path, artifact_path)
+
+    def log_table(self, run_id: str, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
+        """A table artifact (``.json``, columns of equal length) that the MLflow UI shows and compares."""
+        self.client.log_table(run_id, data=dict(columns), artifact_file=artifact_file)
 
     def log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
         self._log_artifacts(run_id, local_dir, artifact_path)
