@@ -107,3 +107,10 @@ def test_aggregate_ranks_algorithms_and_keeps_the_latest_run_per_image(client, t
     flat = flat_metrics(rows)
     assert flat["Saliency/a/rank"] == 1.0 and flat["Saliency/b/Insertion_AUC_mean"] == pytest.approx(0.7)
     assert aggregate([]) == []
+
+    from PIL import Image
+
+    from xaitk_exp.metrics.summary import comparison_picture
+
+    with Image.open(comparison_picture(rows, tmp_path / "cmp.png", "two algorithms")) as im:
+        assert im.size[0] > 200 and im.size[1] > 100

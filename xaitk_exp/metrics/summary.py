@@ -5,13 +5,14 @@ Reusable by any summary (the evaluation summary here, a sweep summary elsewhere)
     runs = tracker.search([saliency_exp_id], "tags.Evaluation_summary_run_id = '...'")
     rows = aggregate(runs)                       # one dict per algorithm, best first
     tracker.log(summary_run_id, metrics=flat_metrics(rows))
-    comparison_figure(rows, RANKED + ..., "comparison.png")   # from xaitk_exp.metrics.pictures
+    comparison_picture(rows, "comparison.png")  # a PNG, one bar per algorithm and metric
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,6 +119,15 @@ def flat_metrics(rows: Sequence[Mapping[str, Any]], prefix: str = "Saliency") ->
     return out
 
 
+def comparison_picture(
+    rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "", metrics: Sequence[str] = METRICS
+) -> Path:
+    """Draw ``rows`` (from :func:`aggregate`) as a PNG at ``path``: one block per metric, mean +- std bars."""
+    from xaitk_exp.metrics.pictures import comparison_figure
+
+    return comparison_figure(rows, metrics, path, title)
+
+
 def log_evaluation_summary(ctx: Any, saliency_exp_id: str) -> list[dict[str, Any]]:
     """Aggregate every FINISHED saliency run of this evaluation (all algorithms so far) into the evaluation summary
     run ``ctx.evaluation_run_id``: flat metrics, ``saliency_metrics/summary.json`` and ``comparison.png``.
@@ -125,9 +135,7 @@ def log_evaluation_summary(ctx: Any, saliency_exp_id: str) -> list[dict[str, Any
     Returns the rows (empty, logging nothing, when metrics are off or no run has metrics).
     """
     import tempfile
-    from pathlib import Path
 
-    from xaitk_exp.metrics.pictures import comparison_figure
     from xaitk_exp.metrics.settings import settings_from_config
 
     if not settings_from_config(ctx.cfg.get("metrics")).enabled or not ctx.evaluation_run_id:
@@ -143,7 +151,7 @@ def log_evaluation_summary(ctx: Any, saliency_exp_id: str) -> list[dict[str, Any
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "comparison.png")
         title = "mean +- std over images; ranked by " + ", ".join(RANKED)
-        comparison_figure(rows, METRICS, path, title)
+        comparison_picture(rows, path, title)
         tracker.log_artifact(ctx.evaluation_run_id, str(path), SUMMARY_DIR)
     best = rows[0]["algorithm"]
     print(f"[metrics] evaluation summary {ctx.evaluation_run_id}: {len(rows)} algorithm(s) ranked, best: {best}")
