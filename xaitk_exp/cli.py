@@ -91,10 +91,53 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
     try:
         return job_result(run(cfg, list(hc.overrides.task), hc.runtime.output_dir))
     except XaitkExpError as exc:
-        print(f"xaitk-exp: error: {exc}", file=sys.stderr)
+        print(f"xaitk-exp: error: {_scrub(str(exc), cfg)}", file=sys.stderr)
         if hc.mode == RunMode.MULTIRUN:
             raise
         sys.exit(2)
+    except Exception as exc:
+        text = str(exc)
+        if _scrub(text, cfg) == text:
+            raise
+        # an error quoting the tracking URL with its credentials: report it without them, and without its chain
+        from xaitk_exp.errors import TrackingError
+
+        message = f"{type(exc).__name__}: {_scrub(text, cfg).splitlines()[0]}"
+        print(f"xaitk-exp: error: {message}", file=sys.stderr)
+        if hc.mode == RunMode.MULTIRUN:
+            raise TrackingError(message) from None
+        sys.exit(2)
+
+
+def _hide_credentials_in_logs(argv: list[str]) -> None:
+    """Log records (Hydra prints every job's overrides) never show the password of a tracking URI."""
+    from xaitk_exp.config import redact_text
+
+    given = [a.partition("=")[2] for a in argv if a.lstrip("+~").startswith("tracking.uri=")]
+    uris = [u.replace("\\", "").strip("'\"") for u in [*given, os.environ.get("MLFLOW_TRACKING_URI", "")] if "@" in u]
+    if not uris:
+        return
+    import logging
+
+    make_record = logging.getLogRecordFactory()
+
+    def scrubbed_record(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        text = clean = record.getMessage()
+        for uri in uris:
+            clean = redact_text(clean, uri)
+        if clean != text:
+            record.msg, record.args = clean, ()
+        return record
+
+    logging.setLogRecordFactory(scrubbed_record)
+
+
+def _scrub(text: str, cfg: DictConfig) -> str:
+    """``text`` without the credentials of the tracking URI in use."""
+    from xaitk_exp.config import redact_text
+
+    return redact_text(text, cfg.tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI"))
 
 
 def main() -> None:
@@ -102,6 +145,7 @@ def main() -> None:
     if message:
         print(f"xaitk-exp: error: {message}", file=sys.stderr)
         sys.exit(2)
+    _hide_credentials_in_logs(sys.argv[1:])
     try:
         _hydra_main()
     finally:  # a sweep that Hydra aborted (a failed job, Ctrl-C) still gets its summary and an honest status

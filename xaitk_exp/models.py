@@ -8,8 +8,24 @@ from typing import Any
 
 from xaitk_exp.errors import ConfigError, TrackingError, UnsafeConfigError
 
-#: module prefixes whose types a stored skops model may list as trusted
-TRUSTED_TYPE_PREFIXES = ("sklearn.", "numpy.", "builtins.", "scipy.")
+#: a stored skops model may ask to trust only classes defined in these packages (scikit-learn's own classes:
+#: ``builtins.``/``numpy.`` prefixes would let a crafted MLmodel trust ``builtins.eval`` and run code)
+TRUSTED_TYPE_PREFIXES = ("sklearn.",)
+
+
+def is_trusted_type(name: str) -> bool:
+    """True when ``name`` (``module.Class``) is a class scikit-learn itself defines."""
+    import importlib
+    import inspect
+
+    if not isinstance(name, str) or not name.startswith(TRUSTED_TYPE_PREFIXES):
+        return False
+    module, _, attr = name.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return inspect.isclass(obj) and str(getattr(obj, "__module__", "")).startswith(TRUSTED_TYPE_PREFIXES)
 
 
 def trusted_types(model: Any) -> list[str]:
@@ -20,7 +36,7 @@ def trusted_types(model: Any) -> list[str]:
     import skops.io as sio
 
     untrusted = sio.get_untrusted_types(data=sio.dumps(model))
-    bad = [t for t in untrusted if not t.startswith(TRUSTED_TYPE_PREFIXES)]
+    bad = [t for t in untrusted if not is_trusted_type(t)]
     if bad:
         raise UnsafeConfigError(
             f"model: types {bad} cannot be stored safely in the skops format; only scikit-learn types are trusted"
@@ -64,11 +80,19 @@ def check_model_types(mlmodel_text: str, uri: str, allow_pickle: bool = False) -
             f"model.uri={uri!r} is stored as {fmt!r}, which runs code when loaded; only 'skops' is loaded "
             "unless model.allow_pickle=true"
         )
-    bad = [t for t in flavor.get("skops_trusted_types") or [] if not str(t).startswith(TRUSTED_TYPE_PREFIXES)]
+    bad = [t for t in flavor.get("skops_trusted_types") or [] if not is_trusted_type(t)]
     if bad:
         raise UnsafeConfigError(
-            f"model.uri={uri!r} asks to trust types {bad}; only scikit-learn types are trusted"
+            f"model.uri={uri!r} asks to trust types {bad}; only scikit-learn's own classes are trusted"
         )
+    if flavor.get("code") and not allow_pickle:  # MLflow would put the model's code folder first on sys.path
+        raise UnsafeConfigError(
+            f"model.uri={uri!r} ships code ({flavor['code']!r}) that loading would import; refused unless "
+            "model.allow_pickle=true"
+        )
+    model_file = str(flavor.get("pickled_model") or "")
+    if not model_file or Path(model_file).name != model_file or model_file in (".", ".."):
+        raise UnsafeConfigError(f"model.uri={uri!r} names model file {model_file!r}; a file inside the model folder")
 
 
 def load_model(uri: str, tracking_uri: str, allow_pickle: bool = False) -> Any:
@@ -100,3 +124,22 @@ def load_model(uri: str, tracking_uri: str, allow_pickle: bool = False) -> Any:
 def check_classifier(model: Any, key: str = "model._target_") -> None:
     if not hasattr(model, "predict_proba"):
         raise ConfigError(key, f"{type(model).__module__}.{type(model).__name__}", "an estimator with predict_proba")
+
+
+def check_params(model: Any, key: str = "model") -> None:
+    """scikit-learn's own constructor-argument check, run before any run is opened (``fit`` would run it inside
+    the run). Raises :class:`ConfigError` naming ``model.<param>``, the value and what scikit-learn accepts."""
+    import re
+
+    validate = getattr(model, "_validate_params", None)
+    if validate is None or not hasattr(model, "_parameter_constraints"):  # not a scikit-learn estimator
+        return
+    try:
+        validate()
+    except (ValueError, TypeError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        found = re.match(r"The '(\w+)' parameter of (\w+) must be (.*)\. Got .* instead\.?$", text)
+        if not found:
+            raise ConfigError(key, type(model).__name__, f"arguments scikit-learn accepts ({text})") from exc
+        param, cls, allowed = found.groups()
+        raise ConfigError(f"{key}.{param}", model.get_params(deep=False).get(param), f"{allowed} ({cls})") from exc

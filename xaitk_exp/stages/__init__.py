@@ -26,6 +26,11 @@ def _saliency(ctx: Context) -> None:
 
 
 def _all(ctx: Context) -> None:
+    from xaitk_exp.config import SALIENCY_RESERVED, to_dict, validate_saliency
+
+    # sizes that only the data can check (a window larger than the image) are refused before the train run opens
+    node = {k: v for k, v in to_dict(ctx.cfg.saliency).items() if k not in SALIENCY_RESERVED}
+    validate_saliency(node, tuple(ctx.split.image_shape[:2]))
     _train(ctx)
     _evaluation(ctx)
     _saliency(ctx)

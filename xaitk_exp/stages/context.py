@@ -53,11 +53,12 @@ class Context:
         return self.cfg.model.get("uri")
 
     def build_model(self) -> Any:
-        from xaitk_exp.models import check_classifier
+        from xaitk_exp.models import check_classifier, check_params
 
         node = {k: v for k, v in to_dict(self.cfg.model).items() if k not in ("name",)}
         model = instantiate(node, "model", self.extra_allowed)
         check_classifier(model)
+        check_params(model)
         return model
 
     @property
@@ -136,9 +137,13 @@ class Context:
 
     def record_config(self, run_id: str) -> None:
         """The resolved config, the overrides and the package versions, as artifacts of ``run_id``."""
+        from xaitk_exp.config import redact_overrides, redact_uri
+
         resolved = OmegaConf.to_container(self.cfg, resolve=True)
+        if (resolved.get("tracking") or {}).get("uri"):  # credentials in the URI stay on this machine
+            resolved["tracking"]["uri"] = redact_uri(str(resolved["tracking"]["uri"]))
         self.tracker.log_dict(run_id, resolved, "config/config.yaml")
-        self.tracker.log_dict(run_id, {"overrides": list(self.overrides)}, "config/overrides.yaml")
+        self.tracker.log_dict(run_id, {"overrides": redact_overrides(self.overrides)}, "config/overrides.yaml")
         self.tracker.log_dict(run_id, package_versions(), "config/environment.json")
 
     def check_image_shape(self, model: Any) -> None:

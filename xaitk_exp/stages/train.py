@@ -30,6 +30,9 @@ def run_train(ctx: Context) -> str | None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model.fit(X, split.train_labels)
+        if any(str(w.message) == "Training interrupted by user." for w in caught):
+            # scikit-learn's MLP swallows Ctrl-C and returns a half-trained model: the run must end KILLED
+            raise KeyboardInterrupt
         if caught:
             tracker.log(run_id, tags={"fit_warnings": "; ".join(sorted({str(w.message)[:200] for w in caught}))})
         if hasattr(model, "loss_curve_"):

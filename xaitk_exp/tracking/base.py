@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import tempfile
 import traceback
@@ -40,6 +42,9 @@ class Tracker(ABC):
 
         self.uri = uri
         self.artifact_root = artifact_root
+        if "@" in uri.split("://", 1)[-1].split("/", 1)[0]:
+            # MLflow prints "View run <name> at: <tracking URL>/#/..." on every fluent end_run, credentials included
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         self.client = MlflowClient(tracking_uri=uri)
         self._experiments: dict[str, str] = {}
         self._sweep_experiments: dict[str, str | None] = {}
@@ -74,7 +79,7 @@ class Tracker(ABC):
         try:
             return self.client.get_experiment_by_name(name)
         except Exception as exc:  # unreachable server, broken store
-            raise TrackingError(f"tracking.uri: the tracking store cannot be read ({_short(exc)})") from exc
+            raise TrackingError(self._scrub(f"tracking.uri: the tracking store cannot be read ({_short(exc)})")) from exc
 
     # ----- runs --------------------------------------------------------------------------------------------------
     @contextmanager
@@ -91,7 +96,7 @@ class Tracker(ABC):
         FINISHED on success; FAILED with ``traceback.txt`` and an ``error`` tag on an exception; KILLED on
         Ctrl-C or SIGTERM. The run id is yielded.
         """
-        all_tags = {k: _stringify(v) for k, v in (tags or {}).items()}
+        all_tags = {k: self._scrub(_stringify(v)) for k, v in (tags or {}).items()}
         if not parent_run_id and all_tags.get("Sweep_run_id"):
             parent_run_id = self._sweep_parent_in(experiment_id, all_tags["Sweep_run_id"])
         if parent_run_id:
@@ -128,7 +133,7 @@ class Tracker(ABC):
 
     def start_run(self, experiment_id: str, run_name: str, tags: Mapping[str, Any] | None = None) -> str:
         """Open a run that outlives one ``with`` block (a sweep's parent); close it with :meth:`finish_run`."""
-        return self._start_run(experiment_id, run_name, {k: _stringify(v) for k, v in (tags or {}).items()})
+        return self._start_run(experiment_id, run_name, {k: self._scrub(_stringify(v)) for k, v in (tags or {}).items()})
 
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
         self._end_run(run_id, status)
@@ -137,8 +142,8 @@ class Tracker(ABC):
         """Best effort: record the error, then the status; never mask the original exception."""
         try:
             if exc is not None:
-                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                self._log(run_id, {}, {}, {"error": _short(exc)}, 0)
+                text = self._scrub("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+                self._log(run_id, {}, {}, {"error": self._scrub(_short(exc))}, 0)
                 self.log_text(run_id, text, "traceback.txt")
         except Exception:
             pass
@@ -156,12 +161,12 @@ class Tracker(ABC):
         step: int = 0,
     ) -> None:
         """Log params, metrics and tags in as few calls as the level allows (chunks of MLflow's batch limits)."""
-        p = {k: _stringify(v) for k, v in (params or {}).items()}
+        p = {k: self._scrub(_stringify(v)) for k, v in (params or {}).items()}
         for k, v in p.items():
             if len(v) > MAX_PARAM_CHARS:
                 raise TrackingError(f"param {k!r} is {len(v)} characters; MLflow keeps at most {MAX_PARAM_CHARS}")
         m = {k: float(v) for k, v in (metrics or {}).items()}
-        t = {k: _stringify(v) for k, v in (tags or {}).items()}
+        t = {k: self._scrub(_stringify(v)) for k, v in (tags or {}).items()}
         if len(p) <= MAX_PARAMS and len(m) <= MAX_METRICS and len(t) <= MAX_TAGS:
             self._log(run_id, p, m, t, step)
             return
@@ -178,9 +183,10 @@ class Tracker(ABC):
             self._log_history(run_id, key, [float(v) for v in values[start : start + MAX_METRICS]], start)
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        artifact_file = safe_artifact_path(artifact_file) or "file.txt"
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp, Path(artifact_file).name)
-            path.write_text(text)
+            path.write_text(self._scrub(text))
             self.log_artifact(run_id, str(path), _parent(artifact_file))
 
     def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> None:
@@ -194,14 +200,38 @@ class Tracker(ABC):
         self.log_text(run_id, text, artifact_file)
 
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
-        self._log_artifact(run_id, local_path, artifact_path)
+        """``local_path`` into the run's ``artifact_path`` folder; both names pass :func:`safe_artifact_path`."""
+        name = Path(local_path).name
+        safe = safe_artifact_path(name) or "file"
+        text = self._secret_text(local_path)
+        if safe != name or text is not None:  # named from data, or quoting the tracking URI's credentials
+            with tempfile.TemporaryDirectory() as tmp:
+                copy = Path(tmp, safe)
+                if text is not None:
+                    copy.write_text(text)
+                else:
+                    shutil.copyfile(local_path, copy)
+                self._log_artifact(run_id, str(copy), safe_artifact_path(artifact_path))
+            return
+        self._log_artifact(run_id, local_path, safe_artifact_path(artifact_path))
 
     def log_table(self, run_id: str, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
         """A table artifact (``.json``, columns of equal length) that the MLflow UI shows and compares."""
-        self.client.log_table(run_id, data=dict(columns), artifact_file=artifact_file)
+        data = {k: [self._scrub(v) if isinstance(v, str) else v for v in col] for k, col in columns.items()}
+        self.client.log_table(run_id, data=data, artifact_file=safe_artifact_path(artifact_file) or "table.json")
 
     def log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
-        self._log_artifacts(run_id, local_dir, artifact_path)
+        """Every file under ``local_dir``; names that :func:`safe_artifact_path` would change are logged cleaned."""
+        files = [p.relative_to(local_dir).as_posix() for p in Path(local_dir).rglob("*") if p.is_file()]
+        if all(safe_artifact_path(f) == f for f in files):
+            self._log_artifacts(run_id, local_dir, safe_artifact_path(artifact_path))
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            for f in files:
+                target = Path(tmp, safe_artifact_path(f) or "file")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(local_dir, f), target)
+            self._log_artifacts(run_id, tmp, safe_artifact_path(artifact_path))
 
     def log_model(self, run_id: str, model: Any, input_example: Any) -> None:
         """The estimator as an MLflow sklearn model (skops format) in the run's ``sklearn-model/`` folder."""
@@ -232,7 +262,7 @@ class Tracker(ABC):
                 )
             )
         except MlflowException as exc:
-            raise TrackingError(_short(exc)) from exc
+            raise TrackingError(self._scrub(_short(exc))) from exc
 
     def get_run(self, run_id: str) -> Any:
         from mlflow.exceptions import MlflowException
@@ -242,6 +272,23 @@ class Tracker(ABC):
         except MlflowException as exc:
             raise TrackingError(f"run {run_id!r} does not exist in {self.display_uri}") from exc
 
+    def _scrub(self, text: str) -> str:
+        """``text`` without the credentials of the tracking URI (MLflow's errors quote the URL it called)."""
+        from xaitk_exp.config import redact_text
+
+        return redact_text(text, self.uri)
+
+    def _secret_text(self, local_path: str) -> str | None:
+        """The scrubbed text of a small text file that quotes the tracking URI's credentials, else None."""
+        if "@" not in self.uri or Path(local_path).suffix.lower() not in (".csv", ".json", ".yaml", ".yml", ".txt"):
+            return None
+        try:
+            text = Path(local_path).read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+        clean = self._scrub(text)
+        return clean if clean != text else None
+
     @property
     def display_uri(self) -> str:
         from xaitk_exp.config import redact_uri
@@ -249,7 +296,7 @@ class Tracker(ABC):
         return redact_uri(self.uri)
 
     def download(self, run_id: str, artifact_path: str, dst: str) -> str:
-        return self.client.download_artifacts(run_id, artifact_path, dst)
+        return self.client.download_artifacts(run_id, safe_artifact_path(artifact_path) or "", dst)
 
     # ----- what each level implements ----------------------------------------------------------------------------
     @abstractmethod
@@ -278,6 +325,19 @@ def _chunks(d: dict[str, Any], size: int) -> Iterator[dict[str, Any]]:
     items = list(d.items())
     for i in range(0, len(items), size):
         yield dict(items[i : i + size])
+
+
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_artifact_path(path: str | None) -> str | None:
+    """A relative artifact path that cannot leave the run's folder: ``\\`` counts as ``/``; empty, ``.`` and
+    ``..`` parts are dropped; characters other than letters, digits and ``._-`` become ``_``. None if nothing is
+    left (the run's root folder)."""
+    if path is None:
+        return None
+    parts = [_UNSAFE_CHARS.sub("_", p) for p in str(path).replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    return "/".join(parts) or None
 
 
 def _parent(artifact_file: str) -> str | None:

@@ -13,7 +13,7 @@ class HighTracker(MidTracker):
     level = "high"
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self._mlflow.log_text(text, safe_artifact_path(artifact_file) or "file.txt", run_id=run_id)
+        self._mlflow.log_text(self._scrub(text), safe_artifact_path(artifact_file) or "file.txt", run_id=run_id)
 
     def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> None:
         if artifact_file.endswith(".json"):
@@ -21,7 +21,7 @@ class HighTracker(MidTracker):
 
             # same bytes as the other levels: sorted keys, indent 2
             text = json.dumps(obj, indent=2, sort_keys=True, default=str)
-            self._mlflow.log_text(text, safe_artifact_path(artifact_file) or "file.json", run_id=run_id)
+            self._mlflow.log_text(self._scrub(text), safe_artifact_path(artifact_file) or "file.json", run_id=run_id)
         else:
             Tracker.log_dict(self, run_id, obj, artifact_file)
 

@@ -1,0 +1,178 @@
+"""Faults a sweep meets: a job killed mid-stage, a tracking server that does not answer, an exception inside a
+stage, and parallel jobs on a fresh SQLite store. Nothing recorded is lost; no run is left RUNNING."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from conftest import exe, run_cli
+from xaitk_exp.teamserver import free_port
+
+TRAIN_EXP = "MLPClassifier - Train"
+
+
+def _client(db: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{db}")
+
+
+def _runs(client, name: str):
+    exp = client.get_experiment_by_name(name)
+    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+
+
+# ----- a job killed mid-stage ----------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_killed_job_ends_its_run_and_a_rerun_completes(tmp_path, sig):
+    import os
+
+    db = tmp_path / "outputs" / "mlflow.db"
+    # an MLP that would train for many minutes: no early stopping, a huge epoch budget
+    slow = ["stage=train", "progress=false", "force=true", "model.max_iter=1000000", "+model.tol=0",
+            "+model.n_iter_no_change=1000000"]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([*exe(), *slow], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        running = _wait_for_running(proc, db, timeout=240)
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    run = _client(db).get_run(running)
+    assert run.info.status in ("KILLED", "FAILED"), run.info.status
+    assert run.info.end_time is not None
+    again = run_cli(["stage=train", "progress=false"], cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    statuses = sorted(r.info.status for r in _runs(_client(db), TRAIN_EXP))
+    assert statuses == sorted(["FINISHED", run.info.status]), statuses
+
+
+def _wait_for_running(proc: subprocess.Popen, db: Path, timeout: float) -> str:
+    """The id of the job's train run once it is RUNNING (and the fit is under way)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the job ended before it was killed: {proc.communicate()[1][-2000:]}")
+        if db.exists():
+            try:
+                runs = [r for r in _runs(_client(db), TRAIN_EXP) if r.info.status == "RUNNING"]
+            except Exception:  # the store is being created right now
+                runs = []
+            if runs and "hidden_layer_sizes" in runs[0].data.params:
+                time.sleep(1.0)  # into model.fit
+                return runs[0].info.run_id
+        time.sleep(0.5)
+    raise AssertionError("no RUNNING train run appeared")
+
+
+# ----- a tracking server that does not answer ------------------------------------------------------------------
+@pytest.fixture
+def silent_server():
+    """A loopback port whose socket accepts connections (kernel backlog) but never replies."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["accepts-never-replies", "nothing-listening"])
+def test_unanswering_tracking_server_fails_fast_in_one_line(tmp_path, silent_server, kind):
+    url = silent_server if kind == "accepts-never-replies" else f"http://127.0.0.1:{free_port()}"
+    timeout, retries, backoff = 2, 1, 0.5
+    # what the settings allow: every attempt times out, plus the backoff sleeps between them
+    request_bound = (retries + 1) * timeout + sum(backoff * 2**i for i in range(retries))
+    startup = 60  # interpreter, imports and the data on a busy 2-core machine
+    start = time.monotonic()
+    proc = run_cli(
+        ["stage=train", "progress=false", f"tracking.uri={url}", f"tracking.http.timeout={timeout}",
+         f"tracking.http.max_retries={retries}", f"tracking.http.backoff_factor={backoff}"],
+        cwd=tmp_path,
+        timeout=600,  # MLflow's own defaults (120 s a request, 7 retries) would run far past the bound below
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert elapsed < startup + request_bound, f"took {elapsed:.0f} s"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("xaitk-exp: error: ")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert re.match(r"xaitk-exp: error: tracking\.uri: the tracking store cannot be read \(", errors[0])
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_default_http_bounds_hold(tmp_path, silent_server):
+    """The shipped bounds (tracking.http: timeout 20, max_retries 2, backoff_factor 1) reach MLflow."""
+    proc = run_cli(["stage=train", "progress=false", f"tracking.uri={silent_server}", "--cfg", "job"], cwd=tmp_path)
+    assert proc.returncode == 0
+    http = re.search(r"http:\s*\n\s*timeout: (\d+)\s*\n\s*max_retries: (\d+)\s*\n\s*backoff_factor: ([\d.]+)",
+                     proc.stdout)
+    assert http, proc.stdout
+    timeout, retries, backoff = int(http[1]), int(http[2]), float(http[3])
+    assert (retries + 1) * timeout + sum(backoff * 2**i for i in range(retries)) <= 120, "over two minutes a request"
+
+
+# ----- an exception inside a stage -----------------------------------------------------------------------------
+class ExplodingClassifier(ClassifierMixin, BaseEstimator):
+    """A real estimator whose ``fit`` fails: the fault is injected inside the train stage's run."""
+
+    def __init__(self, message: str = "injected fault") -> None:
+        self.message = message
+
+    def fit(self, X, y):
+        raise RuntimeError(self.message)
+
+    def predict_proba(self, X):
+        return np.full((len(X), 2), 0.5)
+
+
+@pytest.mark.parametrize("level", ["high", "mid", "low"])
+def test_exception_inside_a_stage_fails_the_run_with_its_traceback(run_stage, client, tmp_path, level):
+    with pytest.raises(RuntimeError, match="injected fault"):
+        run_stage("stage=train", "model=estimator", f"model._target_={__name__}.ExplodingClassifier",
+                  f"allow_targets=[{__name__}.]", f"logging={level}")
+    (run,) = _runs(client, "ExplodingClassifier - Train")
+    assert run.info.status == "FAILED"
+    assert "injected fault" in run.data.tags["error"]
+    text = Path(client.download_artifacts(run.info.run_id, "traceback.txt", str(tmp_path))).read_text()
+    assert "Traceback (most recent call last)" in text and "RuntimeError: injected fault" in text
+    assert "in fit" in text
+
+
+# ----- parallel jobs on a fresh SQLite store -------------------------------------------------------------------
+@pytest.mark.slow
+def test_eight_jobs_four_in_parallel_on_a_fresh_sqlite_store(tmp_path):
+    seeds = list(range(8))
+    proc = run_cli(
+        ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=4", "stage=train", "model=logistic_regression",
+         "progress=false", f"seed={','.join(map(str, seeds))}"],
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    client = _client(tmp_path / "outputs" / "mlflow.db")
+    assert len([e for e in client.search_experiments() if e.name == "LogisticRegression - Train"]) == 1
+    runs = [r for r in _runs(client, "LogisticRegression - Train") if r.info.run_name == "train_info"]
+    assert sorted(int(r.data.params["random_state"]) for r in runs) == seeds
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for run in runs:
+        files = {f.path for f in client.list_artifacts(run.info.run_id, "sklearn-model")}
+        assert "sklearn-model/model.skops" in files
