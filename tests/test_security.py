@@ -292,3 +292,12 @@ def test_a_tampered_stored_config_is_refused(run_stage, client, tmp_path):
     stored["model"]["_target_"] = "os.system"
     with pytest.raises(UnsafeConfigError, match=r"model\._target_='os\.system'"):
         check_targets(stored, stored.get("allow_targets") or [])
+
+
+def test_allowed_prefix_admits_classes_only():
+    from xaitk_exp.config import check_targets
+    from xaitk_exp.errors import UnsafeConfigError
+
+    check_targets({"_target_": "sklearn.svm.SVC"})
+    with pytest.raises(UnsafeConfigError, match="fetch_openml.*not a class"):
+        check_targets({"model": {"_target_": "sklearn.datasets.fetch_openml", "name": "mnist_784"}})

@@ -49,12 +49,16 @@ def resolve_tracking(cfg: DictConfig) -> tuple[str, str | None]:
     scheme = urlsplit(str(uri)).scheme.split("+")[0]
     if scheme not in TRACKING_SCHEMES:
         raise ConfigError("tracking.uri", redact_uri(str(uri)), f"a URI with scheme {', '.join(TRACKING_SCHEMES)}")
-    artifact_root = cfg.tracking.get("artifact_root")
-    if not artifact_root and scheme == "sqlite":
-        db_path = Path(str(uri)[len("sqlite:///") :])
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        artifact_root = str(db_path.parent / "mlartifacts")
-    return str(uri), artifact_root
+    return str(uri), cfg.tracking.get("artifact_root") or default_artifact_root(str(uri))
+
+
+def default_artifact_root(uri: str) -> str | None:
+    """``mlartifacts/`` beside a SQLite database; None for a server, which decides for itself."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db_path = Path(uri[len("sqlite:///") :])
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    return str(db_path.parent / "mlartifacts")
 
 
 def redact_uri(uri: str) -> str:
@@ -109,11 +113,30 @@ def check_targets(node: Any, extra_allowed: Iterable[str] = (), key: str = "") -
                 f"{key + '.' if key else ''}_target_={target!r} is not allowed: only classes from "
                 f"{', '.join(p.rstrip('.') for p in allowed)} may be built (add a prefix to allow_targets to trust more)"
             )
+        if target is not None and str(target).startswith(ALLOWED_TARGET_PREFIXES):
+            _require_class(str(target), key)
         for k, v in node.items():
             check_targets(v, allowed, f"{key}.{k}" if key else str(k))
     elif isinstance(node, list):
         for i, v in enumerate(node):
             check_targets(v, allowed, f"{key}[{i}]")
+
+
+def _require_class(target: str, key: str) -> None:
+    """Built-in prefixes admit classes only: ``sklearn.datasets.fetch_openml`` is a function that downloads."""
+    import inspect
+
+    from hydra._internal.utils import _locate
+
+    try:
+        obj = _locate(target)
+    except ImportError:
+        return  # instantiate reports the missing class, naming the key
+    if not inspect.isclass(obj):
+        raise UnsafeConfigError(
+            f"{key + '.' if key else ''}_target_={target!r} is not allowed: it is not a class "
+            "(only estimators, datasets and saliency classes may be built)"
+        )
 
 
 def instantiate(node: Any, key: str, extra_allowed: Iterable[str] = (), **kwargs: Any) -> Any:

@@ -23,6 +23,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from xaitk_exp.config import redact_overrides
+
 SWEEP_KEY = "sweep_run_id"
 JOB_RECORD = "sweep_job.json"
 SUMMARY_TABLE = "sweep_summary.json"
@@ -78,7 +80,7 @@ class SweepCallback(Callback):
         tags = {
             "Run_type": "sweep",
             "Sweep_dir": sweep_dir,
-            "Sweep_overrides": " ".join(user_overrides)[:5000],
+            "Sweep_overrides": " ".join(redact_overrides(user_overrides))[:5000],
             "Sweep_launcher": str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1],
             "Sweep_jobs": len(jobs) if jobs else "unknown",
         }
@@ -134,7 +136,7 @@ class SweepCallback(Callback):
         record = {
             "job": int(config.hydra.job.num),
             SWEEP_KEY: config.get(SWEEP_KEY),
-            "overrides": [o for o in config.hydra.overrides.task if not o.startswith(f"{SWEEP_KEY}=")],
+            "overrides": redact_overrides(o for o in config.hydra.overrides.task if not o.startswith(f"{SWEEP_KEY}=")),
             "status": "RUNNING",
             "started": time.time(),
         }
