@@ -28,6 +28,7 @@ class Algorithm:
         if self.fill is not None and hasattr(self.generator, "fill"):
             self.generator.fill = self.fill
         self.needs_channels = type(self.generator).__name__ == "MCRISEStack"
+        reuse_seeded_masks(self.generator)
 
     def config(self) -> dict[str, Any]:
         """What ran: the generator's ``get_config()``, its class, and ``fill`` (which ``get_config`` omits)."""
@@ -44,6 +45,33 @@ class Algorithm:
         """Maps for every class of ``blackbox``: ``[n_classes, H, W]`` (MC-RISE: ``[k, n_classes, H, W]``), in
         ``[-1, 1]``."""
         return np.asarray(self.generator(self.prepare(image), blackbox))
+
+
+def reuse_seeded_masks(generator: Any) -> None:
+    """Draw a seeded RISE / MC-RISE generator's masks once per image size instead of once per image.
+
+    xaitk-saliency draws the masks again on every call (about 0.13 s per 1000 masks at 32x32, 1.6 s at 224x224),
+    yet with a seed they depend on the image size alone: the same masks, so the same maps bit for bit. The last
+    size's masks are kept, read-only (memory: one call's masks, which every call allocates anyway). Without a seed,
+    or for other perturbers, nothing changes.
+    """
+    holder = getattr(generator, "_po", generator)  # RISEStack wraps a PerturbationOcclusion; MCRISEStack does not
+    perturber = getattr(holder, "_perturber", None)
+    if type(perturber).__name__ not in ("RISEGrid", "MCRISEGrid") or getattr(perturber, "seed", None) is None:
+        return
+    draw = perturber.perturb
+    kept: dict[tuple[int, ...], np.ndarray] = {}
+
+    def perturb(ref_image: np.ndarray) -> np.ndarray:
+        size = tuple(np.shape(ref_image)[:2])
+        if size not in kept:
+            kept.clear()
+            masks = draw(ref_image)
+            masks.setflags(write=False)
+            kept[size] = masks
+        return kept[size]
+
+    perturber.perturb = perturb  # an instance attribute: get_config() and the class are untouched
 
 
 def class_maps(maps: np.ndarray) -> np.ndarray:

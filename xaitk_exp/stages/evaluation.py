@@ -44,21 +44,24 @@ def run_evaluation(ctx: Context) -> str:
     summary_tags = {**base_tags, "Run_type": "summary", **ctx.provenance_tags("evaluation")}
     with tracker.run(exp_id, f"Evaluation_{split_name}_summary", tags=summary_tags) as parent:
         ctx.record_config(parent)
-        for k in tqdm(range(n), desc="evaluation runs", unit="img", disable=not cfg.progress):
-            top = int(np.argmax(probs[k]))
-            tags = {
-                **base_tags,
-                "Run_type": "image",
-                "Image_id": k,
-                "GT_class": names[int(labels[k])],
-                "Predicted_class": class_labels[top],
-            }
-            if split.test_paths is not None and split_name == "test":
-                tags["Image_path"] = split.test_paths[k]
-            metrics = {"Predicted_class_conf": float(probs[k, top])}
-            metrics.update({f"Class_{c}_conf": float(p) for c, p in zip(class_labels, probs[k], strict=True)})
-            with tracker.run(exp_id, f"ImageID-{k}_conf", tags=tags, parent_run_id=parent) as run_id:
-                tracker.log(run_id, metrics=metrics)
+
+        def image_runs():  # (run name, tags, metrics) per image, made as the tracker asks for them
+            for k in tqdm(range(n), desc="evaluation runs", unit="img", disable=not cfg.progress):
+                top = int(np.argmax(probs[k]))
+                tags = {
+                    **base_tags,
+                    "Run_type": "image",
+                    "Image_id": k,
+                    "GT_class": names[int(labels[k])],
+                    "Predicted_class": class_labels[top],
+                }
+                if split.test_paths is not None and split_name == "test":
+                    tags["Image_path"] = split.test_paths[k]
+                metrics = {"Predicted_class_conf": float(probs[k, top])}
+                metrics.update({f"Class_{c}_conf": float(p) for c, p in zip(class_labels, probs[k], strict=True)})
+                yield f"ImageID-{k}_conf", tags, metrics
+
+        tracker.log_runs(exp_id, image_runs(), parent_run_id=parent)  # one run per image, few store calls each
         predicted = np.asarray(blackbox.get_labels())[probs.argmax(axis=1)]
         truth = labels
         matrix = _confusion(truth, predicted, list(model.classes_))

@@ -14,7 +14,7 @@ import signal
 import tempfile
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -96,11 +96,7 @@ class Tracker(ABC):
         FINISHED on success; FAILED with ``traceback.txt`` and an ``error`` tag on an exception; KILLED on
         Ctrl-C or SIGTERM. The run id is yielded.
         """
-        all_tags = {k: self._scrub(_stringify(v)) for k, v in (tags or {}).items()}
-        if not parent_run_id and all_tags.get("Sweep_run_id"):
-            parent_run_id = self._sweep_parent_in(experiment_id, all_tags["Sweep_run_id"])
-        if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
+        all_tags = self._run_tags(experiment_id, tags, parent_run_id)
         if run_id is None:
             run_id = self._start_run(experiment_id, run_name, all_tags)
         else:
@@ -120,6 +116,35 @@ class Tracker(ABC):
             self._end_run(run_id, "FINISHED")
         finally:
             _restore_sigterm(previous)
+
+    def _run_tags(
+        self, experiment_id: str, tags: Mapping[str, Any] | None, parent_run_id: str | None
+    ) -> dict[str, str]:
+        """A run's tags as strings, with ``mlflow.parentRunId`` (the given parent, else the sweep's run if any)."""
+        all_tags = {k: self._scrub(_stringify(v)) for k, v in (tags or {}).items()}
+        if not parent_run_id and all_tags.get("Sweep_run_id"):
+            parent_run_id = self._sweep_parent_in(experiment_id, all_tags["Sweep_run_id"])
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        return all_tags
+
+    def log_runs(
+        self,
+        experiment_id: str,
+        runs: Iterable[tuple[str, Mapping[str, Any], Mapping[str, float]]],
+        parent_run_id: str | None = None,
+    ) -> list[str]:
+        """Many small runs, one per ``(run_name, tags, metrics)``, each opened and closed like :meth:`run`.
+
+        The evaluation's per-image runs come through here, so each level writes them with as few store calls as
+        its API allows. ``runs`` may be a lazy iterator; the run ids come back in its order.
+        """
+        ids = []
+        for run_name, tags, metrics in runs:
+            with self.run(experiment_id, run_name, tags=tags, parent_run_id=parent_run_id) as run_id:
+                self.log(run_id, metrics=metrics)
+            ids.append(run_id)
+        return ids
 
     def _sweep_parent_in(self, experiment_id: str, sweep_run_id: str) -> str | None:
         """The sweep's parent run when it lives in ``experiment_id`` (MLflow nests runs only within one experiment;

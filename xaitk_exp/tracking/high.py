@@ -33,6 +33,7 @@ class HighTracker(MidTracker):
 
         active = self._mlflow.active_run()
         if active is not None and active.info.run_id == run_id:
+            self._model_runs.add(run_id)
             self._mlflow.sklearn.log_model(
                 model,
                 name=MODEL_DIR,

@@ -18,6 +18,7 @@ class MidTracker(Tracker):
 
         mlflow.set_tracking_uri(uri)
         self._mlflow = mlflow
+        self._model_runs: set[str] = set()  # runs a model was logged into (see _log_metrics)
 
     def _start_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
         # the parent, if any, is passed as the tag itself so the record matches the other levels
@@ -39,9 +40,19 @@ class MidTracker(Tracker):
         if params:
             self._mlflow.log_params(params, run_id=run_id)
         if metrics:
-            self._mlflow.log_metrics(metrics, step=step, run_id=run_id)
+            self._log_metrics(run_id, metrics, step)
         if tags:
             self._set_tags(run_id, tags)
+
+    def _log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        # ``log_metrics(run_id=...)`` first reads the run back from the store (to link the metrics to models the run
+        # logged); for the active run the fluent API uses the run object it holds, no read. Same record, unless a
+        # model was logged into the run since it started: then the read is needed.
+        active = self._mlflow.active_run()
+        if active is not None and active.info.run_id == run_id and run_id not in self._model_runs:
+            self._mlflow.log_metrics(metrics, step=step)
+        else:
+            self._mlflow.log_metrics(metrics, step=step, run_id=run_id)
 
     def _set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         active = self._mlflow.active_run()
