@@ -40,8 +40,10 @@ class Tracker(ABC):
     def __init__(self, uri: str, artifact_root: str | None = None) -> None:
         from mlflow import MlflowClient
 
+        from xaitk_exp.config import default_artifact_root
+
         self.uri = uri
-        self.artifact_root = artifact_root
+        self.artifact_root = artifact_root or default_artifact_root(uri)  # never ./mlruns in the working directory
         if "@" in uri.split("://", 1)[-1].split("/", 1)[0]:
             # MLflow prints "View run <name> at: <tracking URL>/#/..." on every fluent end_run, credentials included
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
