@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -48,7 +49,8 @@ def test_readme_seed_query_line_works_in_a_shell(tmp_path):
     words = shlex.split(line)
     assert words[2] == "query.filter=\"metrics.Predicted_class_conf >= 0.9 and tags.Predicted_class = '4'\""
     command = shlex.join(exe()) + line[len("xaitk-exp"):] + " evaluation.num_images=100"
-    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the default store, as for a user
+    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     client = _client(tmp_path)
     sal = client.get_experiment_by_name("MLPClassifier - Saliency Map Generation")

@@ -204,3 +204,11 @@ def test_artifacts_stay_under_the_store_folder(run_stage, tmp_path):
     run_stage("stage=train")
     assert (tmp_path / "mlartifacts").is_dir()
     assert not (Path.cwd() / "mlruns").exists()
+
+
+def test_running_leaves_the_environment_alone(run_stage, monkeypatch):
+    import os
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_stage("stage=train", "logging=mid")
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # else later jobs and subprocesses would inherit this store

@@ -100,7 +100,9 @@ def load_model(uri: str, tracking_uri: str, allow_pickle: bool = False) -> Any:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking_uri)
+    from xaitk_exp.tracking import use_tracking_uri
+
+    use_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=tracking_uri)

@@ -30,3 +30,21 @@ def make_tracker(level: str, uri: str, artifact_root: str | None = None) -> Trac
         raise ConfigError("logging.level", level, f"one of {', '.join(LEVELS)}")
     module, cls = LEVELS[level].split(":")
     return getattr(importlib.import_module(module), cls)(uri, artifact_root)
+
+
+def use_tracking_uri(uri: str) -> None:
+    """Point MLflow's fluent API at ``uri`` without leaking it into ``MLFLOW_TRACKING_URI``.
+
+    ``mlflow.set_tracking_uri`` also exports the environment variable, which later jobs in the same process and
+    every subprocess would then take as their default store.
+    """
+    import os
+
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before

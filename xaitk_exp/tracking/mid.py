@@ -16,7 +16,9 @@ class MidTracker(Tracker):
         super().__init__(uri, artifact_root)
         import mlflow
 
-        mlflow.set_tracking_uri(uri)
+        from xaitk_exp.tracking import use_tracking_uri
+
+        use_tracking_uri(uri)
         self._mlflow = mlflow
         self._model_runs: set[str] = set()  # runs a model was logged into (see _log_metrics)
 
