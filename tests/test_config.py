@@ -154,3 +154,25 @@ def test_unknown_group_option_gets_one_line(argv, fragment):
 
 def test_known_options_pass_the_precheck():
     assert precheck_overrides(["saliency=rise", "saliency.n=10", "-m", "model=mlp,svc", "logging=low"]) is None
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["saliency.windowsize=3"], "Could not override 'saliency.windowsize'"),
+        (["evaluation.num_image=4"], "Key 'num_image' is not in struct"),
+        (["model.hidden_layer_sizes=[50"], "[50"),
+    ],
+)
+def test_unknown_key_or_bad_syntax_gets_one_line(argv, fragment):
+    from xaitk_exp.cli import precheck_keys
+
+    message = precheck_keys(argv)
+    assert message is not None and fragment in message and "\n" not in message
+
+
+def test_good_overrides_and_flag_values_pass_the_key_check():
+    from xaitk_exp.cli import precheck_keys
+
+    assert precheck_keys(["saliency=rise", "saliency.n=10", "--cfg", "job", "+model.tol=0.1"]) is None
+    assert precheck_keys(["-m", "saliency=rise,mc_rise", "saliency.nope=1"]) is None  # sweeps: Hydra's to check

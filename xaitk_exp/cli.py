@@ -140,8 +140,39 @@ def _scrub(text: str, cfg: DictConfig) -> str:
     return redact_text(text, cfg.tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI"))
 
 
+_NO_COMPOSE_FLAGS = (
+    "-m", "--multirun", "-h", "--help", "--hydra-help", "--version", "-i", "--info", "-sc", "--shell-completion",
+    "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
+)
+
+
+def precheck_keys(argv: list[str]) -> str | None:
+    """A one-line error for an override Hydra cannot apply (unknown key, bad syntax), else None.
+
+    Hydra reports these in several lines with exit code 1; composing once here first lets the user see one line.
+    Only for a single run with the shipped config (a sweep's values and a user's own config are Hydra's to check).
+    """
+    if any(a.split("=", 1)[0] in _NO_COMPOSE_FLAGS for a in argv):
+        return None
+    overrides = [a for a in argv if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    if not overrides:
+        return None
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_module(config_module=CONFIG_PACKAGE, version_base="1.3"):
+            compose(config_name="config", overrides=overrides)
+    except HydraException as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        cause = exc.__cause__
+        reason = f" ({str(cause).splitlines()[0]})" if cause is not None and str(cause).strip() else ""
+        return f"{first}{reason}; 'xaitk-exp --cfg job' lists every key, '+key=value' adds a new one"
+    return None
+
+
 def main() -> None:
-    message = precheck_overrides(sys.argv[1:])
+    message = precheck_overrides(sys.argv[1:]) or precheck_keys(sys.argv[1:])
     if message:
         print(f"xaitk-exp: error: {message}", file=sys.stderr)
         sys.exit(2)
