@@ -38,14 +38,6 @@ def image_metrics(
     return result
 
 
-def log_curves(tracker: Any, run_id: str, result: ImageMetrics, tmp_dir: str | Path, title: str = "") -> None:
-    """Draw the deletion/insertion curves of ``result`` into ``tmp_dir`` and log them as ``CURVES_FIGURE``."""
-    from xaitk_exp.metrics.pictures import curves_figure
-
-    path = curves_figure(result.curves, result.values, Path(tmp_dir, CURVES_FIGURE), title)
-    tracker.log_artifact(run_id, str(path))
-
-
 def _sanity(
     ctx: Any, algo: Any, image: np.ndarray, maps: np.ndarray, class_index: int, base_seed: int, seed: tuple[int, int]
 ) -> dict[str, float]:

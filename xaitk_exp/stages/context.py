@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -136,15 +137,35 @@ class Context:
         return tags
 
     def record_config(self, run_id: str) -> None:
-        """The resolved config, the overrides and the package versions, as artifacts of ``run_id``."""
+        """The resolved config, the overrides and the package versions, as artifacts of ``run_id`` (one upload)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.write_config(Path(tmp))
+            self.tracker.log_artifacts(run_id, tmp)
+
+    def write_config(self, folder: Path) -> None:
+        """Write ``config/config.yaml``, ``config/overrides.yaml`` and ``config/environment.json`` under ``folder``."""
+        target = folder / "config"
+        target.mkdir(parents=True, exist_ok=True)
+        for name, text in self._config_texts.items():
+            (target / name).write_text(text)
+
+    @cached_property
+    def _config_texts(self) -> dict[str, str]:
+        """The three config files' contents, rendered once per job (credentials in the URI stay on this machine)."""
+        import json
+
+        import yaml
+
         from xaitk_exp.config import redact_overrides, redact_uri
 
         resolved = OmegaConf.to_container(self.cfg, resolve=True)
-        if (resolved.get("tracking") or {}).get("uri"):  # credentials in the URI stay on this machine
+        if (resolved.get("tracking") or {}).get("uri"):
             resolved["tracking"]["uri"] = redact_uri(str(resolved["tracking"]["uri"]))
-        self.tracker.log_dict(run_id, resolved, "config/config.yaml")
-        self.tracker.log_dict(run_id, {"overrides": redact_overrides(self.overrides)}, "config/overrides.yaml")
-        self.tracker.log_dict(run_id, package_versions(), "config/environment.json")
+        return {
+            "config.yaml": yaml.safe_dump(resolved, sort_keys=False),
+            "overrides.yaml": yaml.safe_dump({"overrides": redact_overrides(self.overrides)}, sort_keys=False),
+            "environment.json": json.dumps(package_versions(), indent=2, sort_keys=True),
+        }
 
     def check_image_shape(self, model: Any) -> None:
         expected = getattr(model, "n_features_in_", None)

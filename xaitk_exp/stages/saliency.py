@@ -199,24 +199,26 @@ def _log_one(
         tags["Modified_run"] = "True"
     conf = eval_run.data.metrics.get("Predicted_class_conf")
     with tracker.run(exp_id, f"ImageID-{k}_saliency_maps", tags=tags, run_id=update_run_id) as run_id:
-        if not update_run_id:
-            tracker.log(run_id, params=algo.config())
-            ctx.record_config(run_id)
-        from xaitk_exp.metrics.record import image_metrics, log_curves
+        from xaitk_exp.metrics.pictures import curves_figure
+        from xaitk_exp.metrics.record import CURVES_FIGURE, image_metrics
 
         quality = image_metrics(ctx, algo, images[k], class_maps(maps), pred_idx, k)  # None: metrics.enabled=false
-        if conf is not None or quality is not None:
-            values = {"Predicted_class_conf": conf} if conf is not None else {}
-            tracker.log(run_id, metrics={**values, **(quality.values if quality is not None else {})})
+        metrics = {"Predicted_class_conf": conf} if conf is not None else {}
+        metrics.update(quality.values if quality is not None else {})
+        # one batched write and one artifact upload per run: per-run calls dominate the stage's overhead
+        tracker.log(run_id, params=None if update_run_id else algo.config(), metrics=metrics)
         with tempfile.TemporaryDirectory() as tmp:
-            npy = Path(tmp, NPY_DIR)
+            root = Path(tmp)
+            if not update_run_id:
+                ctx.write_config(root)
+            npy = root / NPY_DIR
             npy.mkdir()
             np.save(npy / "saliency_maps.npy", maps)
             np.save(npy / "image.npy", images[k])
-            tracker.log_artifacts(run_id, str(npy), NPY_DIR)
             title = f"{algo.name} | image {k} | predicted {predicted} ({conf:.3f})" if conf is not None else algo.name
-            saliency_figure(images[k], class_maps(maps), labels, pred_idx, Path(tmp, FIGURE), title)
-            tracker.log_artifact(run_id, str(Path(tmp, FIGURE)))
+            saliency_figure(images[k], class_maps(maps), labels, pred_idx, root / FIGURE, title)
             if quality is not None:
-                log_curves(tracker, run_id, quality, tmp, f"{algo.name} | image {k} | class {predicted}")
+                title = f"{algo.name} | image {k} | class {predicted}"
+                curves_figure(quality.curves, quality.values, root / CURVES_FIGURE, title)
+            tracker.log_artifacts(run_id, tmp)
     return run_id
