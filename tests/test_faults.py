@@ -42,8 +42,11 @@ def test_killed_job_ends_its_run_and_a_rerun_completes(tmp_path, sig):
     slow = ["stage=train", "progress=false", "force=true", "model.max_iter=1000000", "+model.tol=0",
             "+model.n_iter_no_change=1000000"]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    db.parent.mkdir(parents=True)
+    _client(db).search_experiments()  # migrate the store here, so that polling it below races no migration
+    # a shell that starts the test run in the background makes its children ignore SIGINT; a user's terminal does not
     proc = subprocess.Popen([*exe(), *slow], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         running = _wait_for_running(proc, db, timeout=240)
         proc.send_signal(sig)
@@ -176,3 +179,20 @@ def test_eight_jobs_four_in_parallel_on_a_fresh_sqlite_store(tmp_path):
     for run in runs:
         files = {f.path for f in client.list_artifacts(run.info.run_id, "sklearn-model")}
         assert "sklearn-model/model.skops" in files
+
+
+@pytest.mark.slow
+def test_processes_opening_one_fresh_store_at_once_all_succeed(tmp_path):
+    """MLflow's schema migrations race when several processes open a new SQLite store together."""
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    code = (
+        "import sys; from xaitk_exp.tracking.low import LowTracker; "
+        "t = LowTracker(sys.argv[1]); print(t.experiment('Probe'))"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err[-800:] for _, err in results]
+    assert len({out.strip() for out, _ in results}) == 1  # one experiment, whoever created it

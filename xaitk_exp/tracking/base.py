@@ -47,7 +47,7 @@ class Tracker(ABC):
         if "@" in uri.split("://", 1)[-1].split("/", 1)[0]:
             # MLflow prints "View run <name> at: <tracking URL>/#/..." on every fluent end_run, credentials included
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = _open_sqlite_store(uri) if uri.startswith("sqlite:") else MlflowClient(tracking_uri=uri)
         self._experiments: dict[str, str] = {}
         self._sweep_experiments: dict[str, str | None] = {}
 
@@ -346,6 +346,33 @@ class Tracker(ABC):
 
     @abstractmethod
     def _log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None) -> None: ...
+
+
+def _open_sqlite_store(uri: str) -> Any:
+    """A client on a SQLite store, opened (and if new, migrated) by one process at a time.
+
+    Two processes opening a fresh store at once race in MLflow's schema migrations ("table ... already exists",
+    "duplicate column", a leftover ``_alembic_tmp_*`` table that breaks the store for good): an exclusive lock on
+    ``<database>.lock`` beside the file serialises the opening, which costs one short wait.
+    """
+    from mlflow import MlflowClient
+
+    db = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+    if db is None or str(db) in ("", ":memory:"):
+        return MlflowClient(tracking_uri=uri)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: open without the lock
+        return MlflowClient(tracking_uri=uri)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return client
 
 
 def _chunks(d: dict[str, Any], size: int) -> Iterator[dict[str, Any]]:
