@@ -123,6 +123,13 @@ class Context:
 
     # ----- provenance --------------------------------------------------------------------------------------------
     def provenance_tags(self, stage: str) -> dict[str, str]:
+        """Tags that say what produced a run (config hash, data fingerprint, code); computed once per stage."""
+        cache = self.__dict__.setdefault("_provenance", {})
+        if stage not in cache:
+            cache[stage] = self._provenance_tags(stage)
+        return dict(cache[stage])
+
+    def _provenance_tags(self, stage: str) -> dict[str, str]:
         tags = {
             "config_hash": self.hash_for(stage),
             "xaitk_exp.stage": stage,

@@ -121,18 +121,20 @@ def _compute(ctx: Context, algo: Any, model: Any, imgs: list[np.ndarray]) -> Ite
     """Maps per image in order; with ``n_jobs`` > 1 images are spread over joblib worker processes."""
     from xaitk_exp.blackbox import SklearnBlackbox
 
+    from xaitk_exp.saliency import compute_single_threaded
+
     n_jobs = int(ctx.cfg.n_jobs)
     if n_jobs == 1 or len(imgs) < 2:
         bb = SklearnBlackbox(model, int(ctx.cfg.chunk_size))
         for img in imgs:
-            yield algo.compute(img, bb)
+            yield compute_single_threaded(algo, img, bb)
         return
-    from joblib import Parallel, delayed
+    from joblib import Parallel, cpu_count, delayed
 
     from xaitk_exp.config import to_dict
     from xaitk_exp.saliency import compute_many
 
-    workers = n_jobs if n_jobs > 0 else max(1, len(imgs))
+    workers = n_jobs if n_jobs > 0 else cpu_count()
     per = max(1, -(-len(imgs) // (workers * 4)))
     batches = [imgs[i : i + per] for i in range(0, len(imgs), per)]
     node = to_dict(ctx.cfg.saliency)
