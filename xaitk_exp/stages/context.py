@@ -186,10 +186,6 @@ class Context:
                 f"which expects {expected} values per image; set dataset.shape to match the model"
             )
 
-    def require(self, condition: bool, key: str, value: Any, allowed: str) -> None:
-        if not condition:
-            raise ConfigError(key, value, allowed)
-
     def get_run_in(self, run_id: str, key: str, experiment_name: str, finished: bool = True) -> Any:
         try:
             run = self.tracker.get_run(run_id)
