@@ -30,15 +30,9 @@ def quiet() -> None:
 
 def compose(uri: str, *overrides: str) -> Any:
     """The shipped config composed with ``overrides``, pointed at ``uri``, progress bars off."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from omegaconf import open_dict
+    from xaitk_exp.cli import compose_config
 
-    with initialize_config_module(config_module="xaitk_exp.conf", version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=[f"tracking.uri={uri}", "progress=false", *overrides])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    return cfg
+    return compose_config([f"tracking.uri={uri}", "progress=false", *overrides])
 
 
 def sqlite_uri(folder: str | Path) -> str:

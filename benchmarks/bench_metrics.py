@@ -24,14 +24,9 @@ TARGET = 1.25
 
 
 def _cfg(uri: str, *overrides: str):
-    from hydra import compose, initialize_config_module
-    from omegaconf import open_dict
+    from xaitk_exp.cli import compose_config
 
-    with initialize_config_module(config_module="xaitk_exp.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"tracking.uri={uri}", "progress=false", *overrides])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    return cfg
+    return compose_config([f"tracking.uri={uri}", "progress=false", *overrides])
 
 
 def _stage(uri: str, out: Path, overrides: list[str]) -> tuple[float, float]:

@@ -10,8 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,14 +32,9 @@ def make_cfg(tmp_path: Path, store: str) -> Callable[..., DictConfig]:
     """Compose the shipped config with overrides, pointed at the temporary store, progress bars off."""
 
     def _make(*overrides: str, uri: str | None = None) -> DictConfig:
-        with initialize_config_module(config_module="xaitk_exp.conf", version_base="1.3"):
-            cfg = compose(
-                config_name="config",
-                overrides=[f"tracking.uri={uri or store}", "progress=false", *overrides],
-            )
-        with open_dict(cfg):
-            cfg.pop("hydra", None)
-        return cfg
+        from xaitk_exp.cli import compose_config
+
+        return compose_config([f"tracking.uri={uri or store}", "progress=false", *overrides])
 
     return _make
 

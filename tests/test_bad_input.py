@@ -8,22 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
-from omegaconf import open_dict
 
 from conftest import run_cli
-from xaitk_exp.cli import GROUPS, precheck_overrides, run
+from xaitk_exp.cli import GROUPS, compose_config, precheck_overrides, run
 from xaitk_exp.errors import XaitkExpError
 
 MISSING_RUN = "0123456789abcdef0123456789abcdef"
 
 
 def compose_cfg(uri: str, *overrides: str):
-    with initialize_config_module(config_module="xaitk_exp.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"tracking.uri={uri}", "progress=false", *overrides])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    return cfg
+    return compose_config([f"tracking.uri={uri}", "progress=false", *overrides])
 
 
 def write_png(path: Path, size: tuple[int, int], value: int = 128) -> None:

@@ -47,10 +47,7 @@ def snapshot(uri: str) -> dict:
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    from hydra import compose, initialize_config_module
-    from omegaconf import open_dict
-
-    from xaitk_exp.cli import run
+    from xaitk_exp.cli import compose_config, run
 
     out = {}
     for level in ("high", "mid", "low"):
@@ -58,11 +55,7 @@ def stores(tmp_path_factory):
         uri = f"sqlite:///{folder / 'mlflow.db'}"
         overrides = [f"logging={level}", f"tracking.uri={uri}", "progress=false", "evaluation.num_images=8",
                      "query.max_results=2"]
-        with initialize_config_module(config_module="xaitk_exp.conf", version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-        with open_dict(cfg):
-            cfg.pop("hydra", None)
-        run(cfg, overrides, folder)
+        run(compose_config(overrides), overrides, folder)
         out[level] = snapshot(uri)
     return out
 

@@ -40,18 +40,12 @@ def _answers(url: str) -> bool:
 @pytest.fixture(scope="module")
 def pipeline(server, tmp_path_factory):
     """The default pipeline, in process, against the server."""
-    from hydra import compose, initialize_config_module
-    from omegaconf import open_dict
-
-    from xaitk_exp.cli import run
+    from xaitk_exp.cli import compose_config, run
 
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
                                            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")}
-    with initialize_config_module(config_module="xaitk_exp.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"tracking.uri={server}", "progress=false",
-                                                       "evaluation.num_images=8", "query.max_results=1"])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
+    cfg = compose_config([f"tracking.uri={server}", "progress=false", "evaluation.num_images=8",
+                          "query.max_results=1"])
     try:
         ctx = run(cfg, [], tmp_path_factory.mktemp("pipeline"))
     finally:

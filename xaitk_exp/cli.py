@@ -146,6 +146,21 @@ _NO_COMPOSE_FLAGS = (
 )
 
 
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The shipped config composed with ``overrides`` as ``xaitk-exp`` composes it, minus Hydra's own node.
+
+    For running stages in-process, ``run(compose_config([...]))``: tests, benchmarks and notebooks use it.
+    """
+    from hydra import compose, initialize_config_module
+    from omegaconf import open_dict
+
+    with initialize_config_module(config_module=CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
 def precheck_keys(argv: list[str]) -> str | None:
     """A one-line error for an override Hydra cannot apply (unknown key, bad syntax), else None.
 
@@ -157,12 +172,10 @@ def precheck_keys(argv: list[str]) -> str | None:
     overrides = [a for a in argv if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
     if not overrides:
         return None
-    from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
 
     try:
-        with initialize_config_module(config_module=CONFIG_PACKAGE, version_base="1.3"):
-            compose(config_name="config", overrides=overrides)
+        compose_config(overrides)
     except HydraException as exc:
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         cause = exc.__cause__
