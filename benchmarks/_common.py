@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -62,7 +61,7 @@ class TrainedStore:
         self._n += 1
         folder = self.root / f"{self._n:03d}-{label}"
         folder.mkdir()
-        shutil.copy(self.folder / "mlflow.db", folder / "mlflow.db")
+        copy_store(self.folder / "mlflow.db", folder / "mlflow.db")
         return folder
 
     def context(self, folder: Path, level: str, *overrides: str) -> Any:
@@ -77,6 +76,17 @@ class TrainedStore:
         ctx.model, ctx.train_run_id, ctx.train_exp_id = self.model, self.train_run_id, self.train_exp_id
         ctx.split = self.split  # cached_property: reuse the loaded data
         return ctx
+
+
+def copy_store(src: Path, dst: Path) -> None:
+    """A consistent copy of a SQLite store that may be open in WAL mode: SQLite's backup API, which also reads
+    what still sits in ``<db>-wal`` (a plain file copy would miss it)."""
+    import sqlite3
+
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    a.close()
+    b.close()
 
 
 class StatementCounter:

@@ -113,6 +113,8 @@ CASES = [
     ("n-zero", ["saliency=rise", "saliency.n=0"], "saliency.n", "0", "positive integer"),
     ("n-zero-nested", ["saliency=occlusion_random_grid", "saliency.perturber.n=0"], "saliency.perturber.n", "0",
      "positive integer"),
+    ("sqlite-journal", ["stage=train", "tracking.sqlite_journal=memory"], "tracking.sqlite_journal", "memory",
+     "wal or delete"),
     # queries
     ("filter-malformed", ["stage=saliency", "query.filter='metrics.Predicted_class_conf >>> 2'"], "query.filter",
      ">>> 2", "MLflow filter"),

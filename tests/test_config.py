@@ -176,3 +176,42 @@ def test_good_overrides_and_flag_values_pass_the_key_check():
 
     assert precheck_keys(["saliency=rise", "saliency.n=10", "--cfg", "job", "+model.tol=0.1"]) is None
     assert precheck_keys(["-m", "saliency=rise,mc_rise", "saliency.nope=1"]) is None  # sweeps: Hydra's to check
+
+
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_sqlite_store_journal_mode_is_a_property_of_the_file(make_cfg, tmp_path, journal):
+    """``tracking.sqlite_journal`` holds for every later connection (the MLflow UI, a colleague's notebook)."""
+    import sqlite3
+
+    from xaitk_exp.cli import run
+
+    run(make_cfg("stage=train", "model=logistic_regression", f"tracking.sqlite_journal={journal}"), [], tmp_path)
+    con = sqlite3.connect(tmp_path / "mlflow.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == journal
+    assert con.execute("select count(*) from runs where status = 'FINISHED'").fetchone()[0] == 1
+    con.close()
+
+
+def test_a_wal_store_goes_back_to_delete_or_says_why_not(make_cfg, tmp_path, capsys):
+    import sqlite3
+
+    from xaitk_exp.cli import run
+
+    db = tmp_path / "mlflow.db"
+    con = sqlite3.connect(db, isolation_level=None)  # a store in WAL mode, being read meanwhile
+    assert con.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    con.execute("BEGIN")
+    con.execute("select count(*) from sqlite_master").fetchone()
+    cfg = make_cfg("stage=train", "model=logistic_regression", "tracking.sqlite_journal=delete")
+    run(cfg, [], tmp_path)  # the mode cannot change under the reader: it stays, the user is told, the run is kept
+    assert "tracking.sqlite_journal=delete not applied" in capsys.readouterr().err
+    con.execute("COMMIT")
+    assert con.execute("select count(*) from runs where status = 'FINISHED'").fetchone()[0] == 1
+    con.close()
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("PRAGMA journal_mode=WAL").connection.close()
+    run(make_cfg("stage=train", "model=logistic_regression", "tracking.sqlite_journal=delete",
+                 uri=f"sqlite:///{other}"), [], tmp_path)
+    con = sqlite3.connect(other)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    con.close()

@@ -157,8 +157,9 @@ def test_artifact_names_cannot_leave_the_run_folder(tmp_path, store, level):
         tracker.log_artifacts(run_id, str(odd.parent), "../..")
     run_dir = _local(tracker.get_run(run_id).info.artifact_uri)
     assert run_dir.is_relative_to(root / "mlartifacts")
+    store_files = ("mlflow.db", "mlflow.db.lock", "mlflow.db-wal", "mlflow.db-shm")  # the database, its WAL, its lock
     stray = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(run_dir)
-             and not p.is_relative_to(odd.parent) and p.name not in ("mlflow.db", "mlflow.db.lock")]
+             and not p.is_relative_to(odd.parent) and p.name not in store_files]
     assert stray == []
     names = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
     assert "outside.txt" in names and "abs/outside.json" in names and "up/..odd_name__.png" in names

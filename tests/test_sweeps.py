@@ -174,9 +174,19 @@ def test_parallel_saliency_in_a_job_is_bit_identical(run_stage, client, tmp_path
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
     assert len(runs) == 8
     by_image: dict[str, list[np.ndarray]] = {}
+    records: dict[str, list[tuple]] = {}
     for i, run in enumerate(runs):
         path = client.download_artifacts(run.info.run_id, MAPS, str(tmp_path / str(i)))
         by_image.setdefault(run.data.tags["Image_id"], []).append(np.load(path))
+        files = sorted(a.path for a in client.list_artifacts(run.info.run_id)) + sorted(
+            a.path for a in client.list_artifacts(run.info.run_id, "saliency_map_np_arrays"))
+        records.setdefault(run.data.tags["Image_id"], []).append(
+            (run.info.status, run.data.metrics, run.data.params, run.data.tags["Predicted_class_index"], files))
     assert len(by_image) == 4
     for serial, parallel in by_image.values():
         assert serial.tobytes() == parallel.tobytes()
+    # the quality metrics, made in the workers too, are the same numbers; every file is there
+    for serial, parallel in records.values():
+        assert serial == parallel
+        assert serial[0] == "FINISHED" and "Deletion_AUC" in serial[1]
+        assert "Image_saliency_maps.png" in serial[4] and "Deletion_insertion_curves.png" in serial[4]

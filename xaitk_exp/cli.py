@@ -51,7 +51,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | P
     validate(cfg)
     _http_settings(cfg)
     uri, artifact_root = resolve_tracking(cfg)
-    tracker = make_tracker(str(cfg.logging.level), uri, artifact_root)
+    tracker = make_tracker(str(cfg.logging.level), uri, artifact_root, str(cfg.tracking.get("sqlite_journal", "wal")))
     ctx = Context(cfg=cfg, tracker=tracker, output_dir=Path(output_dir or "."), overrides=list(overrides or []))
     if cfg.stage == "reproduce":
         from xaitk_exp.reproduce import run_reproduce

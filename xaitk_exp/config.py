@@ -227,6 +227,9 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(key, cfg.get(key), "true or false")
     if cfg.evaluation.split not in ("train", "test"):
         raise ConfigError("evaluation.split", cfg.evaluation.split, "one of train, test")
+    journal = cfg.tracking.get("sqlite_journal", "wal")
+    if journal not in ("wal", "delete"):
+        raise ConfigError("tracking.sqlite_journal", journal, "wal or delete")
     q = cfg.query
     if q.min_conf is not None and (
         not isinstance(q.min_conf, (int, float)) or isinstance(q.min_conf, bool) or not 0 <= q.min_conf <= 1

@@ -77,38 +77,3 @@ def reuse_seeded_masks(generator: Any) -> None:
 def class_maps(maps: np.ndarray) -> np.ndarray:
     """``[n_classes, H, W]`` maps for display and metrics; MC-RISE's per-colour maps are averaged."""
     return maps.mean(axis=0) if maps.ndim == 4 else maps
-
-
-_WORKER_ALGORITHMS: dict[str, Algorithm] = {}
-
-
-def compute_many(
-    algorithm_cfg: Any,
-    image_shape: tuple[int, ...],
-    model: Any,
-    images: list[np.ndarray],
-    chunk_size: int,
-    extra_allowed: Iterable[str] = (),
-) -> list[np.ndarray]:
-    """Worker body for parallel saliency: each image's maps, with the algorithm built once per worker process (so
-    a seeded RISE draws its masks once per worker, as the in-process path does)."""
-    import json
-
-    from xaitk_exp.blackbox import SklearnBlackbox
-
-    key = json.dumps([algorithm_cfg, list(image_shape), list(extra_allowed)], sort_keys=True, default=str)
-    algo = _WORKER_ALGORITHMS.get(key)
-    if algo is None:
-        _WORKER_ALGORITHMS.clear()  # one algorithm per worker at a time
-        algo = _WORKER_ALGORITHMS[key] = Algorithm(algorithm_cfg, image_shape, extra_allowed)
-    bb = SklearnBlackbox(model, chunk_size)
-    return [compute_single_threaded(algo, img, bb) for img in images]
-
-
-def compute_single_threaded(algo: Algorithm, image: np.ndarray, blackbox: Any) -> np.ndarray:
-    """``algo.compute`` with BLAS held to one thread: the black box's small matrix products run about 1.4x faster
-    that way on this kind of machine, and the bits are the same; cores are better spent on images in parallel."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        return algo.compute(image, blackbox)

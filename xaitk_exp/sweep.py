@@ -67,7 +67,8 @@ class SweepCallback(Callback):
         uri, artifact_root = resolve_tracking(config)
         from xaitk_exp.tracking import make_tracker
 
-        tracker = make_tracker("low", uri, artifact_root)  # no fluent run stack in the launcher process
+        journal = str(config.tracking.get("sqlite_journal", "wal"))
+        tracker = make_tracker("low", uri, artifact_root, journal)  # no fluent run stack in the launcher process
         jobs = _job_configs(config)
         classes = {_model_class(j) for _, j in jobs} | {_model_class(config)}
         for cls in sorted(c for c in classes if c):

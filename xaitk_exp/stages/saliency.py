@@ -14,9 +14,6 @@ from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.evaluation import label_name
 from xaitk_exp.stages.upstream import ensure_evaluation, ensure_model
 
-NPY_DIR = "saliency_map_np_arrays"
-FIGURE = "Image_saliency_maps.png"
-
 
 def build_filter(query: Any, parent_run_id: str) -> str:
     """The MLflow filter string: ``query.filter`` AND the shortcuts AND this evaluation's image runs."""
@@ -86,13 +83,16 @@ def run_saliency(ctx: Context) -> list[str]:
     if len(todo) < len(selected):
         reused = len(selected) - len(todo)
         print(f"[saliency] {algo.name}: reusing {reused} FINISHED run(s) (same config; force=true reruns)")
-    maps_iter = _compute(ctx, algo, model, [images[int(r.data.tags["Image_id"])] for r in todo])
-    for run, maps in tqdm(
-        zip(todo, maps_iter), total=len(todo), desc=f"saliency {algo.name}", unit="img",
-        disable=not cfg.progress,
-    ):
-        updated = str(update) if update else None
-        done[run.data.tags["Image_id"]] = _log_one(ctx, exp_id, algo, run, images, maps, labels, updated)
+    explained = _explain(ctx, algo, model, labels, todo, images)
+    try:
+        for run, result in tqdm(
+            zip(todo, explained), total=len(todo), desc=f"saliency {algo.name}", unit="img",
+            disable=not cfg.progress,
+        ):
+            updated = str(update) if update else None
+            done[run.data.tags["Image_id"]] = _log_one(ctx, exp_id, algo, run, result, updated)
+    finally:
+        explained.close()  # Ctrl-C or an error: stop the workers, remove the images' folders
     run_ids = [done[r.data.tags["Image_id"]] for r in selected]
     print(
         f"[saliency] {algo.name}: {len(run_ids)} run(s) in '{ctx.experiment_name('Saliency Map Generation')}': "
@@ -117,33 +117,57 @@ def _finished_runs(ctx: Context, exp_id: str) -> dict[str, str]:
     return found
 
 
-def _compute(ctx: Context, algo: Any, model: Any, imgs: list[np.ndarray]) -> Iterator[np.ndarray]:
-    """Maps per image in order; with ``n_jobs`` > 1 images are spread over joblib worker processes."""
-    from xaitk_exp.blackbox import SklearnBlackbox
-
-    from xaitk_exp.saliency import compute_single_threaded
-
-    n_jobs = int(ctx.cfg.n_jobs)
-    if n_jobs == 1 or len(imgs) < 2:
-        bb = SklearnBlackbox(model, int(ctx.cfg.chunk_size))
-        for img in imgs:
-            yield compute_single_threaded(algo, img, bb)
-        return
-    from joblib import Parallel, cpu_count, delayed
+def _explain(
+    ctx: Context, algo: Any, model: Any, labels: list[str], todo: list[Any], images: np.ndarray
+) -> Iterator[Any]:
+    """Each selected image's files and metrics (:mod:`xaitk_exp.explain`), in order, in a folder per image under
+    one temporary folder that is removed when the generator closes. With ``n_jobs`` > 1 the images are spread over
+    joblib worker processes, so the maps, the metrics and the pictures are made in parallel while this process
+    records the finished ones."""
+    import shutil
 
     from xaitk_exp.config import to_dict
-    from xaitk_exp.saliency import compute_many
+    from xaitk_exp.explain import ExplainSpec, ImageTask, explain_images, iter_explained
+    from xaitk_exp.metrics.settings import settings_from_config
 
-    workers = n_jobs if n_jobs > 0 else cpu_count()
-    per = max(1, -(-len(imgs) // (workers * 4)))
-    batches = [imgs[i : i + per] for i in range(0, len(imgs), per)]
-    node = to_dict(ctx.cfg.saliency)
-    par = Parallel(n_jobs=n_jobs, return_as="generator")
-    for result in par(
-        delayed(compute_many)(node, ctx.split.image_shape, model, b, int(ctx.cfg.chunk_size), ctx.extra_allowed)
-        for b in batches
-    ):
-        yield from result
+    settings = settings_from_config(ctx.cfg.get("metrics"))
+    permuted = None
+    if settings.enabled and settings.sanity:
+        from xaitk_exp.metrics.record import permuted_model_for
+
+        permuted = permuted_model_for(ctx)
+    spec = ExplainSpec(
+        algorithm=to_dict(ctx.cfg.saliency),
+        image_shape=tuple(ctx.split.image_shape),
+        extra_allowed=tuple(ctx.extra_allowed),
+        model=model,
+        chunk_size=int(ctx.cfg.chunk_size),
+        labels=labels,
+        metrics=to_dict(ctx.cfg.metrics) if settings.enabled else None,
+        permuted_model=permuted,
+    )
+    root = Path(tempfile.mkdtemp(prefix="xaitk-exp-saliency-"))
+    tasks = []
+    for i, run in enumerate(todo):
+        k = int(run.data.tags["Image_id"])
+        conf = run.data.metrics.get("Predicted_class_conf")
+        tasks.append(ImageTask(k, images[k], run.data.tags["Predicted_class"], conf, str(root / f"{i:06d}")))
+    n_jobs = int(ctx.cfg.n_jobs)
+    try:
+        if n_jobs == 1 or len(tasks) < 2:
+            yield from iter_explained(spec, tasks)
+            return
+        from joblib import Parallel, cpu_count, delayed
+
+        workers = n_jobs if n_jobs > 0 else cpu_count()
+        per = max(1, -(-len(tasks) // (workers * 4)))
+        batches = [tasks[i : i + per] for i in range(0, len(tasks), per)]
+        for result in Parallel(n_jobs=n_jobs, return_as="generator")(
+            delayed(explain_images)(spec, b) for b in batches
+        ):
+            yield from result
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _check_update(ctx: Context, run_id: str, exp_id: str, algo: Any) -> None:
@@ -164,23 +188,10 @@ def _check_update(ctx: Context, run_id: str, exp_id: str, algo: Any) -> None:
         )
 
 
-def _log_one(
-    ctx: Context,
-    exp_id: str,
-    algo: Any,
-    eval_run: Any,
-    images: np.ndarray,
-    maps: np.ndarray,
-    labels: list[str],
-    update_run_id: str | None,
-) -> str:
-    from xaitk_exp.render import saliency_figure
-    from xaitk_exp.saliency import class_maps
-
+def _log_one(ctx: Context, exp_id: str, algo: Any, eval_run: Any, result: Any, update_run_id: str | None) -> str:
+    """One image's saliency run: tags, params, metrics, then every file :mod:`xaitk_exp.explain` wrote for it."""
     tracker = ctx.tracker
     k = int(eval_run.data.tags["Image_id"])
-    predicted = eval_run.data.tags["Predicted_class"]
-    pred_idx = labels.index(predicted) if predicted in labels else int(np.argmax(maps.sum(axis=(-1, -2))))
     tags = {
         "Dataset": ctx.dataset_name,
         "Datasplit": eval_run.data.tags.get("Datasplit", "test"),
@@ -188,8 +199,8 @@ def _log_one(
         "Evaluation_run_id": eval_run.info.run_id,
         "Evaluation_summary_run_id": ctx.evaluation_run_id or "",
         "Image_id": k,
-        "Predicted_class": predicted,
-        "Predicted_class_index": pred_idx,
+        "Predicted_class": eval_run.data.tags["Predicted_class"],
+        "Predicted_class_index": result.predicted_index,
         "GT_class": eval_run.data.tags.get("GT_class", ""),
         "Saliency_algorithm": algo.name,
         "Train_run_id": ctx.train_run_id or "",
@@ -201,26 +212,11 @@ def _log_one(
         tags["Modified_run"] = "True"
     conf = eval_run.data.metrics.get("Predicted_class_conf")
     with tracker.run(exp_id, f"ImageID-{k}_saliency_maps", tags=tags, run_id=update_run_id) as run_id:
-        from xaitk_exp.metrics.pictures import curves_figure
-        from xaitk_exp.metrics.record import CURVES_FIGURE, image_metrics
-
-        quality = image_metrics(ctx, algo, images[k], class_maps(maps), pred_idx, k)  # None: metrics.enabled=false
         metrics = {"Predicted_class_conf": conf} if conf is not None else {}
-        metrics.update(quality.values if quality is not None else {})
+        metrics.update(result.metrics)
         # one batched write and one artifact upload per run: per-run calls dominate the stage's overhead
         tracker.log(run_id, params=None if update_run_id else algo.config(), metrics=metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            root = Path(tmp)
-            if not update_run_id:
-                ctx.write_config(root)
-            npy = root / NPY_DIR
-            npy.mkdir()
-            np.save(npy / "saliency_maps.npy", maps)
-            np.save(npy / "image.npy", images[k])
-            title = f"{algo.name} | image {k} | predicted {predicted} ({conf:.3f})" if conf is not None else algo.name
-            saliency_figure(images[k], class_maps(maps), labels, pred_idx, root / FIGURE, title)
-            if quality is not None:
-                title = f"{algo.name} | image {k} | class {predicted}"
-                curves_figure(quality.curves, quality.values, root / CURVES_FIGURE, title)
-            tracker.log_artifacts(run_id, tmp)
+        if not update_run_id:
+            ctx.write_config(Path(result.folder))
+        tracker.log_artifacts(run_id, result.folder)
     return run_id

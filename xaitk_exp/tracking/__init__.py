@@ -20,8 +20,9 @@ LEVELS = {
 }
 
 
-def make_tracker(level: str, uri: str, artifact_root: str | None = None) -> Tracker:
-    """The tracker for ``logging.level``; the class is imported only when asked for."""
+def make_tracker(level: str, uri: str, artifact_root: str | None = None, sqlite_journal: str = "wal") -> Tracker:
+    """The tracker for ``logging.level``; the class is imported only when asked for. ``sqlite_journal`` is the
+    journal mode of a SQLite store (``tracking.sqlite_journal``)."""
     import importlib
 
     from xaitk_exp.errors import ConfigError
@@ -29,7 +30,7 @@ def make_tracker(level: str, uri: str, artifact_root: str | None = None) -> Trac
     if level not in LEVELS:
         raise ConfigError("logging.level", level, f"one of {', '.join(LEVELS)}")
     module, cls = LEVELS[level].split(":")
-    return getattr(importlib.import_module(module), cls)(uri, artifact_root)
+    return getattr(importlib.import_module(module), cls)(uri, artifact_root, sqlite_journal)
 
 
 def use_tracking_uri(uri: str) -> None:

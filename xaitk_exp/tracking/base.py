@@ -37,7 +37,7 @@ class Tracker(ABC):
 
     level = "abstract"
 
-    def __init__(self, uri: str, artifact_root: str | None = None) -> None:
+    def __init__(self, uri: str, artifact_root: str | None = None, sqlite_journal: str = "wal") -> None:
         from mlflow import MlflowClient
 
         from xaitk_exp.config import default_artifact_root
@@ -47,7 +47,9 @@ class Tracker(ABC):
         if "@" in uri.split("://", 1)[-1].split("/", 1)[0]:
             # MLflow prints "View run <name> at: <tracking URL>/#/..." on every fluent end_run, credentials included
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-        self.client = _open_sqlite_store(uri) if uri.startswith("sqlite:") else MlflowClient(tracking_uri=uri)
+        self.client = (
+            _open_sqlite_store(uri, sqlite_journal) if uri.startswith("sqlite:") else MlflowClient(tracking_uri=uri)
+        )
         self._experiments: dict[str, str] = {}
         self._sweep_experiments: dict[str, str | None] = {}
 
@@ -348,12 +350,21 @@ class Tracker(ABC):
     def _log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None) -> None: ...
 
 
-def _open_sqlite_store(uri: str) -> Any:
-    """A client on a SQLite store, opened (and if new, migrated) by one process at a time.
+#: SQLite journal modes ``tracking.sqlite_journal`` accepts
+SQLITE_JOURNALS = ("wal", "delete")
+
+
+def _open_sqlite_store(uri: str, journal: str = "wal") -> Any:
+    """A client on a SQLite store, opened (and if new, migrated) by one process at a time, in ``journal`` mode.
 
     Two processes opening a fresh store at once race in MLflow's schema migrations ("table ... already exists",
     "duplicate column", a leftover ``_alembic_tmp_*`` table that breaks the store for good): an exclusive lock on
     ``<database>.lock`` beside the file serialises the opening, which costs one short wait.
+
+    ``wal`` (write-ahead log) makes each commit an append to ``<database>-wal`` instead of writing, syncing and
+    deleting a rollback journal: a run costs about 40% less on this kind of disk, and readers (the MLflow UI, a
+    query) no longer wait for a writer. Commits stay fully synced, so nothing committed is lost on a crash. WAL
+    needs every process on one host (not a network file system): ``delete`` is SQLite's classic mode.
     """
     from mlflow import MlflowClient
 
@@ -364,15 +375,48 @@ def _open_sqlite_store(uri: str) -> Any:
     try:
         import fcntl
     except ImportError:  # not on POSIX: open without the lock
+        _set_journal(db, journal)
         return MlflowClient(tracking_uri=uri)
     with open(db.with_name(db.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            _set_journal(db, journal)
             client = MlflowClient(tracking_uri=uri)
             client.search_experiments(max_results=1)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return client
+
+
+def _set_journal(db: Path, journal: str) -> None:
+    """Put the database file in ``journal`` mode (a property of the file: it holds for every later connection)."""
+    import sqlite3
+
+    from xaitk_exp.errors import ConfigError
+
+    if journal not in SQLITE_JOURNALS:
+        raise ConfigError("tracking.sqlite_journal", journal, " or ".join(SQLITE_JOURNALS))
+    current = "unknown"
+    try:
+        con = sqlite3.connect(db, timeout=60)
+    except sqlite3.Error as exc:
+        raise TrackingError(f"tracking.uri: the SQLite store {db} cannot be opened ({exc})") from exc
+    try:
+        current = str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+        if current != journal:
+            current = str(con.execute(f"PRAGMA journal_mode={journal.upper()}").fetchone()[0]).lower()
+    except sqlite3.Error:
+        pass  # busy with another transaction: the store works in its present mode
+    finally:
+        con.close()
+    if current != journal:  # leaving WAL needs the only connection to the file
+        import sys
+
+        print(
+            f"xaitk-exp: warning: tracking.sqlite_journal={journal} not applied: {db} is open elsewhere (an MLflow "
+            f"UI, another run?); it stays in {current} mode until every other connection closes",
+            file=sys.stderr,
+        )
 
 
 def _chunks(d: dict[str, Any], size: int) -> Iterator[dict[str, Any]]:

@@ -23,8 +23,8 @@ PARALLEL_SCHEMES = ("http", "https", "postgresql", "mysql", "mssql")
 class LowTracker(Tracker):
     level = "low"
 
-    def __init__(self, uri: str, artifact_root: str | None = None) -> None:
-        super().__init__(uri, artifact_root)
+    def __init__(self, uri: str, artifact_root: str | None = None, sqlite_journal: str = "wal") -> None:
+        super().__init__(uri, artifact_root, sqlite_journal)
         scheme = urlsplit(uri).scheme.split("+")[0]
         self.workers = PARALLEL_WORKERS if scheme in PARALLEL_SCHEMES else 1
         self._context: dict[str, str] | None = None

@@ -12,8 +12,8 @@ from xaitk_exp.tracking.base import Tracker
 class MidTracker(Tracker):
     level = "mid"
 
-    def __init__(self, uri: str, artifact_root: str | None = None) -> None:
-        super().__init__(uri, artifact_root)
+    def __init__(self, uri: str, artifact_root: str | None = None, sqlite_journal: str = "wal") -> None:
+        super().__init__(uri, artifact_root, sqlite_journal)
         import mlflow
 
         from xaitk_exp.tracking import use_tracking_uri
