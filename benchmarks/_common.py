@@ -57,11 +57,15 @@ class TrainedStore:
         self.split = ctx.split
         self._n = 0
 
-    def fresh(self, label: str) -> Path:
+    def fresh(self, label: str, journal: str | None = None) -> Path:
+        """A copy of the template store in a new folder; ``journal`` sets its SQLite journal mode (``delete``:
+        what ``sqlite:///mlflow.db`` gets when MLflow alone creates it; ``wal``)."""
         self._n += 1
         folder = self.root / f"{self._n:03d}-{label}"
         folder.mkdir()
         copy_store(self.folder / "mlflow.db", folder / "mlflow.db")
+        if journal is not None:
+            set_journal(folder / "mlflow.db", journal)
         return folder
 
     def context(self, folder: Path, level: str, *overrides: str) -> Any:
@@ -87,6 +91,16 @@ def copy_store(src: Path, dst: Path) -> None:
         a.backup(b)
     a.close()
     b.close()
+
+
+def set_journal(db: Path, journal: str) -> None:
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    mode = con.execute(f"PRAGMA journal_mode={journal.upper()}").fetchone()[0]
+    con.close()
+    if mode != journal:
+        raise RuntimeError(f"{db}: journal mode {mode}, wanted {journal}")
 
 
 class StatementCounter:

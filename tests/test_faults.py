@@ -83,6 +83,57 @@ def _wait_for_running(proc: subprocess.Popen, db: Path, timeout: float) -> str:
     raise AssertionError("no RUNNING train run appeared")
 
 
+SALIENCY_EXP = "MLPClassifier - Saliency Map Generation"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_killed_parallel_saliency_leaves_no_run_open(tmp_path, sig):
+    """``n_jobs=2``: the worker processes record the runs. SIGTERM reaches the stage's process alone, Ctrl-C the
+    whole process group; either way the job stops, and every run is FINISHED or closed KILLED/FAILED."""
+    import os
+
+    db = tmp_path / "outputs" / "mlflow.db"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    for stage in ("stage=train", "stage=evaluation"):
+        first = run_cli([stage, "progress=false", "evaluation.num_images=60"], cwd=tmp_path, timeout=300)
+        assert first.returncode == 0, first.stderr[-2000:]
+    slow = ["stage=saliency", "progress=false", "evaluation.num_images=60", "n_jobs=2", "saliency=rise",
+            "saliency.n=6000", "query.max_results=60"]
+    proc = subprocess.Popen([*exe(), *slow], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"the job ended before it was killed: {proc.communicate()[1][-2000:]}")
+            done = [r for r in _runs(_client(db), SALIENCY_EXP) if r.info.status == "FINISHED"]
+            if len(done) >= 2:
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError("no saliency run finished")
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)  # a terminal's Ctrl-C: the stage's process and its workers
+        else:
+            proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode != 0
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143 and "xaitk-exp: stopped (received signal 15)" in stderr, stderr[-2000:]
+    time.sleep(1.0)  # a worker that outlived the job would still write now
+    runs = _runs(_client(db), SALIENCY_EXP)
+    statuses = [r.info.status for r in runs]
+    assert "RUNNING" not in statuses, (statuses, stderr[-2000:])
+    assert 2 <= statuses.count("FINISHED") < 60, statuses
+    assert all(r.info.end_time is not None for r in runs)
+
+
 # ----- a tracking server that does not answer ------------------------------------------------------------------
 @pytest.fixture
 def silent_server():
@@ -196,3 +247,25 @@ def test_processes_opening_one_fresh_store_at_once_all_succeed(tmp_path):
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], [err[-800:] for _, err in results]
     assert len({out.strip() for out, _ in results}) == 1  # one experiment, whoever created it
+
+
+def test_runs_a_dead_worker_left_open_are_closed_killed(tmp_path):
+    """The stage's safety net for ``n_jobs`` > 1: each run a worker opens is named in ``<folder>.run_id``; after an
+    early stop, those still RUNNING are closed KILLED and the others are left as they are."""
+    from xaitk_exp.explain import RUN_ID_SUFFIX, close_orphans
+    from xaitk_exp.tracking import make_tracker
+
+    tracker = make_tracker("low", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = tracker.experiment("Probe")
+    open_run = tracker.start_run(exp, "open")
+    with tracker.run(exp, "done") as done_run:
+        pass
+    root = tmp_path / "work"
+    root.mkdir()
+    (root / f"000000{RUN_ID_SUFFIX}").write_text(done_run)
+    (root / f"000001{RUN_ID_SUFFIX}").write_text(open_run)
+    (root / f"000002{RUN_ID_SUFFIX}").write_text("0" * 32)  # a run the store never got: skipped
+    assert close_orphans(tracker, root) == [open_run]
+    assert tracker.get_run(open_run).info.status == "KILLED"
+    assert tracker.get_run(open_run).info.end_time is not None
+    assert tracker.get_run(done_run).info.status == "FINISHED"

@@ -82,3 +82,34 @@ def test_levels_agree_field_by_field(stores, field):
 def test_every_run_finished(stores):
     for level, snap in stores.items():
         assert {r["status"] for r in snap["runs"].values()} == {"FINISHED"}, level
+
+
+@pytest.mark.slow
+def test_n_jobs_leaves_the_same_record(tmp_path_factory):
+    """``n_jobs=2``: worker processes write evaluation runs (logging=low) and explain and record saliency runs;
+    the store holds what ``n_jobs=1`` leaves, ids and times aside, and start times follow the image order."""
+    from mlflow import MlflowClient
+
+    from xaitk_exp.cli import compose_config, run
+
+    records, orders = {}, {}
+    for n_jobs in (1, 2):
+        folder: Path = tmp_path_factory.mktemp(f"jobs{n_jobs}")
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        overrides = ["logging=low", f"tracking.uri={uri}", "progress=false", "evaluation.num_images=120",
+                     "query.max_results=6", "saliency=rise", "saliency.n=200", f"n_jobs={n_jobs}"]
+        run(compose_config(overrides), overrides, folder)
+        records[n_jobs] = snapshot(uri)
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("MLPClassifier - Evaluation")
+        runs = client.search_runs([exp.experiment_id], "tags.Run_type = 'image'", max_results=1000,
+                                  order_by=["attributes.start_time ASC"])
+        orders[n_jobs] = [int(r.data.tags["Image_id"]) for r in runs]
+    for rec in records.values():  # the config artifacts differ in n_jobs and the store path only
+        for run_record in rec["runs"].values():
+            run_record["tags"].pop("config_hash", None)
+            run_record["tags"].pop("mlflow.source.git.commit", None)
+    assert records[1] == records[2]
+    assert orders[1] == orders[2] == list(range(120))
+    statuses = {r["status"] for r in records[2]["runs"].values()}
+    assert statuses == {"FINISHED"}

@@ -84,12 +84,17 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from xaitk_exp.errors import XaitkExpError
+    from xaitk_exp.errors import RunKilled, XaitkExpError
     from xaitk_exp.sweep import job_result
 
     hc = HydraConfig.get()
     try:
         return job_result(run(cfg, list(hc.overrides.task), hc.runtime.output_dir))
+    except RunKilled as exc:  # SIGTERM: the open runs are closed KILLED by now
+        print(f"xaitk-exp: stopped ({exc}); open runs were closed KILLED", file=sys.stderr)
+        if hc.mode == RunMode.MULTIRUN:
+            raise
+        sys.exit(143)  # 128 + SIGTERM, as a shell reports a process the signal ended
     except XaitkExpError as exc:
         print(f"xaitk-exp: error: {_scrub(str(exc), cfg)}", file=sys.stderr)
         if hc.mode == RunMode.MULTIRUN:

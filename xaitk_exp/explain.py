@@ -1,13 +1,20 @@
-"""The saliency stage's per-image work that needs no tracking store: maps, quality metrics, pictures and arrays.
+"""The saliency stage's per-image work: maps, quality metrics, pictures and arrays, then the image's run.
 
-The stage hands each image to :func:`explain_images`, in its own process (``n_jobs=1``) or in joblib worker
-processes, and only records what comes back: every file of a run is written here, into a folder per image, so the
-process that talks to MLflow spends its time on MLflow alone. The same function runs on both paths, under the same
-BLAS thread limit, so ``n_jobs`` changes no bit of the maps or the metrics.
+:func:`explain` makes one image's files in a folder and :func:`record` turns them into its saliency run, through
+a :class:`~xaitk_exp.tracking.base.Tracker`. The stage runs both in its own process (``n_jobs=1``), or hands
+batches of images to joblib worker processes (:func:`explain_and_record`), each of which opens its own tracker on
+the same store: with the recording spread over the workers too, nothing serial is left in the stage's process. The
+same functions run on both paths, under the same BLAS thread limit, so ``n_jobs`` changes no bit of the maps or the
+metrics.
+
+A worker writes the id of each run it opens beside the image's folder (``<folder>.run_id``) before anything else,
+so that the stage can close, as KILLED, a run whose worker died (Ctrl-C, an error in another worker that stops
+the pool): no run is left RUNNING.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +24,20 @@ import numpy as np
 
 NPY_DIR = "saliency_map_np_arrays"
 FIGURE = "Image_saliency_maps.png"
+RUN_ID_SUFFIX = ".run_id"
+#: environment a worker takes from the stage's process (a reused worker may have started before it was set)
+WORKER_ENV = (
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+)
 
 
 @dataclass
 class ExplainSpec:
-    """What every image of one stage shares; pickled once per batch of images sent to a worker."""
+    """What every image of one stage shares to be explained; pickled once per batch sent to a worker."""
 
     algorithm: dict[str, Any]  #: the ``saliency`` config node, as a plain dict
     image_shape: tuple[int, ...]
@@ -34,12 +50,32 @@ class ExplainSpec:
 
 
 @dataclass
+class RecordSpec:
+    """What every image's run shares: where it goes and what it carries besides the image's own values."""
+
+    tracker: tuple[str, str, str | None, str]  #: :meth:`Tracker.reopen_args`: level, URI, artifact root, journal
+    experiment_id: str
+    tags: dict[str, Any]  #: tags every image's run gets
+    params: dict[str, Any] | None  #: the algorithm's config; None when editing a run (params are immutable)
+    config_files: dict[str, str] = field(default_factory=dict)  #: ``config/<name>`` -> text, for new runs
+    update_run_id: str | None = None  #: edit this run instead of opening a new one
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class ImageTask:
     image_id: int
     image: np.ndarray
-    predicted: str  #: the evaluation's ``Predicted_class`` tag
-    conf: float | None  #: the evaluation's ``Predicted_class_conf``
+    evaluation: dict[str, Any]  #: the evaluation run: ``run_id``, ``experiment_id``, ``tags``, ``conf``
     folder: str  #: where this image's files go (created here)
+
+    @property
+    def predicted(self) -> str:
+        return str(self.evaluation["tags"]["Predicted_class"])
+
+    @property
+    def conf(self) -> float | None:
+        return self.evaluation.get("conf")
 
 
 @dataclass
@@ -48,10 +84,12 @@ class Explained:
     folder: str
     predicted_index: int
     metrics: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
 
 
-#: per worker process: the last algorithm built (a seeded RISE keeps its masks between images and batches)
+#: per process: the last algorithm built (a seeded RISE keeps its masks between images and batches) and tracker
 _ALGORITHMS: dict[str, Any] = {}
+_TRACKERS: dict[tuple, Any] = {}
 
 
 def algorithm_for(spec: ExplainSpec) -> Any:
@@ -68,13 +106,77 @@ def algorithm_for(spec: ExplainSpec) -> Any:
     return algo
 
 
-def explain_images(spec: ExplainSpec, tasks: Sequence[ImageTask]) -> list[Explained]:
-    """Every task's files and metrics, in order (the body of a joblib job)."""
-    return list(iter_explained(spec, tasks))
+def tracker_for(rspec: RecordSpec) -> Any:
+    """A tracker on the spec's store at the spec's level, opened once per worker process."""
+    from xaitk_exp.tracking import make_tracker
+
+    os.environ.update(rspec.env)
+    tracker = _TRACKERS.get(rspec.tracker)
+    if tracker is None:
+        _TRACKERS.clear()
+        tracker = _TRACKERS[rspec.tracker] = make_tracker(*rspec.tracker)
+    return tracker
+
+
+def explain_and_record(spec: ExplainSpec, rspec: RecordSpec, tasks: Sequence[ImageTask]) -> list[Explained]:
+    """The body of a joblib job: every task explained, then recorded through this process's own tracker."""
+    tracker = tracker_for(rspec)
+    out = []
+    for result, task in zip(iter_explained(spec, tasks), tasks, strict=True):
+        result.run_id = record(tracker, rspec, algorithm_for(spec), task, result)
+        out.append(result)
+    return out
+
+
+def explain_and_record_parallel(
+    tracker: Any, spec: ExplainSpec, rspec: RecordSpec, tasks: Sequence[ImageTask], processes: int
+) -> Iterator[Explained]:
+    """The tasks shared by this process and ``processes - 1`` worker processes, yielded as they are recorded.
+
+    This process already holds the model, the algorithm (a seeded RISE's masks) and an open tracker, so it takes
+    images too instead of waiting: each worker is kept fed with one image running and one queued, and this process
+    explains and records the next image itself meanwhile. On an early exit (an error, Ctrl-C, SIGTERM) the workers
+    are stopped; closing the runs they left open is the caller's (:func:`close_orphans`).
+    """
+    from collections import deque
+    from concurrent.futures import FIRST_COMPLETED, Future, wait
+
+    from joblib.externals.loky import get_reusable_executor
+
+    from xaitk_exp.tracking.base import sigterm_raises
+
+    workers = max(1, processes - 1)
+    executor = get_reusable_executor(max_workers=workers)
+    pending = deque(tasks)
+    running: set[Future] = set()
+    algo = algorithm_for(spec)
+    ok = False
+    try:
+        with sigterm_raises():  # SIGTERM reaches this process alone: stop the workers, close their runs
+            while pending or running:
+                while pending and len(running) < 2 * workers:
+                    running.add(executor.submit(explain_and_record, spec, rspec, [pending.popleft()]))
+                if pending:
+                    task = pending.popleft()
+                    result = next(iter_explained(spec, [task]))
+                    result.run_id = record(tracker, rspec, algo, task, result)
+                    yield result
+                    done = {f for f in running if f.done()}
+                else:
+                    done = wait(running, return_when=FIRST_COMPLETED).done
+                for future in done:
+                    running.discard(future)
+                    yield from future.result()
+        ok = True
+    finally:
+        if not ok:
+            for future in running:
+                future.cancel()
+            executor.shutdown(wait=True, kill_workers=True)  # nothing a worker does can land after this
 
 
 def iter_explained(spec: ExplainSpec, tasks: Sequence[ImageTask]) -> Iterator[Explained]:
-    """Like :func:`explain_images`, one image at a time."""
+    """Each task's files and metrics, in order, one image at a time."""
     from threadpoolctl import threadpool_limits
 
     from xaitk_exp.blackbox import SklearnBlackbox
@@ -85,20 +187,20 @@ def iter_explained(spec: ExplainSpec, tasks: Sequence[ImageTask]) -> Iterator[Ex
         # BLAS on one thread: the black box's small products run about 1.4x faster so, with the same bits; cores
         # are better spent on images in parallel
         with threadpool_limits(limits=1, user_api="blas"):
-            yield _explain_one(spec, algo, blackbox, task)
+            yield explain(spec, algo, blackbox, task)
 
 
-def _explain_one(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask) -> Explained:
+def explain(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask) -> Explained:
+    """One image: ``saliency_map_np_arrays/`` (maps and image), the maps' picture and, with metrics, the curves'
+    picture, all in ``task.folder``; the metrics' values come back."""
     from xaitk_exp.render import saliency_figure
     from xaitk_exp.saliency import class_maps
 
     maps = algo.compute(task.image, blackbox)
     shown = class_maps(maps)
     labels = spec.labels
-    if task.predicted in labels:
-        pred_idx = labels.index(task.predicted)
-    else:  # an evaluation recorded with other class names: the class the maps favour most
-        pred_idx = int(np.argmax(maps.sum(axis=(-1, -2)) if maps.ndim == 3 else shown.sum(axis=(-1, -2))))
+    # an evaluation recorded with other class names: the class the maps favour most
+    pred_idx = labels.index(task.predicted) if task.predicted in labels else int(np.argmax(shown.sum(axis=(-1, -2))))
     root = Path(task.folder)
     npy = root / NPY_DIR
     npy.mkdir(parents=True, exist_ok=True)
@@ -123,3 +225,51 @@ def _explain_one(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask) -
                 f"{algo.name} | image {task.image_id} | class {task.predicted}",
             )
     return Explained(task.image_id, task.folder, pred_idx, values)
+
+
+def record(tracker: Any, rspec: RecordSpec, algo: Any, task: ImageTask, result: Explained) -> str:
+    """The image's saliency run: tags, params and metrics in one batch, then every file in its folder."""
+    ev = task.evaluation
+    ev_tags = ev["tags"]
+    tags = {
+        **rspec.tags,
+        "Datasplit": ev_tags.get("Datasplit", "test"),
+        "Evaluation_exp_id": ev["experiment_id"],
+        "Evaluation_run_id": ev["run_id"],
+        "Image_id": task.image_id,
+        "Predicted_class": task.predicted,
+        "Predicted_class_index": result.predicted_index,
+        "GT_class": ev_tags.get("GT_class", ""),
+    }
+    if "Image_path" in ev_tags:
+        tags["Image_path"] = ev_tags["Image_path"]
+    if rspec.update_run_id:
+        tags["Modified_run"] = "True"
+    name = f"ImageID-{task.image_id}_saliency_maps"
+    with tracker.run(rspec.experiment_id, name, tags=tags, run_id=rspec.update_run_id) as run_id:
+        Path(task.folder + RUN_ID_SUFFIX).write_text(run_id)
+        metrics = {"Predicted_class_conf": task.conf} if task.conf is not None else {}
+        metrics.update(result.metrics)
+        # one batched write and one artifact upload per run: per-run calls dominate the recording's cost
+        tracker.log(run_id, params=rspec.params, metrics=metrics)
+        if not rspec.update_run_id:
+            config = Path(task.folder, "config")
+            config.mkdir(parents=True, exist_ok=True)
+            for file, text in rspec.config_files.items():
+                (config / file).write_text(text)
+        tracker.log_artifacts(run_id, task.folder)
+    return run_id
+
+
+def close_orphans(tracker: Any, root: Path, status: str = "KILLED") -> list[str]:
+    """Runs opened under ``root`` (see :data:`RUN_ID_SUFFIX`) that are still RUNNING: closed with ``status``."""
+    closed = []
+    for marker in sorted(root.glob("*" + RUN_ID_SUFFIX)):
+        run_id = marker.read_text().strip()
+        try:
+            if tracker.get_run(run_id).info.status == "RUNNING":
+                tracker.finish_run(run_id, status)
+                closed.append(run_id)
+        except Exception:  # best effort: the store may be what failed
+            pass
+    return closed

@@ -38,6 +38,16 @@ class Context:
     def extra_allowed(self) -> list[str]:
         return list(self.cfg.get("allow_targets") or [])
 
+    @property
+    def processes(self) -> int:
+        """``n_jobs`` as a number of processes (-1: every core)."""
+        n_jobs = int(self.cfg.get("n_jobs", 1))
+        if n_jobs > 0:
+            return n_jobs
+        from joblib import cpu_count
+
+        return max(1, cpu_count() + 1 + n_jobs)  # joblib's convention: -1 every core, -2 all but one
+
     # ----- data ----------------------------------------------------------------------------------------------
     @cached_property
     def split(self) -> ImageSplit:
@@ -155,6 +165,10 @@ class Context:
         target.mkdir(parents=True, exist_ok=True)
         for name, text in self._config_texts.items():
             (target / name).write_text(text)
+
+    def config_texts(self) -> dict[str, str]:
+        """The files :meth:`write_config` writes: name -> text."""
+        return dict(self._config_texts)
 
     @cached_property
     def _config_texts(self) -> dict[str, str]:

@@ -61,7 +61,8 @@ def run_evaluation(ctx: Context) -> str:
                 metrics.update({f"Class_{c}_conf": float(p) for c, p in zip(class_labels, probs[k], strict=True)})
                 yield f"ImageID-{k}_conf", tags, metrics
 
-        tracker.log_runs(exp_id, image_runs(), parent_run_id=parent)  # one run per image, few store calls each
+        # one run per image, few store calls each; with n_jobs > 1 the low level spreads them over processes
+        tracker.log_runs(exp_id, image_runs(), parent_run_id=parent, processes=ctx.processes)
         predicted = np.asarray(blackbox.get_labels())[probs.argmax(axis=1)]
         truth = labels
         matrix = _confusion(truth, predicted, list(model.classes_))

@@ -83,16 +83,14 @@ def run_saliency(ctx: Context) -> list[str]:
     if len(todo) < len(selected):
         reused = len(selected) - len(todo)
         print(f"[saliency] {algo.name}: reusing {reused} FINISHED run(s) (same config; force=true reruns)")
-    explained = _explain(ctx, algo, model, labels, todo, images)
+    results = _explain_and_record(ctx, exp_id, algo, model, labels, todo, images, str(update) if update else None)
     try:
-        for run, result in tqdm(
-            zip(todo, explained), total=len(todo), desc=f"saliency {algo.name}", unit="img",
-            disable=not cfg.progress,
+        for result in tqdm(
+            results, total=len(todo), desc=f"saliency {algo.name}", unit="img", disable=not cfg.progress
         ):
-            updated = str(update) if update else None
-            done[run.data.tags["Image_id"]] = _log_one(ctx, exp_id, algo, run, result, updated)
+            done[str(result.image_id)] = result.run_id
     finally:
-        explained.close()  # Ctrl-C or an error: stop the workers, remove the images' folders
+        results.close()  # Ctrl-C or an error: stop the workers, close their open runs, remove the files
     run_ids = [done[r.data.tags["Image_id"]] for r in selected]
     print(
         f"[saliency] {algo.name}: {len(run_ids)} run(s) in '{ctx.experiment_name('Saliency Map Generation')}': "
@@ -117,17 +115,31 @@ def _finished_runs(ctx: Context, exp_id: str) -> dict[str, str]:
     return found
 
 
-def _explain(
-    ctx: Context, algo: Any, model: Any, labels: list[str], todo: list[Any], images: np.ndarray
+def _explain_and_record(
+    ctx: Context,
+    exp_id: str,
+    algo: Any,
+    model: Any,
+    labels: list[str],
+    todo: list[Any],
+    images: np.ndarray,
+    update_run_id: str | None,
 ) -> Iterator[Any]:
-    """Each selected image's files and metrics (:mod:`xaitk_exp.explain`), in order, in a folder per image under
-    one temporary folder that is removed when the generator closes. With ``n_jobs`` > 1 the images are spread over
-    joblib worker processes, so the maps, the metrics and the pictures are made in parallel while this process
-    records the finished ones."""
+    """Each selected image explained and recorded (:mod:`xaitk_exp.explain`), yielded in order, with its files in a
+    folder per image under one temporary folder that is removed when the generator closes.
+
+    With ``n_jobs`` > 1, ``n_jobs - 1`` worker processes (joblib's reusable executor) take images beside this
+    process; each makes the maps, the metrics and the pictures and records the runs through its own tracker on the
+    same store, so recording runs in parallel too. Runs a stopped worker left open are closed KILLED.
+    """
+    import os
     import shutil
 
     from xaitk_exp.config import to_dict
-    from xaitk_exp.explain import ExplainSpec, ImageTask, explain_images, iter_explained
+    from xaitk_exp.explain import (
+        WORKER_ENV, ExplainSpec, ImageTask, RecordSpec, close_orphans, explain_and_record_parallel, iter_explained,
+        record,
+    )
     from xaitk_exp.metrics.settings import settings_from_config
 
     settings = settings_from_config(ctx.cfg.get("metrics"))
@@ -146,27 +158,46 @@ def _explain(
         metrics=to_dict(ctx.cfg.metrics) if settings.enabled else None,
         permuted_model=permuted,
     )
+    rspec = RecordSpec(
+        tracker=ctx.tracker.reopen_args(),
+        experiment_id=exp_id,
+        tags={
+            "Dataset": ctx.dataset_name,
+            "Evaluation_summary_run_id": ctx.evaluation_run_id or "",
+            "Saliency_algorithm": algo.name,
+            "Train_run_id": ctx.train_run_id or "",
+            **ctx.provenance_tags("saliency"),
+        },
+        params=None if update_run_id else algo.config(),
+        config_files={} if update_run_id else ctx.config_texts(),
+        update_run_id=update_run_id,
+        env={k: os.environ[k] for k in WORKER_ENV if k in os.environ},
+    )
     root = Path(tempfile.mkdtemp(prefix="xaitk-exp-saliency-"))
     tasks = []
     for i, run in enumerate(todo):
         k = int(run.data.tags["Image_id"])
-        conf = run.data.metrics.get("Predicted_class_conf")
-        tasks.append(ImageTask(k, images[k], run.data.tags["Predicted_class"], conf, str(root / f"{i:06d}")))
-    n_jobs = int(ctx.cfg.n_jobs)
+        evaluation = {
+            "run_id": run.info.run_id,
+            "experiment_id": run.info.experiment_id,
+            "tags": dict(run.data.tags),
+            "conf": run.data.metrics.get("Predicted_class_conf"),
+        }
+        tasks.append(ImageTask(k, images[k], evaluation, str(root / f"{i:06d}")))
+    finished = False
     try:
-        if n_jobs == 1 or len(tasks) < 2:
-            yield from iter_explained(spec, tasks)
-            return
-        from joblib import Parallel, cpu_count, delayed
-
-        workers = n_jobs if n_jobs > 0 else cpu_count()
-        per = max(1, -(-len(tasks) // (workers * 4)))
-        batches = [tasks[i : i + per] for i in range(0, len(tasks), per)]
-        for result in Parallel(n_jobs=n_jobs, return_as="generator")(
-            delayed(explain_images)(spec, b) for b in batches
-        ):
-            yield from result
+        if ctx.processes == 1 or len(tasks) < 2:
+            for task, result in zip(tasks, iter_explained(spec, tasks), strict=True):
+                result.run_id = record(ctx.tracker, rspec, algo, task, result)
+                yield result
+        else:
+            yield from explain_and_record_parallel(ctx.tracker, spec, rspec, tasks, ctx.processes)
+        finished = True
     finally:
+        if not finished:
+            closed = close_orphans(ctx.tracker, root, "KILLED")
+            if closed:
+                print(f"[saliency] {len(closed)} run(s) a stopped worker left open closed KILLED: {', '.join(closed)}")
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -186,37 +217,3 @@ def _check_update(ctx: Context, run_id: str, exp_id: str, algo: Any) -> None:
             f"a run recorded with the same saliency params (these differ: {', '.join(differs)}); "
             "MLflow params are immutable: drop update_run_id to record a new run",
         )
-
-
-def _log_one(ctx: Context, exp_id: str, algo: Any, eval_run: Any, result: Any, update_run_id: str | None) -> str:
-    """One image's saliency run: tags, params, metrics, then every file :mod:`xaitk_exp.explain` wrote for it."""
-    tracker = ctx.tracker
-    k = int(eval_run.data.tags["Image_id"])
-    tags = {
-        "Dataset": ctx.dataset_name,
-        "Datasplit": eval_run.data.tags.get("Datasplit", "test"),
-        "Evaluation_exp_id": eval_run.info.experiment_id,
-        "Evaluation_run_id": eval_run.info.run_id,
-        "Evaluation_summary_run_id": ctx.evaluation_run_id or "",
-        "Image_id": k,
-        "Predicted_class": eval_run.data.tags["Predicted_class"],
-        "Predicted_class_index": result.predicted_index,
-        "GT_class": eval_run.data.tags.get("GT_class", ""),
-        "Saliency_algorithm": algo.name,
-        "Train_run_id": ctx.train_run_id or "",
-        **ctx.provenance_tags("saliency"),
-    }
-    if "Image_path" in eval_run.data.tags:
-        tags["Image_path"] = eval_run.data.tags["Image_path"]
-    if update_run_id:
-        tags["Modified_run"] = "True"
-    conf = eval_run.data.metrics.get("Predicted_class_conf")
-    with tracker.run(exp_id, f"ImageID-{k}_saliency_maps", tags=tags, run_id=update_run_id) as run_id:
-        metrics = {"Predicted_class_conf": conf} if conf is not None else {}
-        metrics.update(result.metrics)
-        # one batched write and one artifact upload per run: per-run calls dominate the stage's overhead
-        tracker.log(run_id, params=None if update_run_id else algo.config(), metrics=metrics)
-        if not update_run_id:
-            ctx.write_config(Path(result.folder))
-        tracker.log_artifacts(run_id, result.folder)
-    return run_id

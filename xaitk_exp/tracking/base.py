@@ -43,6 +43,7 @@ class Tracker(ABC):
         from xaitk_exp.config import default_artifact_root
 
         self.uri = uri
+        self.sqlite_journal = sqlite_journal
         self.artifact_root = artifact_root or default_artifact_root(uri)  # never ./mlruns in the working directory
         if "@" in uri.split("://", 1)[-1].split("/", 1)[0]:
             # MLflow prints "View run <name> at: <tracking URL>/#/..." on every fluent end_run, credentials included
@@ -52,6 +53,10 @@ class Tracker(ABC):
         )
         self._experiments: dict[str, str] = {}
         self._sweep_experiments: dict[str, str | None] = {}
+
+    def reopen_args(self) -> tuple[str, str, str | None, str]:
+        """What :func:`xaitk_exp.tracking.make_tracker` needs to open the same tracker in another process."""
+        return self.level, self.uri, self.artifact_root, self.sqlite_journal
 
     # ----- experiments -------------------------------------------------------------------------------------------
     def experiment(self, name: str, create: bool = True) -> str | None:
@@ -137,11 +142,13 @@ class Tracker(ABC):
         experiment_id: str,
         runs: Iterable[tuple[str, Mapping[str, Any], Mapping[str, float]]],
         parent_run_id: str | None = None,
+        processes: int = 1,
     ) -> list[str]:
         """Many small runs, one per ``(run_name, tags, metrics)``, each opened and closed like :meth:`run`.
 
         The evaluation's per-image runs come through here, so each level writes them with as few store calls as
-        its API allows. ``runs`` may be a lazy iterator; the run ids come back in its order.
+        its API allows. ``runs`` may be a lazy iterator; the run ids come back in its order. ``processes``: how
+        many processes may write (``n_jobs``); the fluent levels keep one active run per thread and write here.
         """
         ids = []
         for run_name, tags, metrics in runs:
@@ -450,6 +457,17 @@ def _short(exc: BaseException) -> str:
 
 def _raise_killed(signum: int, frame: Any) -> None:
     raise RunKilled(f"received signal {signum}")
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises :class:`RunKilled` inside the block (main thread only), so that work in other processes that
+    the block waits for can be stopped and its runs closed instead of the process vanishing."""
+    previous = _install_sigterm()
+    try:
+        yield
+    finally:
+        _restore_sigterm(previous)
 
 
 def _install_sigterm() -> Any:

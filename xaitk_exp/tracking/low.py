@@ -2,14 +2,15 @@
 
 A run costs ``create_run`` + one ``log_batch`` + ``set_terminated``, the least MLflow's public API allows. Against a
 server or a database (not SQLite, whose writes queue behind one lock) the per-image runs of :meth:`log_runs` are
-written by a few threads at once, since the server answers requests in parallel.
+written by a few threads at once, since the server answers requests in parallel; on SQLite, with ``n_jobs`` > 1,
+worker processes write batches of them beside the stage's process.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +18,8 @@ from xaitk_exp.tracking.base import Tracker
 
 #: threads writing per-image runs to a tracking server or a database; SQLite and file stores get one
 PARALLEL_WORKERS = 4
+#: runs a worker process takes at a time (:meth:`LowTracker.log_runs` with ``processes`` > 1)
+RUNS_PER_BATCH = 25
 PARALLEL_SCHEMES = ("http", "https", "postgresql", "mysql", "mssql")
 
 
@@ -47,17 +50,37 @@ class LowTracker(Tracker):
         experiment_id: str,
         runs: Iterable[tuple[str, Mapping[str, Any], Mapping[str, float]]],
         parent_run_id: str | None = None,
+        processes: int = 1,
     ) -> list[str]:
-        """As :meth:`Tracker.log_runs`; with ``workers`` > 1 the runs are written by a thread pool.
+        """As :meth:`Tracker.log_runs`, with the runs' own ``start_time`` taken in order (strictly increasing, so
+        ordering by start time, MLflow's tie-break in searches, gives the order of ``runs``).
 
-        Start times are taken in submission order and kept strictly increasing, so ordering runs by start time
-        (MLflow's tie-break in searches) gives the same order as a sequential write.
+        Against a server or a database the runs are written by a thread pool (the server answers requests in
+        parallel). On SQLite with ``processes`` > 1, ``processes - 1`` worker processes write batches of runs
+        beside this one, each through its own client: writing a run costs mostly MLflow's own Python work (about
+        17 ms a run, where a WAL commit is a fraction of a millisecond), which threads cannot spread over cores.
+        A run left open by a worker that was stopped is closed KILLED.
         """
+        context = self._context_tags()
+        items = _stamped(
+            (name, {**context, **self._run_tags(experiment_id, tags, parent_run_id)}, dict(metrics))
+            for name, tags, metrics in runs
+        )
+        from xaitk_exp.tracking.base import sigterm_raises
+
+        with sigterm_raises():  # a run being written when SIGTERM comes is closed KILLED
+            if processes < 2 or self.workers > 1:
+                # a server already takes this process's requests in parallel: more client processes beside it only
+                # slowed it down here (2 cores shared by client, server and database)
+                return self._write_items(experiment_id, items)
+            return self._write_items_in_processes(experiment_id, items, processes, parent_run_id)
+
+    def _write_items(self, experiment_id: str, items: Iterable[tuple]) -> list[str]:
+        """Runs ``(name, tags, metrics, start_time)`` of this process: one after another, or by a thread pool."""
         if self.workers < 2:
-            return super().log_runs(experiment_id, runs, parent_run_id)
+            return [self._write_run(experiment_id, *item) for item in items]
         from concurrent.futures import Future, ThreadPoolExecutor
 
-        context = self._context_tags()
         slots = threading.Semaphore(2 * self.workers)  # submit just ahead of the writers: start times stay honest
         failed: list[Future] = []
 
@@ -67,30 +90,93 @@ class LowTracker(Tracker):
                 failed.append(f)
 
         futures: list[Future] = []
-        last = 0
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="xaitk-exp-runs")
         try:
-            for run_name, tags, metrics in runs:
+            for item in items:
                 slots.acquire()
                 if failed:
                     slots.release()
                     break
-                last = max(int(time.time() * 1000), last + 1)
-                all_tags = {**context, **self._run_tags(experiment_id, tags, parent_run_id)}
-                f = pool.submit(self._write_run, experiment_id, run_name, all_tags, metrics, last)
+                f = pool.submit(self._write_run, experiment_id, *item)
                 f.add_done_callback(done)
                 futures.append(f)
             return [f.result() for f in futures]  # the first failure, in order, is raised
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: runs not yet begun are never created
 
+    def _write_items_in_processes(
+        self, experiment_id: str, items: Iterator[tuple], processes: int, parent_run_id: str | None
+    ) -> list[str]:
+        """Batches of runs shared by this process and ``processes - 1`` workers (joblib's reusable executor): each
+        worker is kept fed with one batch running and one queued while this process writes the next batch itself.
+        A worker that is still starting costs this process nothing: it takes batches once it is ready."""
+        from concurrent.futures import FIRST_COMPLETED, Future, wait
+        from itertools import islice
+
+        from joblib.externals.loky import get_reusable_executor
+
+        workers = processes - 1
+        executor = get_reusable_executor(max_workers=workers)
+        results: dict[int, list[str]] = {}
+        running: dict[Future, int] = {}
+        batches = iter(lambda: list(islice(items, RUNS_PER_BATCH)), [])
+        number = 0
+        ok = False
+        try:
+            more = True
+            while more or running:
+                while more and len(running) < 2 * workers:
+                    batch = next(batches, None)
+                    if batch is None:
+                        more = False
+                        break
+                    future = executor.submit(write_runs, self.reopen_args(), experiment_id, batch)
+                    running[future] = number
+                    number += 1
+                if more:
+                    batch = next(batches, None)
+                    if batch is None:
+                        more = False
+                    else:
+                        results[number] = self._write_items(experiment_id, batch)
+                        number += 1
+                    done = [f for f in running if f.done()]
+                else:
+                    done = list(wait(running, return_when=FIRST_COMPLETED).done) if running else []
+                for future in done:
+                    results[running.pop(future)] = future.result()
+            ok = True
+        finally:
+            if not ok:
+                for future in running:
+                    future.cancel()
+                executor.shutdown(wait=True, kill_workers=True)  # nothing a worker does can land after this
+                if parent_run_id:
+                    self._close_open_children(experiment_id, parent_run_id)
+        return [run_id for k in sorted(results) for run_id in results[k]]
+
+    def _close_open_children(self, experiment_id: str, parent_run_id: str) -> None:
+        """Best effort after a stop: the parent's child runs still RUNNING are closed KILLED."""
+        try:
+            flt = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+            for run in self.search([experiment_id], flt, max_results=50000):
+                self.client.set_terminated(run.info.run_id, "KILLED")
+        except Exception:
+            pass
+
     def _write_run(
         self, experiment_id: str, run_name: str, tags: dict[str, str], metrics: Mapping[str, float], start_time: int
     ) -> str:
-        """One run in a worker thread: FINISHED, or FAILED with the error recorded (as :meth:`Tracker.run`)."""
+        """One run: FINISHED, or FAILED with the error recorded, or KILLED on Ctrl-C / SIGTERM (as
+        :meth:`Tracker.run`)."""
+        from xaitk_exp.errors import RunKilled
+
         run_id = self.client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name).info.run_id
         try:
             self.log(run_id, metrics=metrics)
+        except (KeyboardInterrupt, RunKilled):
+            self._close(run_id, "KILLED", None)
+            raise
         except BaseException as exc:
             self._close(run_id, "FAILED", exc)
             raise
@@ -127,3 +213,27 @@ class LowTracker(Tracker):
 
     def _log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None) -> None:
         self.client.log_artifacts(run_id, local_dir, artifact_path)
+
+
+def _stamped(runs: Iterable[tuple[str, dict[str, str], dict[str, float]]]) -> Iterator[tuple]:
+    """``(name, tags, metrics, start_time)``: start times taken as the runs come, kept strictly increasing."""
+    last = 0
+    for name, tags, metrics in runs:
+        last = max(int(time.time() * 1000), last + 1)
+        yield name, tags, metrics, last
+
+
+#: per worker process: the tracker of the last store written to
+_WORKER_TRACKERS: dict[tuple, LowTracker] = {}
+
+
+def write_runs(reopen_args: tuple, experiment_id: str, batch: list[tuple]) -> list[str]:
+    """Worker body of :meth:`LowTracker.log_runs` with processes: the batch written through this process's own
+    tracker on the same store (opened once per worker)."""
+    tracker = _WORKER_TRACKERS.get(reopen_args)
+    if tracker is None:
+        from xaitk_exp.tracking import make_tracker
+
+        _WORKER_TRACKERS.clear()
+        tracker = _WORKER_TRACKERS[reopen_args] = make_tracker(*reopen_args)
+    return tracker._write_items(experiment_id, batch)
