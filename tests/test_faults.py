@@ -269,3 +269,25 @@ def test_runs_a_dead_worker_left_open_are_closed_killed(tmp_path):
     assert tracker.get_run(open_run).info.status == "KILLED"
     assert tracker.get_run(open_run).info.end_time is not None
     assert tracker.get_run(done_run).info.status == "FINISHED"
+
+
+def test_shared_work_gives_every_result_once_and_survives_an_early_stop():
+    """:func:`xaitk_exp.parallel.share_work` with a real worker process: each job's result comes back once, with its
+    index; a consumer that stops early leaves no job running, and the next call works."""
+    import operator
+
+    from xaitk_exp.parallel import share_work
+
+    def here(j):  # slow enough for the worker to start and take jobs
+        time.sleep(0.05)
+        return float(3 * j)
+
+    got = dict(share_work(range(120), here, operator.mul, (3,), 2, operator.pos))
+    assert got == {j: 3 * j for j in range(120)}
+    kinds = {type(v) for v in got.values()}
+    assert kinds == {int, float}, kinds  # jobs ran in the worker (int) and here (float)
+    work = share_work(range(1000), lambda j: j, operator.mul, (1,), 2, operator.pos)
+    assert next(work)[1] in range(1000)
+    work.close()
+    assert sorted(dict(share_work(range(5), lambda j: -j, operator.mul, (-1,), 2)).items()) == [
+        (j, -j) for j in range(5)]

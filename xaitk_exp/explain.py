@@ -8,8 +8,7 @@ same functions run on both paths, under the same BLAS thread limit, so ``n_jobs`
 metrics.
 
 A worker writes the id of each run it opens beside the image's folder (``<folder>.run_id``) before anything else,
-so that the stage can close, as KILLED, a run whose worker died (Ctrl-C, an error in another worker that stops
-the pool): no run is left RUNNING.
+so that the stage can close, as KILLED, a run whose worker died: no run is left RUNNING.
 """
 
 from __future__ import annotations
@@ -131,48 +130,34 @@ def explain_and_record(spec: ExplainSpec, rspec: RecordSpec, tasks: Sequence[Ima
 def explain_and_record_parallel(
     tracker: Any, spec: ExplainSpec, rspec: RecordSpec, tasks: Sequence[ImageTask], processes: int
 ) -> Iterator[Explained]:
-    """The tasks shared by this process and ``processes - 1`` worker processes, yielded as they are recorded.
+    """The tasks shared by this process and ``processes - 1`` worker processes (:func:`xaitk_exp.parallel.share_work`),
+    yielded as they are recorded. On an early exit the workers finish the images they hold; closing the runs of a
+    worker that died is the caller's (:func:`close_orphans`)."""
+    from contextlib import closing
 
-    This process already holds the model, the algorithm (a seeded RISE's masks) and an open tracker, so it takes
-    images too instead of waiting: each worker is kept fed with one image running and one queued, and this process
-    explains and records the next image itself meanwhile. On an early exit (an error, Ctrl-C, SIGTERM) the workers
-    are stopped; closing the runs they left open is the caller's (:func:`close_orphans`).
-    """
-    from collections import deque
-    from concurrent.futures import FIRST_COMPLETED, Future, wait
-
-    from joblib.externals.loky import get_reusable_executor
-
+    from xaitk_exp.parallel import share_work
     from xaitk_exp.tracking.base import sigterm_raises
 
-    workers = max(1, processes - 1)
-    executor = get_reusable_executor(max_workers=workers)
-    pending = deque(tasks)
-    running: set[Future] = set()
     algo = algorithm_for(spec)
-    ok = False
-    try:
-        with sigterm_raises():  # SIGTERM reaches this process alone: stop the workers, close their runs
-            while pending or running:
-                while pending and len(running) < 2 * workers:
-                    running.add(executor.submit(explain_and_record, spec, rspec, [pending.popleft()]))
-                if pending:
-                    task = pending.popleft()
-                    result = next(iter_explained(spec, [task]))
-                    result.run_id = record(tracker, rspec, algo, task, result)
-                    yield result
-                    done = {f for f in running if f.done()}
-                else:
-                    done = wait(running, return_when=FIRST_COMPLETED).done
-                for future in done:
-                    running.discard(future)
-                    yield from future.result()
-        ok = True
-    finally:
-        if not ok:
-            for future in running:
-                future.cancel()
-            executor.shutdown(wait=True, kill_workers=True)  # nothing a worker does can land after this
+
+    def here(batch: list[ImageTask]) -> list[Explained]:
+        out = []
+        for task, result in zip(batch, iter_explained(spec, batch), strict=True):
+            result.run_id = record(tracker, rspec, algo, task, result)
+            out.append(result)
+        return out
+
+    jobs = ([task] for task in tasks)
+    work = share_work(jobs, here, explain_and_record, (spec, rspec), processes, warm_up)
+    with sigterm_raises(), closing(work):  # SIGTERM reaches this process alone: end the work in order
+        for _, results in work:
+            yield from results
+
+
+def warm_up(spec: ExplainSpec, rspec: RecordSpec) -> None:
+    """A worker's start: its imports, the algorithm (a seeded RISE's masks) and its tracker on the store."""
+    algorithm_for(spec)
+    tracker_for(rspec)
 
 
 def iter_explained(spec: ExplainSpec, tasks: Sequence[ImageTask]) -> Iterator[Explained]:

@@ -90,7 +90,7 @@ def run_saliency(ctx: Context) -> list[str]:
         ):
             done[str(result.image_id)] = result.run_id
     finally:
-        results.close()  # Ctrl-C or an error: stop the workers, close their open runs, remove the files
+        results.close()  # Ctrl-C or an error: let the workers finish their images, close open runs, remove files
     run_ids = [done[r.data.tags["Image_id"]] for r in selected]
     print(
         f"[saliency] {algo.name}: {len(run_ids)} run(s) in '{ctx.experiment_name('Saliency Map Generation')}': "

@@ -107,52 +107,25 @@ class LowTracker(Tracker):
     def _write_items_in_processes(
         self, experiment_id: str, items: Iterator[tuple], processes: int, parent_run_id: str | None
     ) -> list[str]:
-        """Batches of runs shared by this process and ``processes - 1`` workers (joblib's reusable executor): each
-        worker is kept fed with one batch running and one queued while this process writes the next batch itself.
-        A worker that is still starting costs this process nothing: it takes batches once it is ready."""
-        from concurrent.futures import FIRST_COMPLETED, Future, wait
+        """Batches of runs shared by this process and ``processes - 1`` workers
+        (:func:`xaitk_exp.parallel.share_work`); a run a stopped worker left open is closed KILLED."""
+        from contextlib import closing
         from itertools import islice
 
-        from joblib.externals.loky import get_reusable_executor
+        from xaitk_exp.parallel import share_work
 
-        workers = processes - 1
-        executor = get_reusable_executor(max_workers=workers)
-        results: dict[int, list[str]] = {}
-        running: dict[Future, int] = {}
         batches = iter(lambda: list(islice(items, RUNS_PER_BATCH)), [])
-        number = 0
-        ok = False
+        args = (self.reopen_args(), experiment_id)
+        results: dict[int, list[str]] = {}
         try:
-            more = True
-            while more or running:
-                while more and len(running) < 2 * workers:
-                    batch = next(batches, None)
-                    if batch is None:
-                        more = False
-                        break
-                    future = executor.submit(write_runs, self.reopen_args(), experiment_id, batch)
-                    running[future] = number
-                    number += 1
-                if more:
-                    batch = next(batches, None)
-                    if batch is None:
-                        more = False
-                    else:
-                        results[number] = self._write_items(experiment_id, batch)
-                        number += 1
-                    done = [f for f in running if f.done()]
-                else:
-                    done = list(wait(running, return_when=FIRST_COMPLETED).done) if running else []
-                for future in done:
-                    results[running.pop(future)] = future.result()
-            ok = True
-        finally:
-            if not ok:
-                for future in running:
-                    future.cancel()
-                executor.shutdown(wait=True, kill_workers=True)  # nothing a worker does can land after this
-                if parent_run_id:
-                    self._close_open_children(experiment_id, parent_run_id)
+            with closing(share_work(batches, lambda b: self._write_items(experiment_id, b), write_runs, args,
+                                    processes, open_worker_tracker)) as work:
+                for k, run_ids in work:
+                    results[k] = run_ids
+        except BaseException:
+            if parent_run_id:
+                self._close_open_children(experiment_id, parent_run_id)
+            raise
         return [run_id for k in sorted(results) for run_id in results[k]]
 
     def _close_open_children(self, experiment_id: str, parent_run_id: str) -> None:
@@ -227,13 +200,18 @@ def _stamped(runs: Iterable[tuple[str, dict[str, str], dict[str, float]]]) -> It
 _WORKER_TRACKERS: dict[tuple, LowTracker] = {}
 
 
-def write_runs(reopen_args: tuple, experiment_id: str, batch: list[tuple]) -> list[str]:
-    """Worker body of :meth:`LowTracker.log_runs` with processes: the batch written through this process's own
-    tracker on the same store (opened once per worker)."""
+def open_worker_tracker(reopen_args: tuple, experiment_id: str = "") -> LowTracker:
+    """This worker process's tracker on the store (opened once per worker)."""
     tracker = _WORKER_TRACKERS.get(reopen_args)
     if tracker is None:
         from xaitk_exp.tracking import make_tracker
 
         _WORKER_TRACKERS.clear()
         tracker = _WORKER_TRACKERS[reopen_args] = make_tracker(*reopen_args)
-    return tracker._write_items(experiment_id, batch)
+    return tracker
+
+
+def write_runs(reopen_args: tuple, experiment_id: str, batch: list[tuple]) -> list[str]:
+    """Worker body of :meth:`LowTracker.log_runs` with processes: the batch written through this process's own
+    tracker on the same store."""
+    return open_worker_tracker(reopen_args)._write_items(experiment_id, batch)
