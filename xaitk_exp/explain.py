@@ -117,12 +117,15 @@ def tracker_for(rspec: RecordSpec) -> Any:
     return tracker
 
 
-def explain_and_record(spec: ExplainSpec, rspec: RecordSpec, tasks: Sequence[ImageTask]) -> list[Explained]:
-    """The body of a joblib job: every task explained, then recorded through this process's own tracker."""
-    tracker = tracker_for(rspec)
+def explain_and_record(
+    spec: ExplainSpec, rspec: RecordSpec, tasks: Sequence[ImageTask], tracker: Any = None
+) -> list[Explained]:
+    """Every task explained, then recorded through ``tracker`` (in a worker: this process's own, see
+    :func:`tracker_for`)."""
+    tracker = tracker if tracker is not None else tracker_for(rspec)
     out = []
     for result, task in zip(iter_explained(spec, tasks), tasks, strict=True):
-        result.run_id = record(tracker, rspec, algorithm_for(spec), task, result)
+        result.run_id = record(tracker, rspec, task, result)
         out.append(result)
     return out
 
@@ -138,14 +141,8 @@ def explain_and_record_parallel(
     from xaitk_exp.parallel import share_work
     from xaitk_exp.tracking.base import sigterm_raises
 
-    algo = algorithm_for(spec)
-
     def here(batch: list[ImageTask]) -> list[Explained]:
-        out = []
-        for task, result in zip(batch, iter_explained(spec, batch), strict=True):
-            result.run_id = record(tracker, rspec, algo, task, result)
-            out.append(result)
-        return out
+        return explain_and_record(spec, rspec, batch, tracker)
 
     jobs = ([task] for task in tasks)
     work = share_work(jobs, here, explain_and_record, (spec, rspec), processes, warm_up)
@@ -212,7 +209,7 @@ def explain(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask) -> Exp
     return Explained(task.image_id, task.folder, pred_idx, values)
 
 
-def record(tracker: Any, rspec: RecordSpec, algo: Any, task: ImageTask, result: Explained) -> str:
+def record(tracker: Any, rspec: RecordSpec, task: ImageTask, result: Explained) -> str:
     """The image's saliency run: tags, params and metrics in one batch, then every file in its folder."""
     ev = task.evaluation
     ev_tags = ev["tags"]

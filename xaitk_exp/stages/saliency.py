@@ -188,7 +188,7 @@ def _explain_and_record(
     try:
         if ctx.processes == 1 or len(tasks) < 2:
             for task, result in zip(tasks, iter_explained(spec, tasks), strict=True):
-                result.run_id = record(ctx.tracker, rspec, algo, task, result)
+                result.run_id = record(ctx.tracker, rspec, task, result)
                 yield result
         else:
             yield from explain_and_record_parallel(ctx.tracker, spec, rspec, tasks, ctx.processes)
