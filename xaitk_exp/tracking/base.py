@@ -114,17 +114,23 @@ class Tracker(ABC):
                 self._log(run_id, {}, {}, all_tags, 0)
         previous = _install_sigterm()
         try:
-            yield run_id
+            with self.closed_on_error(run_id):
+                yield run_id
+            self._end_run(run_id, "FINISHED")
+        finally:
+            _restore_sigterm(previous)
+
+    @contextmanager
+    def closed_on_error(self, run_id: str) -> Iterator[None]:
+        """An exception inside closes ``run_id``: KILLED on Ctrl-C or SIGTERM, else FAILED with the error."""
+        try:
+            yield
         except (KeyboardInterrupt, RunKilled):
             self._close(run_id, "KILLED", None)
             raise
         except BaseException as exc:
             self._close(run_id, "FAILED", exc)
             raise
-        else:
-            self._end_run(run_id, "FINISHED")
-        finally:
-            _restore_sigterm(previous)
 
     def _run_tags(
         self, experiment_id: str, tags: Mapping[str, Any] | None, parent_run_id: str | None

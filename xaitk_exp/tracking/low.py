@@ -142,17 +142,9 @@ class LowTracker(Tracker):
     ) -> str:
         """One run: FINISHED, or FAILED with the error recorded, or KILLED on Ctrl-C / SIGTERM (as
         :meth:`Tracker.run`)."""
-        from xaitk_exp.errors import RunKilled
-
         run_id = self.client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name).info.run_id
-        try:
+        with self.closed_on_error(run_id):
             self.log(run_id, metrics=metrics)
-        except (KeyboardInterrupt, RunKilled):
-            self._close(run_id, "KILLED", None)
-            raise
-        except BaseException as exc:
-            self._close(run_id, "FAILED", exc)
-            raise
         self.client.set_terminated(run_id, "FINISHED", end_time=max(int(time.time() * 1000), start_time))
         return run_id
 
