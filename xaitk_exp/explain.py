@@ -1,9 +1,9 @@
 """The saliency stage's per-image work: maps, quality metrics, pictures and arrays, then the image's run.
 
 :func:`explain` makes one image's files in a folder and :func:`record` turns them into its saliency run, through
-a :class:`~xaitk_exp.tracking.base.Tracker`. The stage runs both in its own process (``n_jobs=1``), or hands
-batches of images to joblib worker processes (:func:`explain_and_record`), each of which opens its own tracker on
-the same store: with the recording spread over the workers too, nothing serial is left in the stage's process. The
+a :class:`~xaitk_exp.tracking.base.Tracker`. :func:`explain_and_record` does both, in the stage's own process or in
+worker processes (:func:`explain_and_record_parallel`), each of which opens its own tracker on the same store:
+with the recording spread over the workers too, nothing serial is left in the stage's process. The
 same functions run on both paths, under the same BLAS thread limit, so ``n_jobs`` changes no bit of the maps or the
 metrics.
 
@@ -86,9 +86,8 @@ class Explained:
     run_id: str | None = None
 
 
-#: per process: the last algorithm built (a seeded RISE keeps its masks between images and batches) and tracker
+#: per process: the last algorithm built (a seeded RISE keeps its masks between images and batches)
 _ALGORITHMS: dict[str, Any] = {}
-_TRACKERS: dict[tuple, Any] = {}
 
 
 def algorithm_for(spec: ExplainSpec) -> Any:
@@ -107,14 +106,10 @@ def algorithm_for(spec: ExplainSpec) -> Any:
 
 def tracker_for(rspec: RecordSpec) -> Any:
     """A tracker on the spec's store at the spec's level, opened once per worker process."""
-    from xaitk_exp.tracking import make_tracker
+    from xaitk_exp.tracking import worker_tracker
 
     os.environ.update(rspec.env)
-    tracker = _TRACKERS.get(rspec.tracker)
-    if tracker is None:
-        _TRACKERS.clear()
-        tracker = _TRACKERS[rspec.tracker] = make_tracker(*rspec.tracker)
-    return tracker
+    return worker_tracker(rspec.tracker)
 
 
 def explain_and_record(

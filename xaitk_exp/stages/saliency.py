@@ -137,8 +137,7 @@ def _explain_and_record(
 
     from xaitk_exp.config import to_dict
     from xaitk_exp.explain import (
-        WORKER_ENV, ExplainSpec, ImageTask, RecordSpec, close_orphans, explain_and_record_parallel, iter_explained,
-        record,
+        WORKER_ENV, ExplainSpec, ImageTask, RecordSpec, close_orphans, explain_and_record, explain_and_record_parallel,
     )
     from xaitk_exp.metrics.settings import settings_from_config
 
@@ -187,9 +186,8 @@ def _explain_and_record(
     finished = False
     try:
         if ctx.processes == 1 or len(tasks) < 2:
-            for task, result in zip(tasks, iter_explained(spec, tasks), strict=True):
-                result.run_id = record(ctx.tracker, rspec, task, result)
-                yield result
+            for task in tasks:  # one at a time: the progress bar moves per image
+                yield from explain_and_record(spec, rspec, [task], ctx.tracker)
         else:
             yield from explain_and_record_parallel(ctx.tracker, spec, rspec, tasks, ctx.processes)
         finished = True

@@ -33,6 +33,20 @@ def make_tracker(level: str, uri: str, artifact_root: str | None = None, sqlite_
     return getattr(importlib.import_module(module), cls)(uri, artifact_root, sqlite_journal)
 
 
+#: per worker process: the tracker of the last store it wrote to (see :func:`worker_tracker`)
+_WORKER_TRACKERS: dict[tuple, Tracker] = {}
+
+
+def worker_tracker(reopen_args: tuple) -> Tracker:
+    """The tracker :meth:`Tracker.reopen_args` describes, opened once per process: worker processes that write
+    runs to the stage's store open it with this."""
+    tracker = _WORKER_TRACKERS.get(reopen_args)
+    if tracker is None:
+        _WORKER_TRACKERS.clear()
+        tracker = _WORKER_TRACKERS[reopen_args] = make_tracker(*reopen_args)
+    return tracker
+
+
 def use_tracking_uri(uri: str) -> None:
     """Point MLflow's fluent API at ``uri`` without leaking it into ``MLFLOW_TRACKING_URI``.
 

@@ -188,19 +188,11 @@ def _stamped(runs: Iterable[tuple[str, dict[str, str], dict[str, float]]]) -> It
         yield name, tags, metrics, last
 
 
-#: per worker process: the tracker of the last store written to
-_WORKER_TRACKERS: dict[tuple, LowTracker] = {}
-
-
 def open_worker_tracker(reopen_args: tuple, experiment_id: str = "") -> LowTracker:
-    """This worker process's tracker on the store (opened once per worker)."""
-    tracker = _WORKER_TRACKERS.get(reopen_args)
-    if tracker is None:
-        from xaitk_exp.tracking import make_tracker
+    """Warm-up of a worker: its tracker on the store (:func:`xaitk_exp.tracking.worker_tracker`)."""
+    from xaitk_exp.tracking import worker_tracker
 
-        _WORKER_TRACKERS.clear()
-        tracker = _WORKER_TRACKERS[reopen_args] = make_tracker(*reopen_args)
-    return tracker
+    return worker_tracker(reopen_args)
 
 
 def write_runs(reopen_args: tuple, experiment_id: str, batch: list[tuple]) -> list[str]:
