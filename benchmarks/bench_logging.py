@@ -52,7 +52,7 @@ def image_records(store: TrainedStore, n: int) -> list[tuple[str, dict[str, floa
     """(run name, metrics, tags) per image, as the notebook would log them."""
     import numpy as np
 
-    from xaitk_exp.blackbox import SklearnBlackbox
+    from xaitk_exp.models.blackbox import SklearnBlackbox
 
     images, labels = store.split.train_images, store.split.train_labels
     bb = SklearnBlackbox(store.model)

@@ -67,7 +67,7 @@ def bare(store: TrainedStore, images: int, masks: int, out: dict | None = None) 
     """xaitk-saliency alone: the generator the config describes, called per image, nothing recorded."""
     from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.rise import RISEStack
 
-    from xaitk_exp.blackbox import SklearnBlackbox
+    from xaitk_exp.models.blackbox import SklearnBlackbox
 
     test = store.split.test_images[:images]
     t0 = time.perf_counter()

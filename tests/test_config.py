@@ -62,7 +62,7 @@ def fitted_mlp():
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("name", SALIENCY)
 def test_every_saliency_option_builds_and_maps_a_digit(make_cfg, fitted_mlp, name):
-    from xaitk_exp.blackbox import SklearnBlackbox
+    from xaitk_exp.models.blackbox import SklearnBlackbox
     from xaitk_exp.saliency import Algorithm, class_maps
 
     overrides = [f"saliency={name}"]

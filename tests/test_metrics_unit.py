@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from xaitk_exp.blackbox import SklearnBlackbox
+from xaitk_exp.models.blackbox import SklearnBlackbox
 from xaitk_exp.errors import ConfigError
 from xaitk_exp.metrics import faithfulness as F
 from xaitk_exp.metrics.image import evaluate_map

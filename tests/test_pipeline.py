@@ -164,7 +164,7 @@ def test_stored_map_equals_direct_xaitk_bit_for_bit(run_stage, client, algorithm
     from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.rise import RISEStack
     from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.slidingwindow import SlidingWindowStack
 
-    from xaitk_exp.blackbox import SklearnBlackbox
+    from xaitk_exp.models.blackbox import SklearnBlackbox
     from xaitk_exp.data import Digits
 
     overrides = [f"saliency={algorithm}", "seed=7"] + ([] if algorithm == "sliding_window" else ["saliency.n=300"])
@@ -189,7 +189,7 @@ def test_stored_map_equals_direct_xaitk_bit_for_bit(run_stage, client, algorithm
 
 
 def test_black_box_checks_counts_and_batches(run_stage):
-    from xaitk_exp.blackbox import SklearnBlackbox
+    from xaitk_exp.models.blackbox import SklearnBlackbox
 
     ctx = run_stage("stage=train")
     bb = SklearnBlackbox(ctx.model, chunk_size=64)

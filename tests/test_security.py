@@ -15,7 +15,7 @@ import yaml
 from conftest import run_cli
 from xaitk_exp.config import check_targets, instantiate, redact_overrides, redact_uri
 from xaitk_exp.errors import UnsafeConfigError
-from xaitk_exp.models import is_trusted_type
+from xaitk_exp.models.sklearn import is_trusted_type
 from xaitk_exp.teamserver import postgres_missing_reason, team_server
 from xaitk_exp.tracking.base import safe_artifact_path
 

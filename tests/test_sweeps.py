@@ -13,7 +13,7 @@ import pytest
 from conftest import run_cli
 
 from xaitk_exp.errors import ConfigError
-from xaitk_exp.sweep import rank_rows
+from xaitk_exp.sweep.summary import rank_rows
 
 SMALL = ["progress=false", "evaluation.num_images=2"]
 MAPS = "saliency_map_np_arrays/saliency_maps.npy"
@@ -144,7 +144,7 @@ def test_slurm_launcher_overlay_composes() -> None:
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.partition == "gpu" and launcher.cpus_per_task == 4 and launcher.timeout_min == 120
-    assert cfg.hydra.callbacks.sweep._target_ == "xaitk_exp.sweep.SweepCallback"
+    assert cfg.hydra.callbacks.sweep._target_ == "xaitk_exp.sweep.callback.SweepCallback"
 
 
 def test_rank_rows_by_direction_with_unranked_jobs_last() -> None:

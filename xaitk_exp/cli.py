@@ -85,7 +85,7 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
     from hydra.types import RunMode
 
     from xaitk_exp.errors import RunKilled, XaitkExpError
-    from xaitk_exp.sweep import job_result
+    from xaitk_exp.sweep.jobs import job_result
 
     hc = HydraConfig.get()
     try:

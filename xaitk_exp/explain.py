@@ -156,7 +156,7 @@ def iter_explained(spec: ExplainSpec, tasks: Sequence[ImageTask]) -> Iterator[Ex
     """Each task's files and metrics, in order, one image at a time."""
     from threadpoolctl import threadpool_limits
 
-    from xaitk_exp.blackbox import SklearnBlackbox
+    from xaitk_exp.models.blackbox import SklearnBlackbox
 
     algo = algorithm_for(spec)
     blackbox = SklearnBlackbox(spec.model, spec.chunk_size)

@@ -70,7 +70,7 @@ def _sanity(
     seed: tuple[int, int],
     chunk_size: int,
 ) -> dict[str, float]:
-    from xaitk_exp.blackbox import SklearnBlackbox
+    from xaitk_exp.models.blackbox import SklearnBlackbox
     from xaitk_exp.metrics.maps import xcorr
     from xaitk_exp.metrics.sanity import other_class_similarity
     from xaitk_exp.saliency import class_maps

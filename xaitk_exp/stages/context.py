@@ -64,7 +64,7 @@ class Context:
         return self.cfg.model.get("uri")
 
     def build_model(self) -> Any:
-        from xaitk_exp.models import check_classifier, check_params
+        from xaitk_exp.models.sklearn import check_classifier, check_params
 
         node = {k: v for k, v in to_dict(self.cfg.model).items() if k not in ("name",)}
         model = instantiate(node, "model", self.extra_allowed)
@@ -82,7 +82,7 @@ class Context:
         return target.rsplit(".", 1)[-1]
 
     def load_pretrained(self) -> Any:
-        from xaitk_exp.models import load_model
+        from xaitk_exp.models.sklearn import load_model
 
         if self.model is None:
             self.model = load_model(self.pretrained_uri, self.tracker.uri, bool(self.cfg.model.get("allow_pickle")))

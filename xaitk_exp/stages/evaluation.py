@@ -14,7 +14,7 @@ from xaitk_exp.stages.upstream import ensure_model
 def run_evaluation(ctx: Context) -> str:
     from tqdm import tqdm
 
-    from xaitk_exp.blackbox import SklearnBlackbox
+    from xaitk_exp.models.blackbox import SklearnBlackbox
     from xaitk_exp.render import confusion_figure
 
     cfg, tracker, split = ctx.cfg, ctx.tracker, ctx.split

@@ -46,7 +46,7 @@ def run_train(ctx: Context) -> str | None:
 
 def _reuse(ctx: Context, run: Any) -> bool:
     """Load the model of a FINISHED train run with the same config hash instead of training again."""
-    from xaitk_exp.models import load_model
+    from xaitk_exp.models.sklearn import load_model
 
     uri = f"runs:/{run.info.run_id}/sklearn-model"
     ctx.model = load_model(uri, ctx.tracker.uri)

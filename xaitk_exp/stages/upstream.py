@@ -11,7 +11,7 @@ from xaitk_exp.stages.context import Context
 def ensure_model(ctx: Context) -> Any:
     """The model to evaluate or explain: in memory after train, else ``train_run_id``, else the latest FINISHED
     train run with this model and dataset config, else ``model.uri`` for ``model=pretrained``."""
-    from xaitk_exp.models import load_model
+    from xaitk_exp.models.sklearn import load_model
 
     if ctx.model is not None and (ctx.train_run_id or ctx.pretrained_uri):
         return ctx.model

@@ -277,7 +277,7 @@ class Tracker(ABC):
 
     def log_model(self, run_id: str, model: Any, input_example: Any) -> None:
         """The estimator as an MLflow sklearn model (skops format) in the run's ``sklearn-model/`` folder."""
-        from xaitk_exp.models import save_sklearn_model
+        from xaitk_exp.models.sklearn import save_sklearn_model
 
         with tempfile.TemporaryDirectory() as tmp:
             path = save_sklearn_model(model, Path(tmp, MODEL_DIR), input_example)

@@ -29,7 +29,7 @@ class HighTracker(MidTracker):
         """``mlflow.sklearn.log_model`` registers a LoggedModel linked to the run (the UI's Models tab); the saved
         folder also goes to the run's own ``sklearn-model/`` artifacts, where every level puts it, so the run's
         artifact tree is the same at every level."""
-        from xaitk_exp.models import pip_requirements, trusted_types
+        from xaitk_exp.models.sklearn import pip_requirements, trusted_types
 
         active = self._mlflow.active_run()
         if active is not None and active.info.run_id == run_id:

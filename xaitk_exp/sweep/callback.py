@@ -1,0 +1,166 @@
+"""Sweep-wide work for ``xaitk-exp -m``: a Hydra callback (``hydra.callbacks.sweep`` in ``conf/config.yaml``).
+
+``on_multirun_start`` (launcher process, before any job): opens the tracking store once (SQLite migrations), creates
+the experiments every job writes to, opens the sweep's parent run and hands its id to every job as the override
+``sweep_run_id=<id>``; then runs each upstream (train + evaluation) that several jobs share once, so that parallel
+jobs reuse it instead of each training their own. ``on_job_start``/``on_job_end`` (job process): write
+``sweep_job.json`` (overrides, status, runtime, error, run ids) into the job's folder. ``on_multirun_end``: the
+summary in the parent run (``sweep_summary.json`` table + CSV + ``sweep_montage.png``), then the parent's status.
+
+Hydra raises a failed job's exception before ``on_multirun_end``; :func:`finish_open_sweeps` (called by the
+entry point on the way out) writes the summary then, so failed jobs are listed, not hidden.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, read_write
+
+from xaitk_exp.config import redact_overrides
+from xaitk_exp.sweep.jobs import FINAL_EXPERIMENT, STAGE_EXPERIMENTS, job_configs, model_class, prepare_upstream
+from xaitk_exp.sweep.records import JOB_RECORD, SWEEP_KEY, end_leaked_fluent_runs, read_json, read_job_records, write_record
+from xaitk_exp.sweep.summary import rank_rows, summary_rows, write_summary
+
+_OPEN: list[SweepCallback] = []  # sweeps of this process whose summary is not written yet
+
+
+class SweepCallback(Callback):
+    """Parent run, shared upstream, per-job records and the summary of one multirun."""
+
+    def __init__(self) -> None:
+        self.parent_run_id: str | None = None
+        self._config: DictConfig | None = None
+        self._tracker: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:  # shipped to job processes: only the id travels
+        return {"parent_run_id": self.parent_run_id}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+        self.parent_run_id = state.get("parent_run_id")
+
+    # ----- launcher process ------------------------------------------------------------------------------------
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from xaitk_exp.cli import _http_settings
+        from xaitk_exp.config import resolve_tracking
+
+        _http_settings(config)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # parallel jobs' bars interleave
+        uri, artifact_root = resolve_tracking(config)
+        from xaitk_exp.tracking import make_tracker
+
+        journal = str(config.tracking.get("sqlite_journal", "wal"))
+        tracker = make_tracker("low", uri, artifact_root, journal)  # no fluent run stack in the launcher process
+        jobs = job_configs(config)
+        classes = {model_class(j) for _, j in jobs} | {model_class(config)}
+        for cls in sorted(c for c in classes if c):
+            for stage in STAGE_EXPERIMENTS:
+                tracker.experiment(f"{cls} - {stage}")
+        base_class = model_class(config) or "xaitk-exp"
+        exp_id = tracker.experiment(f"{base_class} - {FINAL_EXPERIMENT.get(str(config.stage), 'Sweeps')}")
+        sweep_dir = str(Path(str(config.hydra.sweep.dir)).resolve())
+        user_overrides = [o for o in config.hydra.overrides.task if not o.startswith(f"{SWEEP_KEY}=")]
+        tags = {
+            "Run_type": "sweep",
+            "Sweep_dir": sweep_dir,
+            "Sweep_overrides": " ".join(redact_overrides(user_overrides))[:5000],
+            "Sweep_launcher": str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1],
+            "Sweep_jobs": len(jobs) if jobs else "unknown",
+        }
+        self.parent_run_id = tracker.start_run(exp_id, f"sweep {Path(sweep_dir).name}", tags)
+        self._config, self._tracker = config, tracker
+        _OPEN.append(self)
+        with read_write(config.hydra.overrides.task):
+            config.hydra.overrides.task.append(f"{SWEEP_KEY}={self.parent_run_id}")
+        print(f"[sweep] parent run {self.parent_run_id} in '{tracker.client.get_experiment(exp_id).name}'")
+        if config.get("sweep", {}).get("prepare_upstream", True):
+            prepare_upstream(jobs, self.parent_run_id, Path(sweep_dir) / "upstream")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self.finish(aborted=False)
+
+    def finish(self, aborted: bool) -> None:
+        """Write the summary into the parent run and close it: FINISHED when every job completed, FAILED when a
+        job failed (listed with its error), KILLED when the sweep stopped before its jobs ended."""
+        if self not in _OPEN:
+            return
+        _OPEN.remove(self)
+        from xaitk_exp.errors import ConfigError
+
+        config, tracker, parent = self._config, self._tracker, self.parent_run_id
+        try:
+            records = read_job_records(Path(str(config.hydra.sweep.dir)), parent)
+            rows = summary_rows(tracker, records, parent)
+            sweep_cfg = config.get("sweep") or {}
+            try:
+                rows = rank_rows(rows, sweep_cfg.get("metric"), str(sweep_cfg.get("mode") or "auto"))
+            except ConfigError as exc:  # the table is still worth having, unranked
+                print(f"xaitk-exp: warning: summary not ranked: {exc}", file=sys.stderr)
+            write_summary(tracker, parent, rows, Path(str(config.hydra.sweep.dir)))
+            failed = [r for r in rows if r["status"] == "FAILED"]
+        except Exception as exc:  # never leave the parent RUNNING because the summary broke
+            tracker.log(parent, tags={"error": f"summary failed: {type(exc).__name__}: {exc}"[:500]})
+            print(f"xaitk-exp: warning: sweep summary failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            failed, rows = [], []
+        if failed:
+            status = "FAILED"
+            tracker.log(parent, tags={"error": f"{len(failed)} of {len(rows)} job(s) failed: "
+                                               + "; ".join(f"#{r['job']}: {r['error']}" for r in failed)[:450]})
+        else:
+            status = "KILLED" if aborted else "FINISHED"
+        tracker.finish_run(parent, status)
+        print(f"[sweep] parent run {parent} {status}: {len(rows)} job(s), {len(failed)} failed")
+
+    # ----- job process -----------------------------------------------------------------------------------------
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not _in_multirun(config):
+            return
+        end_leaked_fluent_runs()
+        record = {
+            "job": int(config.hydra.job.num),
+            SWEEP_KEY: config.get(SWEEP_KEY),
+            "overrides": redact_overrides(o for o in config.hydra.overrides.task if not o.startswith(f"{SWEEP_KEY}=")),
+            "status": "RUNNING",
+            "started": time.time(),
+        }
+        write_record(Path(str(config.hydra.runtime.output_dir)), record)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        if not _in_multirun(config):
+            return
+        folder = Path(str(config.hydra.runtime.output_dir))
+        record = read_json(folder / JOB_RECORD) or {
+            "job": int(config.hydra.job.num), SWEEP_KEY: config.get(SWEEP_KEY), "started": time.time()
+        }
+        record["runtime_s"] = round(time.time() - float(record["started"]), 3)
+        value = job_return._return_value
+        if job_return.status == JobStatus.COMPLETED:
+            record["status"] = "COMPLETED"
+            record["runs"] = value if isinstance(value, dict) else {}
+        else:
+            record["status"] = "FAILED"
+            text = str(value).strip().splitlines()
+            record["error"] = f"{type(value).__name__}: {text[0] if text else ''}"[:500]
+        write_record(folder, record)
+        end_leaked_fluent_runs()
+
+
+def _in_multirun(config: DictConfig) -> bool:
+    from hydra.types import RunMode
+
+    return config.hydra.get("mode") == RunMode.MULTIRUN
+
+
+def finish_open_sweeps() -> None:
+    """Summaries of sweeps that Hydra aborted (a failed job raises before ``on_multirun_end``, Ctrl-C)."""
+    for callback in list(_OPEN):
+        callback.finish(aborted=True)
+

@@ -1,0 +1,47 @@
+"""The sweep montage: per image, every job's map of the predicted class side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+MONTAGE = "sweep_montage.png"
+MONTAGE_MAX_IMAGES = 12
+
+
+def sweep_montage(tracker: Any, rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Per image (a row), the image then every job's map of the predicted class (a column per job), in rank
+    order; None when no job made saliency maps."""
+    import tempfile
+
+    import numpy as np
+
+    from xaitk_exp.render import diverging, grid, to_rgb
+    from xaitk_exp.saliency import class_maps
+
+    jobs = [r for r in rows if r.get("saliency_run_ids")]
+    if not jobs:
+        return None
+    names = [r.get("algorithm") or f"job {r['job']}" for r in jobs]
+    if len(set(names)) < len(names):
+        names = [f"#{r['job']} {n}" for r, n in zip(jobs, names, strict=True)]
+    cells: dict[tuple[int, int], np.ndarray] = {}
+    images: dict[int, np.ndarray] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for col, row in enumerate(jobs):
+            for run_id in row["saliency_run_ids"].split(","):
+                run = tracker.get_run(run_id)
+                k = int(run.data.tags.get("Image_id", -1))
+                folder = Path(tracker.download(run_id, "saliency_map_np_arrays", f"{tmp}/{run_id}"))
+                maps = class_maps(np.load(folder / "saliency_maps.npy"))
+                images.setdefault(k, np.load(folder / "image.npy"))
+                index = run.data.tags.get("Predicted_class_index")
+                idx = int(index) if index is not None else int(np.argmax(np.clip(maps, 0, None).sum(axis=(1, 2))))
+                cells[(k, col)] = maps[idx]
+    ids = sorted(images)[:MONTAGE_MAX_IMAGES]
+    blank = np.full((8, 8, 3), 255, dtype=np.uint8)
+    panels = []
+    for k in ids:
+        panels.append((to_rgb(images[k]), f"image {k}"))
+        panels += [(diverging(cells[(k, c)]) if (k, c) in cells else blank, names[c]) for c in range(len(jobs))]
+    return grid(panels, path, columns=1 + len(jobs), title="sweep: predicted-class saliency per image (rows)")

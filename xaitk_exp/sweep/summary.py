@@ -1,0 +1,151 @@
+"""The sweep's summary: one row per job, ranked, written into the parent run as a table, a CSV and a montage."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from xaitk_exp.sweep.montage import MONTAGE, sweep_montage
+
+SUMMARY_TABLE = "sweep_summary.json"
+SUMMARY_CSV = "sweep_summary.csv"
+
+
+# ----- the summary -------------------------------------------------------------------------------------------------
+def summary_rows(tracker: Any, records: list[dict[str, Any]], parent: str) -> list[dict[str, Any]]:
+    """One row per job: number, overrides, status, runtime, error and the key metrics of its runs.
+
+    Status: ``FINISHED`` (new runs), ``REUSED`` (every run it used FINISHED earlier with the same config),
+    ``FAILED`` (with ``error``), ``UNFINISHED`` (started, never ended).
+    """
+    rows = []
+    for rec in records:
+        row: dict[str, Any] = {
+            "job": int(rec.get("job", 0)),
+            "overrides": " ".join(rec.get("overrides") or []),
+            "status": {"COMPLETED": "FINISHED", "RUNNING": "UNFINISHED"}.get(rec.get("status"), rec.get("status")),
+            "runtime_s": rec.get("runtime_s"),
+            "error": rec.get("error", ""),
+        }
+        runs = rec.get("runs") or {}
+        stage_runs = {
+            "train": [runs.get("train_run_id")],
+            "evaluation": [runs.get("evaluation_run_id")],
+            "saliency": list(runs.get("saliency_run_ids") or []),
+        }
+        fetched = {k: [tracker.get_run(i) for i in ids if i] for k, ids in stage_runs.items()}
+        for stage in ("train", "evaluation"):
+            for run in fetched[stage]:
+                for key, value in sorted(run.data.metrics.items()):
+                    if not key.startswith(("Saliency/", "reproduced_")):
+                        row[f"{stage}.{key}"] = value
+        row.update(_saliency_metrics(fetched["saliency"]))
+        final = fetched["saliency"] or fetched["evaluation"] or fetched["train"]
+        if row["status"] == "FINISHED" and final and all(r.data.tags.get("Sweep_run_id") != parent for r in final):
+            row["status"] = "REUSED"
+        if fetched["saliency"]:
+            row["algorithm"] = fetched["saliency"][0].data.tags.get("Saliency_algorithm", "")
+        row["saliency_run_ids"] = ",".join(r.info.run_id for r in fetched["saliency"])
+        rows.append(row)
+    return rows
+
+
+def _saliency_metrics(runs: list[Any]) -> dict[str, float]:
+    """Mean of every metric over the job's saliency runs (per algorithm via ``xaitk_exp.metrics.summary`` when
+    it is there: means and spreads of the quality metrics)."""
+    import numpy as np
+
+    out: dict[str, float] = {}
+    if not runs:
+        return out
+    keys = sorted({k for r in runs for k in r.data.metrics if not k.startswith("reproduced_")})
+    for key in keys:
+        vals = [r.data.metrics[key] for r in runs if key in r.data.metrics]
+        out[f"saliency.{key}"] = float(np.mean(vals))
+    try:
+        from xaitk_exp.metrics.summary import aggregate
+    except ImportError:
+        return out
+    for row in aggregate(runs)[:1]:
+        for key, value in row.items():
+            if key.endswith(("_mean", "_std")) and isinstance(value, (int, float)):
+                base = key[: -len("_mean")] if key.endswith("_mean") else key
+                out[f"saliency.{base}"] = float(value)
+    return out
+
+
+def rank_rows(rows: list[dict[str, Any]], metric: str | None, mode: str = "auto") -> list[dict[str, Any]]:
+    """Rows best first by ``metric`` (a column, or a column's last part such as ``Deletion_AUC``); rows without
+    it (failed jobs among them) last. ``mode``: ``max``, ``min`` or ``auto`` (the metric's known direction)."""
+    from xaitk_exp.errors import ConfigError
+
+    if not metric:
+        return rows
+    if mode not in ("auto", "max", "min"):
+        raise ConfigError("sweep.mode", mode, "one of auto, max, min")
+    columns = sorted({k for r in rows for k in r})
+    column = metric if metric in columns else next((c for c in columns if c.split(".", 1)[-1] == metric), None)
+    if column is None:
+        numeric = [c for c in columns if any(isinstance(r.get(c), float) for r in rows)]
+        raise ConfigError("sweep.metric", metric, f"a summary column: {', '.join(numeric) or 'none recorded'}")
+    if mode == "auto":
+        try:
+            from xaitk_exp.metrics.summary import DIRECTIONS
+        except ImportError:
+            DIRECTIONS = {}
+        mode = "min" if DIRECTIONS.get(column.split(".", 1)[-1], 1) < 0 else "max"
+    sign = -1.0 if mode == "max" else 1.0
+    has = [r for r in rows if isinstance(r.get(column), (int, float))]
+    ranked = sorted(has, key=lambda r: (sign * float(r[column]), r["job"]))
+    for position, r in enumerate(ranked, start=1):
+        r["rank"] = position
+        r["ranked_by"] = f"{column} ({mode})"
+    return ranked + [r for r in rows if r not in has]
+
+
+def write_summary(tracker: Any, parent: str, rows: list[dict[str, Any]], sweep_dir: Path) -> None:
+    """The table (MLflow table artifact + CSV, also in ``sweep_dir``), the montage and counts in the parent run."""
+    import csv
+    import tempfile
+
+    first = ["rank", "job", "status", "overrides", "algorithm", "runtime_s", "error"]
+    columns = [c for c in first if any(c in r for r in rows)]
+    columns += sorted({k for r in rows for k in r} - set(columns) - {"saliency_run_ids", "ranked_by"})
+    columns += ["saliency_run_ids"]
+    table = {c: [r.get(c, "") if r.get(c) is not None else "" for r in rows] for c in columns}
+    if rows:
+        tracker.log_table(parent, table, SUMMARY_TABLE)
+    with tempfile.TemporaryDirectory() as tmp:
+        csv_path = Path(tmp, SUMMARY_CSV)
+        with csv_path.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(columns)
+            writer.writerows([[table[c][i] for c in columns] for i in range(len(rows))])
+        tracker.log_artifact(parent, str(csv_path))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / SUMMARY_CSV).write_text(csv_path.read_text())
+        montage = sweep_montage(tracker, rows, Path(tmp, MONTAGE))
+        if montage is not None:
+            tracker.log_artifact(parent, str(montage))
+            (sweep_dir / MONTAGE).write_bytes(montage.read_bytes())
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("FINISHED", "REUSED", "FAILED", "UNFINISHED")}
+    metrics = {f"jobs_{s.lower()}": float(n) for s, n in counts.items()}
+    metrics["jobs"] = float(len(rows))
+    tags = {"Sweep_summary": f"{sweep_dir / SUMMARY_CSV}"}
+    if rows and "rank" in rows[0]:
+        tags.update(Sweep_best_job=rows[0]["job"], Sweep_best_overrides=rows[0]["overrides"][:5000],
+                    Sweep_ranked_by=rows[0]["ranked_by"])
+    tracker.log(parent, metrics=metrics, tags=tags)
+    _print_table(rows, columns)
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    shown = [c for c in columns if c not in ("saliency_run_ids", "error")][:8]
+    print("[sweep] summary:")
+    print("  " + " | ".join(shown))
+    for r in rows:
+        cells = [f"{r.get(c):.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in shown]
+        line = "  " + " | ".join(cells)
+        print(line + (f"  <- {r['error']}" if r.get("error") else ""))
+
