@@ -29,7 +29,7 @@ def quiet() -> None:
 
 def compose(uri: str, *overrides: str) -> Any:
     """The shipped config composed with ``overrides``, pointed at ``uri``, progress bars off."""
-    from xaitk_exp.cli import compose_config
+    from xaitk_exp.app import compose_config
 
     return compose_config([f"tracking.uri={uri}", "progress=false", *overrides])
 
@@ -46,7 +46,7 @@ class TrainedStore:
     """
 
     def __init__(self, root: Path, *overrides: str) -> None:
-        from xaitk_exp.cli import run
+        from xaitk_exp.app import run
 
         self.root = root
         self.folder = root / "template"
@@ -70,9 +70,9 @@ class TrainedStore:
 
     def context(self, folder: Path, level: str, *overrides: str) -> Any:
         """A stage context on the store in ``folder`` with the trained model already in memory."""
-        from xaitk_exp.config import resolve_tracking
         from xaitk_exp.stages import Context
-        from xaitk_exp.tracking import make_tracker
+        from xaitk_exp.tracking.factory import make_tracker
+        from xaitk_exp.tracking.stores import resolve_tracking
 
         cfg = compose(sqlite_uri(folder), f"logging={level}", *self.overrides, *overrides)
         uri, artifact_root = resolve_tracking(cfg)

@@ -24,7 +24,7 @@ TARGET = 1.25
 
 
 def _cfg(uri: str, *overrides: str):
-    from xaitk_exp.cli import compose_config
+    from xaitk_exp.app import compose_config
 
     return compose_config([f"tracking.uri={uri}", "progress=false", *overrides])
 
@@ -36,7 +36,7 @@ def _stage(uri: str, out: Path, overrides: list[str]) -> tuple[float, float]:
     import contextlib
     import io
 
-    from xaitk_exp.cli import run
+    from xaitk_exp.app import run
 
     cfg = _cfg(uri, *overrides)
     with contextlib.redirect_stdout(io.StringIO()):

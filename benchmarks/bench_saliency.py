@@ -52,7 +52,7 @@ def stage_overrides(images: int, masks: int, n_jobs: int) -> list[str]:
 
 
 def stage(store: TrainedStore, folder: Path, level: str, images: int, masks: int, n_jobs: int) -> float:
-    from xaitk_exp.stages.saliency import run_saliency
+    from xaitk_exp.stages.saliency.stage import run_saliency
 
     ctx = store.context(folder, level, *stage_overrides(images, masks, n_jobs))
     t0 = time.perf_counter()
@@ -83,9 +83,8 @@ def bare(store: TrainedStore, images: int, masks: int, out: dict | None = None) 
 
 def stored_maps(folder: Path) -> dict[int, object]:
     import numpy as np
-    from mlflow import MlflowClient
-
     from _common import sqlite_uri
+    from mlflow import MlflowClient
 
     client = MlflowClient(sqlite_uri(folder))
     exp = client.get_experiment_by_name("MLPClassifier - Saliency Map Generation")

@@ -58,14 +58,14 @@ def tiled_split(split, n: int):
 def child(args: argparse.Namespace) -> None:
     """One scenario in this process; prints one JSON line."""
     quiet()
-    from xaitk_exp.config import resolve_tracking
+    from _common import compose, sqlite_uri
+
     from xaitk_exp.stages import Context
     from xaitk_exp.stages.evaluation import run_evaluation
-    from xaitk_exp.stages.saliency import build_filter, run_saliency
+    from xaitk_exp.stages.saliency.stage import build_filter, run_saliency
     from xaitk_exp.stages.upstream import ensure_model
-    from xaitk_exp.tracking import make_tracker
-
-    from _common import compose, sqlite_uri
+    from xaitk_exp.tracking.factory import make_tracker
+    from xaitk_exp.tracking.stores import resolve_tracking
 
     folder = Path(args.folder)
     overrides = [

@@ -34,7 +34,7 @@ class ServerStore:
     """The trained model on a tracking server, and stage contexts against it."""
 
     def __init__(self, url: str) -> None:
-        from xaitk_exp.cli import run
+        from xaitk_exp.app import run
 
         self.url = url
         ctx = run(compose(url, "stage=train", "logging=low", "force=true"), [], ".")
@@ -43,7 +43,7 @@ class ServerStore:
 
     def context(self, level: str, *overrides: str):
         from xaitk_exp.stages import Context
-        from xaitk_exp.tracking import make_tracker
+        from xaitk_exp.tracking.factory import make_tracker
 
         cfg = compose(self.url, f"logging={level}", *overrides)
         ctx = Context(cfg=cfg, tracker=make_tracker(level, self.url, None), output_dir=Path("."))

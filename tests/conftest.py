@@ -32,7 +32,7 @@ def make_cfg(tmp_path: Path, store: str) -> Callable[..., DictConfig]:
     """Compose the shipped config with overrides, pointed at the temporary store, progress bars off."""
 
     def _make(*overrides: str, uri: str | None = None) -> DictConfig:
-        from xaitk_exp.cli import compose_config
+        from xaitk_exp.app import compose_config
 
         return compose_config([f"tracking.uri={uri or store}", "progress=false", *overrides])
 
@@ -42,7 +42,7 @@ def make_cfg(tmp_path: Path, store: str) -> Callable[..., DictConfig]:
 @pytest.fixture
 def run_stage(make_cfg: Callable[..., DictConfig], tmp_path: Path):
     """Run the pipeline in-process for the given overrides; returns the stage context."""
-    from xaitk_exp.cli import run
+    from xaitk_exp.app import run
 
     def _run(*overrides: str, uri: str | None = None):
         cfg = make_cfg(*overrides, uri=uri)

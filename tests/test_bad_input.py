@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
-from xaitk_exp.cli import GROUPS, compose_config, precheck_overrides, run
+
+from xaitk_exp.app import compose_config, run
+from xaitk_exp.cli import GROUPS, precheck_overrides
 from xaitk_exp.errors import XaitkExpError
 
 MISSING_RUN = "0123456789abcdef0123456789abcdef"

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from xaitk_exp.cli import group_options, precheck_overrides
-from xaitk_exp.config import instantiate
+from xaitk_exp.security.targets import instantiate
 
 SALIENCY = group_options("saliency")
 MODELS = [m for m in group_options("model") if m != "pretrained"]
@@ -63,7 +63,7 @@ def fitted_mlp():
 @pytest.mark.parametrize("name", SALIENCY)
 def test_every_saliency_option_builds_and_maps_a_digit(make_cfg, fitted_mlp, name):
     from xaitk_exp.models.blackbox import SklearnBlackbox
-    from xaitk_exp.saliency import Algorithm, class_maps
+    from xaitk_exp.stages.saliency.algorithm import Algorithm, class_maps
 
     overrides = [f"saliency={name}"]
     if "n" in make_cfg(*overrides).saliency:
@@ -80,7 +80,7 @@ def test_every_saliency_option_builds_and_maps_a_digit(make_cfg, fitted_mlp, nam
 
 @pytest.mark.parametrize("level", ["high", "mid", "low"])
 def test_every_logging_level_builds_its_tracker(make_cfg, store, level):
-    from xaitk_exp.tracking import make_tracker
+    from xaitk_exp.tracking.factory import make_tracker
 
     cfg = make_cfg(f"logging={level}")
     tracker = make_tracker(cfg.logging.level, store)
@@ -183,7 +183,7 @@ def test_sqlite_store_journal_mode_is_a_property_of_the_file(make_cfg, tmp_path,
     """``tracking.sqlite_journal`` holds for every later connection (the MLflow UI, a colleague's notebook)."""
     import sqlite3
 
-    from xaitk_exp.cli import run
+    from xaitk_exp.app import run
 
     run(make_cfg("stage=train", "model=logistic_regression", f"tracking.sqlite_journal={journal}"), [], tmp_path)
     con = sqlite3.connect(tmp_path / "mlflow.db")
@@ -195,7 +195,7 @@ def test_sqlite_store_journal_mode_is_a_property_of_the_file(make_cfg, tmp_path,
 def test_a_wal_store_goes_back_to_delete_or_says_why_not(make_cfg, tmp_path, capsys):
     import sqlite3
 
-    from xaitk_exp.cli import run
+    from xaitk_exp.app import run
 
     db = tmp_path / "mlflow.db"
     con = sqlite3.connect(db, isolation_level=None)  # a store in WAL mode, being read meanwhile

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import exe, run_cli
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from conftest import exe, run_cli
 from xaitk_exp.teamserver import free_port
 
 TRAIN_EXP = "MLPClassifier - Train"
@@ -252,8 +252,8 @@ def test_processes_opening_one_fresh_store_at_once_all_succeed(tmp_path):
 def test_runs_a_dead_worker_left_open_are_closed_killed(tmp_path):
     """The stage's safety net for ``n_jobs`` > 1: each run a worker opens is named in ``<folder>.run_id``; after an
     early stop, those still RUNNING are closed KILLED and the others are left as they are."""
-    from xaitk_exp.explain import RUN_ID_SUFFIX, close_orphans
-    from xaitk_exp.tracking import make_tracker
+    from xaitk_exp.stages.saliency.image import RUN_ID_SUFFIX, close_orphans
+    from xaitk_exp.tracking.factory import make_tracker
 
     tracker = make_tracker("low", f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = tracker.experiment("Probe")

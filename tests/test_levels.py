@@ -47,7 +47,7 @@ def snapshot(uri: str) -> dict:
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    from xaitk_exp.cli import compose_config, run
+    from xaitk_exp.app import compose_config, run
 
     out = {}
     for level in ("high", "mid", "low"):
@@ -90,7 +90,7 @@ def test_n_jobs_leaves_the_same_record(tmp_path_factory):
     the store holds what ``n_jobs=1`` leaves, ids and times aside, and start times follow the image order."""
     from mlflow import MlflowClient
 
-    from xaitk_exp.cli import compose_config, run
+    from xaitk_exp.app import compose_config, run
 
     records, orders = {}, {}
     for n_jobs in (1, 2):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from xaitk_exp.errors import ConfigError
-from xaitk_exp.metrics.record import CURVES_FIGURE
 from xaitk_exp.metrics.summary import aggregate, flat_metrics
+from xaitk_exp.stages.saliency.quality import CURVES_FIGURE
 
 SALIENCY = "MLPClassifier - Saliency Map Generation"
 PER_IMAGE = (
@@ -110,7 +110,7 @@ def test_aggregate_ranks_algorithms_and_keeps_the_latest_run_per_image(client, t
 
     from PIL import Image
 
-    from xaitk_exp.metrics.summary import comparison_picture
+    from xaitk_exp.stages.saliency.summary import comparison_picture
 
     with Image.open(comparison_picture(rows, tmp_path / "cmp.png", "two algorithms")) as im:
         assert im.size[0] > 200 and im.size[1] > 100

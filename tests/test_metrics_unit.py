@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from xaitk_exp.models.blackbox import SklearnBlackbox
 from xaitk_exp.errors import ConfigError
 from xaitk_exp.metrics import faithfulness as F
 from xaitk_exp.metrics.image import evaluate_map
 from xaitk_exp.metrics.maps import complexity, gini, positive_entropy, xcorr
 from xaitk_exp.metrics.sanity import other_class_similarity, permuted_label_model
-from xaitk_exp.metrics.settings import MetricSettings, settings_from_config
+from xaitk_exp.models.blackbox import SklearnBlackbox
+from xaitk_exp.settings.metrics import MetricSettings, settings_from_config
 
 
 class SinglePixel(ClassifierMixin, BaseEstimator):
@@ -256,7 +256,7 @@ def test_bad_settings_name_the_key(node, key):
 def test_pictures_are_cheap_pngs(tmp_path):
     from PIL import Image
 
-    from xaitk_exp.metrics.pictures import comparison_figure, curves_figure
+    from xaitk_exp.viz.curves import comparison_figure, curves_figure
 
     curves = {k: np.linspace(1, 0, 65) for k in ("Deletion", "Deletion_random", "Insertion", "Insertion_random")}
     t0 = time.perf_counter()

@@ -164,8 +164,8 @@ def test_stored_map_equals_direct_xaitk_bit_for_bit(run_stage, client, algorithm
     from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.rise import RISEStack
     from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.slidingwindow import SlidingWindowStack
 
-    from xaitk_exp.models.blackbox import SklearnBlackbox
     from xaitk_exp.data import Digits
+    from xaitk_exp.models.blackbox import SklearnBlackbox
 
     overrides = [f"saliency={algorithm}", "seed=7"] + ([] if algorithm == "sliding_window" else ["saliency.n=300"])
     run_stage(*overrides)

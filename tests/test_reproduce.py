@@ -62,7 +62,7 @@ def test_reproduce_reports_a_difference(run_stage, client, tmp_path: Path) -> No
 
 def _forged_run(client, tmp_path: Path, target: str) -> tuple[str, Path]:
     """A train run whose stored config builds ``target``: it would create a folder if it were ever built."""
-    from xaitk_exp.stages.context import package_versions
+    from xaitk_exp.stages.provenance import package_versions
 
     canary = tmp_path / "canary-was-built"
     exp = client.create_experiment("MLPClassifier - Train", artifact_location=(tmp_path / "forged").as_uri())

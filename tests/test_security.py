@@ -11,13 +11,14 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 import yaml
-
 from conftest import run_cli
-from xaitk_exp.config import check_targets, instantiate, redact_overrides, redact_uri
+
 from xaitk_exp.errors import UnsafeConfigError
-from xaitk_exp.models.sklearn import is_trusted_type
+from xaitk_exp.security.redact import redact_overrides, redact_uri
+from xaitk_exp.security.targets import check_targets, instantiate
+from xaitk_exp.security.trust import is_trusted_type
 from xaitk_exp.teamserver import postgres_missing_reason, team_server
-from xaitk_exp.tracking.base import safe_artifact_path
+from xaitk_exp.tracking.limits import safe_artifact_path
 
 SGD = "sklearn.neural_network._stochastic_optimizers.SGDOptimizer"
 
@@ -142,7 +143,7 @@ def test_safe_artifact_path(path, safe):
 
 @pytest.mark.parametrize("level", ["high", "mid", "low"])
 def test_artifact_names_cannot_leave_the_run_folder(tmp_path, store, level):
-    from xaitk_exp.tracking import make_tracker
+    from xaitk_exp.tracking.factory import make_tracker
 
     root = tmp_path / "store"
     tracker = make_tracker(level, store, str(root / "mlartifacts"))
@@ -296,8 +297,8 @@ def test_a_tampered_stored_config_is_refused(run_stage, client, tmp_path):
 
 
 def test_allowed_prefix_admits_classes_only():
-    from xaitk_exp.config import check_targets
     from xaitk_exp.errors import UnsafeConfigError
+    from xaitk_exp.security.targets import check_targets
 
     check_targets({"_target_": "sklearn.svm.SVC"})
     with pytest.raises(UnsafeConfigError, match="fetch_openml.*not a class"):

@@ -35,7 +35,7 @@ def _summary(client, parent_id: str, tmp: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(Path(local).read_text())))
 
 
-def _parent(runs: list) -> list:
+def parent_dir(runs: list) -> list:
     return [r for r in runs if r.data.tags.get("Run_type") == "sweep"]
 
 
@@ -51,7 +51,7 @@ def test_parallel_saliency_sweep_on_fresh_store_then_relaunch_skips_finished_job
     train = _runs(client, "MLPClassifier - Train")
     summaries = [r for r in _runs(client, "MLPClassifier - Evaluation") if r.data.tags.get("Run_type") == "summary"]
     saliency_exp = _runs(client, "MLPClassifier - Saliency Map Generation")
-    parents = _parent(saliency_exp)
+    parents = parent_dir(saliency_exp)
     maps = [r for r in saliency_exp if r not in parents]
     assert len(train) == 1 and len(summaries) == 1, "jobs sharing an upstream must train and evaluate once"
     assert len(parents) == 1 and len(maps) == 2
@@ -82,10 +82,10 @@ def test_parallel_saliency_sweep_on_fresh_store_then_relaunch_skips_finished_job
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("reusing 1 FINISHED run(s)") == 2
     saliency_exp = _runs(client, "MLPClassifier - Saliency Map Generation")
-    assert len(_parent(saliency_exp)) == 2
+    assert len(parent_dir(saliency_exp)) == 2
     assert len([r for r in saliency_exp if r.data.tags.get("Run_type") != "sweep"]) == 2, "nothing recomputed"
     assert len(_runs(client, "MLPClassifier - Train")) == 1
-    new_parent = next(r for r in _parent(saliency_exp) if r.info.run_id != parent.info.run_id)
+    new_parent = next(r for r in parent_dir(saliency_exp) if r.info.run_id != parent.info.run_id)
     assert new_parent.info.status == "FINISHED"
     rows = _summary(client, new_parent.info.run_id, tmp_path / "s2")
     assert [r["status"] for r in rows] == ["REUSED", "REUSED"]
@@ -100,7 +100,7 @@ def test_hyperparameter_sweep_trains_once_per_combination_and_lists_a_failed_job
     assert result.returncode == 0, result.stderr[-3000:]
     client = _client(tmp_path)
     runs = _runs(client, "MLPClassifier - Train")
-    parent = _parent(runs)[0]
+    parent = parent_dir(runs)[0]
     train = [r for r in runs if r is not parent]
     combos = {(r.data.params["hidden_layer_sizes"], r.data.params["learning_rate_init"]) for r in train}
     assert len(train) == 4 and len(combos) == 4
@@ -110,7 +110,7 @@ def test_hyperparameter_sweep_trains_once_per_combination_and_lists_a_failed_job
              "model.max_iter=3,-1"]
     failing = run_cli([*again, *SMALL], tmp_path, timeout=300)
     assert failing.returncode != 0
-    parent = next(r for r in _parent(_runs(client, "MLPClassifier - Train")) if r.info.run_id != parent.info.run_id)
+    parent = next(r for r in parent_dir(_runs(client, "MLPClassifier - Train")) if r.info.run_id != parent.info.run_id)
     assert parent.info.status == "FAILED"
     assert "1 of 2 job(s) failed" in parent.data.tags["error"]
     rows = {r["overrides"]: r for r in _summary(client, parent.info.run_id, tmp_path / "s")}
@@ -128,7 +128,7 @@ def test_submitit_local_sweep(tmp_path: Path) -> None:
     result = run_cli(args, tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = _runs(_client(tmp_path), "MLPClassifier - Train")
-    parent = _parent(runs)[0]
+    parent = parent_dir(runs)[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["Sweep_launcher"] == "LocalLauncher"
     assert len([r for r in runs if r.data.tags.get("Sweep_run_id") == parent.info.run_id]) == 2
 

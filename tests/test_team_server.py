@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
+
 from xaitk_exp.teamserver import postgres_missing_reason, team_server
 
 pytestmark = [
@@ -40,7 +40,7 @@ def _answers(url: str) -> bool:
 @pytest.fixture(scope="module")
 def pipeline(server, tmp_path_factory):
     """The default pipeline, in process, against the server."""
-    from xaitk_exp.cli import compose_config, run
+    from xaitk_exp.app import compose_config, run
 
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
                                            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")}

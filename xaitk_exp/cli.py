@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from xaitk_exp.app import CONFIG_PACKAGE, compose_config, job_result, run
+
 GROUPS = ("dataset", "model", "saliency", "logging")
-CONFIG_PACKAGE = "xaitk_exp.conf"
 
 
 def group_options(group: str) -> list[str]:
@@ -41,51 +41,12 @@ def precheck_overrides(argv: list[str]) -> str | None:
     return None
 
 
-def run(cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | Path | None = None) -> object:
-    """Validate ``cfg``, open the tracker for its logging level and run ``cfg.stage``. Returns the stage context."""
-    from xaitk_exp.config import resolve_tracking, validate
-    from xaitk_exp.errors import ConfigError
-    from xaitk_exp.stages import STAGES, Context
-    from xaitk_exp.tracking import make_tracker
-
-    validate(cfg)
-    _http_settings(cfg)
-    uri, artifact_root = resolve_tracking(cfg)
-    tracker = make_tracker(str(cfg.logging.level), uri, artifact_root, str(cfg.tracking.get("sqlite_journal", "wal")))
-    ctx = Context(cfg=cfg, tracker=tracker, output_dir=Path(output_dir or "."), overrides=list(overrides or []))
-    if cfg.stage == "reproduce":
-        from xaitk_exp.reproduce import run_reproduce
-
-        run_reproduce(ctx)
-        return ctx
-    runner = STAGES.get(str(cfg.stage))
-    if runner is None:
-        raise ConfigError("stage", cfg.stage, f"one of {', '.join([*STAGES, 'reproduce'])}")
-    runner(ctx)
-    if uri.startswith("sqlite:"):
-        print(f"View the runs: mlflow ui --backend-store-uri {uri}")
-    return ctx
-
-
-def _http_settings(cfg: DictConfig) -> None:
-    """Bound how long an unreachable tracking server can stall a job (MLflow retries for minutes by default)."""
-    http = cfg.tracking.get("http") or {}
-    for key, env in (
-        ("timeout", "MLFLOW_HTTP_REQUEST_TIMEOUT"),
-        ("max_retries", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"),
-        ("backoff_factor", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"),
-    ):
-        if http.get(key) is not None:
-            os.environ[env] = str(http[key])
-
-
 @hydra.main(version_base="1.3", config_path="pkg://xaitk_exp.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from xaitk_exp.errors import RunKilled, XaitkExpError
-    from xaitk_exp.sweep.jobs import job_result
 
     hc = HydraConfig.get()
     try:
@@ -116,7 +77,7 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
 
 def _hide_credentials_in_logs(argv: list[str]) -> None:
     """Log records (Hydra prints every job's overrides) never show the password of a tracking URI."""
-    from xaitk_exp.config import redact_text
+    from xaitk_exp.security.redact import redact_text
 
     given = [a.partition("=")[2] for a in argv if a.lstrip("+~").startswith("tracking.uri=")]
     uris = [u.replace("\\", "").strip("'\"") for u in [*given, os.environ.get("MLFLOW_TRACKING_URI", "")] if "@" in u]
@@ -140,7 +101,7 @@ def _hide_credentials_in_logs(argv: list[str]) -> None:
 
 def _scrub(text: str, cfg: DictConfig) -> str:
     """``text`` without the credentials of the tracking URI in use."""
-    from xaitk_exp.config import redact_text
+    from xaitk_exp.security.redact import redact_text
 
     return redact_text(text, cfg.tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI"))
 
@@ -149,21 +110,6 @@ _NO_COMPOSE_FLAGS = (
     "-m", "--multirun", "-h", "--help", "--hydra-help", "--version", "-i", "--info", "-sc", "--shell-completion",
     "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
 )
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    """The shipped config composed with ``overrides`` as ``xaitk-exp`` composes it, minus Hydra's own node.
-
-    For running stages in-process, ``run(compose_config([...]))``: tests, benchmarks and notebooks use it.
-    """
-    from hydra import compose, initialize_config_module
-    from omegaconf import open_dict
-
-    with initialize_config_module(config_module=CONFIG_PACKAGE, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
-    return cfg
 
 
 def precheck_keys(argv: list[str]) -> str | None:
@@ -189,12 +135,31 @@ def precheck_keys(argv: list[str]) -> str | None:
     return None
 
 
+#: where a job's and a sweep's folders go when the config is not the shipped one (a ``.hydra`` folder saved with a run
+#: has no ``hydra:`` node, so Hydra would fall back to its own ``outputs/<date>/<time>``)
+RUN_DIR = "outputs/runs/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"
+SWEEP_DIR = "outputs/multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}"
+
+
+def _output_folders(argv: list[str]) -> list[str]:
+    """With ``--config-path``/``--config-dir`` (a rerun from a saved ``.hydra`` folder), keep runs in ``outputs/runs``."""
+    if not any(a.split("=", 1)[0] in ("-cp", "--config-path", "-cd", "--config-dir") for a in argv):
+        return argv
+    extra = []
+    if not any(a.lstrip("+~").startswith("hydra.run.dir=") for a in argv):
+        extra.append(f"hydra.run.dir={RUN_DIR}")
+    if not any(a.lstrip("+~").startswith("hydra.sweep.dir=") for a in argv):
+        extra.append(f"hydra.sweep.dir={SWEEP_DIR}")
+    return [*argv, *extra]
+
+
 def main() -> None:
     message = precheck_overrides(sys.argv[1:]) or precheck_keys(sys.argv[1:])
     if message:
         print(f"xaitk-exp: error: {message}", file=sys.stderr)
         sys.exit(2)
     _hide_credentials_in_logs(sys.argv[1:])
+    sys.argv[1:] = _output_folders(sys.argv[1:])
     try:
         _hydra_main()
     finally:  # a sweep that Hydra aborted (a failed job, Ctrl-C) still gets its summary and an honest status

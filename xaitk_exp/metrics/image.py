@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xaitk_exp.metrics import faithfulness as F
+import xaitk_exp.metrics.faithfulness as F
 from xaitk_exp.metrics.maps import complexity, gini, positive_entropy
-from xaitk_exp.metrics.settings import MetricSettings
+from xaitk_exp.settings.metrics import MetricSettings
 
 CURVES = ("Deletion", "Insertion", "Deletion_random", "Insertion_random")
 

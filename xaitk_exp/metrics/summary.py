@@ -1,39 +1,21 @@
-"""Aggregate per-image saliency metrics per algorithm, rank the algorithms, draw the comparison.
+"""Aggregate per-image saliency metrics per algorithm and rank the algorithms.
 
 Reusable by any summary (the evaluation summary here, a sweep summary elsewhere)::
 
     runs = tracker.search([saliency_exp_id], "tags.Evaluation_summary_run_id = '...'")
     rows = aggregate(runs)                       # one dict per algorithm, best first
     tracker.log(summary_run_id, metrics=flat_metrics(rows))
-    comparison_picture(rows, "comparison.png")  # a PNG, one bar per algorithm and metric
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-#: +1: higher is better, -1: lower is better, 0: descriptive (not ranked).
-DIRECTIONS: dict[str, int] = {
-    "Deletion_AUC": -1,
-    "Insertion_AUC": 1,
-    "MuFidelity": 1,
-    "Deletion_AUC_random": 0,
-    "Insertion_AUC_random": 0,
-    "Entropy_positive": 0,
-    "Sparseness_gini": 0,
-    "Complexity": 0,
-    "Sanity_other_class_xcorr": -1,
-    "Sanity_permuted_labels_xcorr": -1,
-}
-METRICS: tuple[str, ...] = tuple(DIRECTIONS)
-#: the faithfulness metrics whose mean ranks define the overall rank
-RANKED: tuple[str, ...] = ("Deletion_AUC", "Insertion_AUC", "MuFidelity")
-SUMMARY_DIR = "saliency_metrics"
+from xaitk_exp.metrics.names import DIRECTIONS, METRICS, RANKED
 
 
 def _latest_per_image(runs: Iterable[Any], group_tag: str) -> dict[str, list[Any]]:
@@ -119,40 +101,3 @@ def flat_metrics(rows: Sequence[Mapping[str, Any]], prefix: str = "Saliency") ->
     return out
 
 
-def comparison_picture(
-    rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "", metrics: Sequence[str] = METRICS
-) -> Path:
-    """Draw ``rows`` (from :func:`aggregate`) as a PNG at ``path``: one block per metric, mean +- std bars."""
-    from xaitk_exp.metrics.pictures import comparison_figure
-
-    return comparison_figure(rows, metrics, path, title)
-
-
-def log_evaluation_summary(ctx: Any, saliency_exp_id: str) -> list[dict[str, Any]]:
-    """Aggregate every FINISHED saliency run of this evaluation (all algorithms so far) into the evaluation summary
-    run ``ctx.evaluation_run_id``: flat metrics, ``saliency_metrics/summary.json`` and ``comparison.png``.
-
-    Returns the rows (empty, logging nothing, when metrics are off or no run has metrics).
-    """
-    import tempfile
-
-    from xaitk_exp.metrics.settings import settings_from_config
-
-    if not settings_from_config(ctx.cfg.get("metrics")).enabled or not ctx.evaluation_run_id:
-        return []
-    flt = f"tags.Evaluation_summary_run_id = '{ctx.evaluation_run_id}' and attributes.status = 'FINISHED'"
-    runs = ctx.tracker.search([saliency_exp_id], flt, None, 50000)
-    rows = [r for r in aggregate(runs) if any(k.endswith("_mean") for k in r)]
-    if not rows:
-        return []
-    tracker = ctx.tracker
-    tracker.log(ctx.evaluation_run_id, metrics=flat_metrics(rows))
-    tracker.log_dict(ctx.evaluation_run_id, {"rows": rows, "ranked_by": list(RANKED)}, f"{SUMMARY_DIR}/summary.json")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, "comparison.png")
-        title = "mean +- std over images; ranked by " + ", ".join(RANKED)
-        comparison_picture(rows, path, title)
-        tracker.log_artifact(ctx.evaluation_run_id, str(path), SUMMARY_DIR)
-    best = rows[0]["algorithm"]
-    print(f"[metrics] evaluation summary {ctx.evaluation_run_id}: {len(rows)} algorithm(s) ranked, best: {best}")
-    return rows

@@ -20,13 +20,14 @@ def _evaluation(ctx: Context) -> None:
 
 
 def _saliency(ctx: Context) -> None:
-    from xaitk_exp.stages.saliency import run_saliency
+    from xaitk_exp.stages.saliency.stage import run_saliency
 
     run_saliency(ctx)
 
 
 def _all(ctx: Context) -> None:
-    from xaitk_exp.config import SALIENCY_RESERVED, to_dict, validate_saliency
+    from xaitk_exp.settings.nodes import to_dict
+    from xaitk_exp.settings.validate import SALIENCY_RESERVED, validate_saliency
 
     # sizes that only the data can check (a window larger than the image) are refused before the train run opens
     node = {k: v for k, v in to_dict(ctx.cfg.saliency).items() if k not in SALIENCY_RESERVED}

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from xaitk_exp.config import config_hash, instantiate, to_dict
+from xaitk_exp import schema
 from xaitk_exp.data import ImageSplit
 from xaitk_exp.errors import ConfigError, DataError, TrackingError
-from xaitk_exp.tracking.base import Tracker
-
-PACKAGES = ("xaitk-exp", "mlflow", "scikit-learn", "xaitk-saliency", "numpy", "hydra-core", "skops")
+from xaitk_exp.security.targets import instantiate
+from xaitk_exp.settings.nodes import config_hash, to_dict
+from xaitk_exp.stages.provenance import config_texts, git_commit
+from xaitk_exp.tracking.tracker import Tracker
 
 
 @dataclass
@@ -56,7 +55,14 @@ class Context:
 
     @property
     def dataset_name(self) -> str:
-        return str(self.cfg.dataset.name)
+        """``dataset.name``, else the name of the dataset's folder (``dataset.path``), else the loader's class."""
+        name = self.cfg.dataset.get("name")
+        if name:
+            return str(name)
+        path = self.cfg.dataset.get("path")
+        if path:
+            return Path(str(path)).name or str(path)
+        return str(self.cfg.dataset.get("_target_", "dataset")).rsplit(".", 1)[-1]
 
     # ----- model ---------------------------------------------------------------------------------------------
     @property
@@ -82,7 +88,7 @@ class Context:
         return target.rsplit(".", 1)[-1]
 
     def load_pretrained(self) -> Any:
-        from xaitk_exp.models.sklearn import load_model
+        from xaitk_exp.tracking.model_io import load_model
 
         if self.model is None:
             self.model = load_model(self.pretrained_uri, self.tracker.uri, bool(self.cfg.model.get("allow_pickle")))
@@ -106,8 +112,9 @@ class Context:
         run = self.tracker.get_run(run_id)
         return run_id, run.info.experiment_id
 
-    def experiment_name(self, stage: str) -> str:
-        return f"{self.model_class} - {stage}"
+    def experiment_name(self, suffix: str) -> str:
+        """``<Model class> - <suffix>``, e.g. ``MLPClassifier - Train``."""
+        return schema.experiment_name(self.model_class, suffix)
 
     # ----- hashes: the config that matters to each stage ---------------------------------------------------------
     def hash_for(self, stage: str) -> str:
@@ -118,6 +125,8 @@ class Context:
         evaluation = config_hash(train, c.evaluation)
         if stage == "evaluation":
             return evaluation
+        if stage == "saliency_work":  # what was done to an image, whichever query selected it
+            return config_hash(evaluation, c.saliency, c.get("metrics"), c.chunk_size)
         return config_hash(evaluation, c.saliency, c.query, c.get("metrics"), c.chunk_size)  # chunking changes float bits
 
     def find_latest(self, stage_experiment: str, stage: str, extra_filter: str = "") -> Any:
@@ -141,16 +150,17 @@ class Context:
 
     def _provenance_tags(self, stage: str) -> dict[str, str]:
         tags = {
-            "config_hash": self.hash_for(stage),
-            "xaitk_exp.stage": stage,
-            "data_fingerprint": self.split.fingerprint(),
+            schema.CONFIG_HASH: self.hash_for(stage),
+            schema.STAGE_TAG: stage,
+            schema.MODEL: self.model_class,
+            schema.DATA_FINGERPRINT: self.split.fingerprint(),
         }
         if git_commit():
-            tags["git_commit"] = git_commit()
+            tags[schema.GIT_COMMIT] = git_commit()
         if self.cfg.get("sweep_run_id"):
-            tags["Sweep_run_id"] = str(self.cfg.sweep_run_id)
-        if self.cfg.get("reproduced_from"):  # set by stage=reproduce on the replayed config
-            tags["reproduced_from"] = str(self.cfg.reproduced_from)
+            tags[schema.SWEEP_RUN_ID] = str(self.cfg.sweep_run_id)
+        if self.cfg.get(schema.REPRODUCED_FROM):  # set by stage=reproduce on the replayed config
+            tags[schema.REPRODUCED_FROM] = str(self.cfg.reproduced_from)
         return tags
 
     def record_config(self, run_id: str) -> None:
@@ -172,21 +182,8 @@ class Context:
 
     @cached_property
     def _config_texts(self) -> dict[str, str]:
-        """The three config files' contents, rendered once per job (credentials in the URI stay on this machine)."""
-        import json
-
-        import yaml
-
-        from xaitk_exp.config import redact_overrides, redact_uri
-
-        resolved = OmegaConf.to_container(self.cfg, resolve=True)
-        if (resolved.get("tracking") or {}).get("uri"):
-            resolved["tracking"]["uri"] = redact_uri(str(resolved["tracking"]["uri"]))
-        return {
-            "config.yaml": yaml.safe_dump(resolved, sort_keys=False),
-            "overrides.yaml": yaml.safe_dump({"overrides": redact_overrides(self.overrides)}, sort_keys=False),
-            "environment.json": json.dumps(package_versions(), indent=2, sort_keys=True),
-        }
+        """The three config files' contents, rendered once per job."""
+        return config_texts(self.cfg, self.overrides)
 
     def check_image_shape(self, model: Any) -> None:
         expected = getattr(model, "n_features_in_", None)
@@ -213,30 +210,3 @@ class Context:
         return run
 
 
-_GIT: list[str | None] = []
-
-
-def git_commit() -> str | None:
-    """The commit of the git checkout this package runs from, if any."""
-    if not _GIT:
-        here = Path(__file__).resolve().parent
-        try:
-            out = subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
-            )
-            _GIT.append(out.stdout.strip() if out.returncode == 0 else None)
-        except (OSError, subprocess.SubprocessError):
-            _GIT.append(None)
-    return _GIT[0]
-
-
-def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": os.sys.version.split()[0]}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from xaitk_exp import schema
 from xaitk_exp.stages.context import Context
+from xaitk_exp.stages.describe import evaluation_image_note, evaluation_summary_note, print_where
 from xaitk_exp.stages.upstream import ensure_model
 
 
@@ -15,17 +17,18 @@ def run_evaluation(ctx: Context) -> str:
     from tqdm import tqdm
 
     from xaitk_exp.models.blackbox import SklearnBlackbox
-    from xaitk_exp.render import confusion_figure
+    from xaitk_exp.viz.figures import confusion_figure
 
     cfg, tracker, split = ctx.cfg, ctx.tracker, ctx.split
     model = ensure_model(ctx)
     ctx.check_image_shape(model)
     if not cfg.force:
         flt = f"tags.Run_type = 'summary' and tags.Train_run_id = '{ctx.train_run_id or ''}'"
-        previous = ctx.find_latest("Evaluation", "evaluation", flt)
+        previous = ctx.find_latest(schema.EVALUATION, "evaluation", flt)
         if previous is not None:
             ctx.evaluation_run_id = previous.info.run_id
             print(f"[evaluation] reusing run {previous.info.run_id} (same config; force=true reruns)")
+            print_where(ctx, "evaluation", previous.info.experiment_id, [previous.info.run_id])
             return previous.info.run_id
     split_name = str(cfg.evaluation.split)
     images, labels = split.images(split_name), split.labels(split_name)
@@ -34,15 +37,21 @@ def run_evaluation(ctx: Context) -> str:
     probs = blackbox.predict(images)  # the whole split, for the summary; chunked
     names = [str(c) for c in split.class_names]
     class_labels = [label_name(c, names) for c in blackbox.get_labels()]
-    exp_id = tracker.experiment(ctx.experiment_name("Evaluation"))
+    exp_id = tracker.experiment(ctx.experiment_name(schema.EVALUATION))
     base_tags = {
-        "Dataset": ctx.dataset_name,
-        "Datasplit": split_name,
-        "Train_exp_id": ctx.train_exp_id or "",
-        "Train_run_id": ctx.train_run_id or "",
+        schema.DATASET: ctx.dataset_name,
+        schema.DATASPLIT: split_name,
+        schema.TRAIN_EXP_ID: ctx.train_exp_id or "",
+        schema.TRAIN_RUN_ID: ctx.train_run_id or "",
+        schema.MODEL: ctx.model_class,
     }
-    summary_tags = {**base_tags, "Run_type": "summary", **ctx.provenance_tags("evaluation")}
-    with tracker.run(exp_id, f"Evaluation_{split_name}_summary", tags=summary_tags) as parent:
+    summary_tags = {
+        **base_tags,
+        schema.RUN_TYPE: "summary",
+        **ctx.provenance_tags("evaluation"),
+        schema.NOTE: evaluation_summary_note(ctx, split_name, n, len(images)),
+    }
+    with tracker.run(exp_id, schema.evaluation_summary_run(split_name), tags=summary_tags) as parent:
         ctx.record_config(parent)
 
         def image_runs():  # (run name, tags, metrics) per image, made as the tracker asks for them
@@ -50,16 +59,19 @@ def run_evaluation(ctx: Context) -> str:
                 top = int(np.argmax(probs[k]))
                 tags = {
                     **base_tags,
-                    "Run_type": "image",
-                    "Image_id": k,
-                    "GT_class": names[int(labels[k])],
-                    "Predicted_class": class_labels[top],
+                    schema.RUN_TYPE: "image",
+                    schema.IMAGE_ID: k,
+                    schema.GT_CLASS: names[int(labels[k])],
+                    schema.PREDICTED_CLASS: class_labels[top],
+                    schema.NOTE: evaluation_image_note(
+                        ctx, split_name, k, class_labels[top], float(probs[k, top]), names[int(labels[k])]
+                    ),
                 }
                 if split.test_paths is not None and split_name == "test":
-                    tags["Image_path"] = split.test_paths[k]
-                metrics = {"Predicted_class_conf": float(probs[k, top])}
-                metrics.update({f"Class_{c}_conf": float(p) for c, p in zip(class_labels, probs[k], strict=True)})
-                yield f"ImageID-{k}_conf", tags, metrics
+                    tags[schema.IMAGE_PATH] = split.test_paths[k]
+                metrics = {schema.PREDICTED_CLASS_CONF: float(probs[k, top])}
+                metrics.update({schema.class_conf(c): float(p) for c, p in zip(class_labels, probs[k], strict=True)})
+                yield schema.evaluation_image_run(k), tags, metrics
 
         # one run per image, few store calls each; with n_jobs > 1 the low level spreads them over processes
         tracker.log_runs(exp_id, image_runs(), parent_run_id=parent, processes=ctx.processes)
@@ -70,7 +82,7 @@ def run_evaluation(ctx: Context) -> str:
         tracker.log(
             parent,
             metrics={
-                "Accuracy": float(np.mean(predicted == truth)),
+                schema.ACCURACY: float(np.mean(predicted == truth)),
                 "Accuracy_evaluated": float(np.mean(predicted[:n] == truth[:n])),
                 "Mean_predicted_class_conf": float(top_conf.mean()),
                 "Evaluated_images": n,
@@ -83,9 +95,10 @@ def run_evaluation(ctx: Context) -> str:
         tracker.log_dict(parent, {"labels": class_labels, "matrix": matrix.tolist()}, "confusion_matrix.json")
     ctx.evaluation_run_id = parent
     print(
-        f"[evaluation] {n} image runs + summary {parent} in '{ctx.experiment_name('Evaluation')}' "
+        f"[evaluation] {n} image runs + summary {parent} in '{ctx.experiment_name(schema.EVALUATION)}' "
         f"(accuracy on {split_name}: {np.mean(predicted == truth):.3f})"
     )
+    print_where(ctx, "evaluation", exp_id, [parent])
     return parent
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from xaitk_exp import schema
 from xaitk_exp.stages.context import Context
+from xaitk_exp.stages.describe import print_where, train_note
 
 
 def run_train(ctx: Context) -> str | None:
@@ -17,14 +19,14 @@ def run_train(ctx: Context) -> str | None:
     model = ctx.build_model()
     ctx.model = model
     if not ctx.cfg.force:
-        previous = ctx.find_latest("Train", "train")
+        previous = ctx.find_latest(schema.TRAIN, "train")
         if previous is not None and _reuse(ctx, previous):
             return ctx.train_run_id
     X = split.train_images.reshape(len(split.train_images), -1)
     tracker = ctx.tracker
-    exp_id = tracker.experiment(ctx.experiment_name("Train"))
-    tags = {"Dataset": ctx.dataset_name, **ctx.provenance_tags("train")}
-    with tracker.run(exp_id, "train_info", tags=tags) as run_id:
+    exp_id = tracker.experiment(ctx.experiment_name(schema.TRAIN))
+    tags = {schema.DATASET: ctx.dataset_name, **ctx.provenance_tags("train"), schema.NOTE: train_note(ctx, len(X))}
+    with tracker.run(exp_id, schema.TRAIN_RUN, tags=tags) as run_id:
         tracker.log(run_id, params=_params(model))
         ctx.record_config(run_id)
         with warnings.catch_warnings(record=True) as caught:
@@ -37,21 +39,23 @@ def run_train(ctx: Context) -> str | None:
             tracker.log(run_id, tags={"fit_warnings": "; ".join(sorted({str(w.message)[:200] for w in caught}))})
         if hasattr(model, "loss_curve_"):
             tracker.log_metric_history(run_id, "Train loss", list(model.loss_curve_))
-        tracker.log(run_id, metrics={"Train accuracy": float(model.score(X, split.train_labels))})
+        tracker.log(run_id, metrics={schema.TRAIN_ACCURACY: float(model.score(X, split.train_labels))})
         tracker.log_model(run_id, model, X[:2])
     ctx.train_run_id, ctx.train_exp_id = run_id, exp_id
-    print(f"[train] {type(model).__name__} on {ctx.dataset_name}: run {run_id} in '{ctx.experiment_name('Train')}'")
+    print(f"[train] {type(model).__name__} on {ctx.dataset_name}: run {run_id} in '{ctx.experiment_name(schema.TRAIN)}'")
+    print_where(ctx, "train", exp_id, [run_id])
     return run_id
 
 
 def _reuse(ctx: Context, run: Any) -> bool:
     """Load the model of a FINISHED train run with the same config hash instead of training again."""
-    from xaitk_exp.models.sklearn import load_model
+    from xaitk_exp.tracking.model_io import load_model
 
-    uri = f"runs:/{run.info.run_id}/sklearn-model"
+    uri = f"runs:/{run.info.run_id}/{schema.MODEL_DIR}"
     ctx.model = load_model(uri, ctx.tracker.uri)
     ctx.train_run_id, ctx.train_exp_id = run.info.run_id, run.info.experiment_id
     print(f"[train] reusing run {run.info.run_id} (same config; force=true retrains)")
+    print_where(ctx, "train", run.info.experiment_id, [run.info.run_id])
     return True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from xaitk_exp import schema
 from xaitk_exp.errors import TrackingError
 from xaitk_exp.stages.context import Context
 
@@ -11,22 +12,22 @@ from xaitk_exp.stages.context import Context
 def ensure_model(ctx: Context) -> Any:
     """The model to evaluate or explain: in memory after train, else ``train_run_id``, else the latest FINISHED
     train run with this model and dataset config, else ``model.uri`` for ``model=pretrained``."""
-    from xaitk_exp.models.sklearn import load_model
+    from xaitk_exp.tracking.model_io import load_model
 
     if ctx.model is not None and (ctx.train_run_id or ctx.pretrained_uri):
         return ctx.model
     if ctx.pretrained_uri:
         return ctx.load_pretrained()
     if ctx.cfg.train_run_id:
-        run = ctx.get_run_in(str(ctx.cfg.train_run_id), "train_run_id", ctx.experiment_name("Train"))
+        run = ctx.get_run_in(str(ctx.cfg.train_run_id), "train_run_id", ctx.experiment_name(schema.TRAIN))
     else:
-        run = ctx.find_latest("Train", "train")
+        run = ctx.find_latest(schema.TRAIN, "train")
         if run is None:
             raise TrackingError(
-                f"no FINISHED run in '{ctx.experiment_name('Train')}' matches this model and dataset config in "
+                f"no FINISHED run in '{ctx.experiment_name(schema.TRAIN)}' matches this model and dataset config in "
                 f"{ctx.tracker.display_uri}; run stage=train first, or pass train_run_id=<id>"
             )
-    ctx.model = load_model(f"runs:/{run.info.run_id}/sklearn-model", ctx.tracker.uri)
+    ctx.model = load_model(f"runs:/{run.info.run_id}/{schema.MODEL_DIR}", ctx.tracker.uri)
     ctx.train_run_id, ctx.train_exp_id = run.info.run_id, run.info.experiment_id
     return ctx.model
 
@@ -35,17 +36,17 @@ def ensure_evaluation(ctx: Context) -> Any:
     """The evaluation summary run whose image runs the saliency query searches."""
     if ctx.evaluation_run_id:
         return ctx.tracker.get_run(ctx.evaluation_run_id)
-    name = ctx.experiment_name("Evaluation")
+    name = ctx.experiment_name(schema.EVALUATION)
     if ctx.cfg.evaluation_run_id:
         run = ctx.get_run_in(str(ctx.cfg.evaluation_run_id), "evaluation_run_id", name)
-        if run.data.tags.get("Run_type") != "summary":
+        if run.data.tags.get(schema.RUN_TYPE) != "summary":
             parent = run.data.tags.get("mlflow.parentRunId")
             run = ctx.tracker.get_run(parent) if parent else run
     else:
         flt = "tags.Run_type = 'summary'"
         if ctx.train_run_id:
             flt += f" and tags.Train_run_id = '{ctx.train_run_id}'"
-        run = ctx.find_latest("Evaluation", "evaluation", flt)
+        run = ctx.find_latest(schema.EVALUATION, "evaluation", flt)
         if run is None:
             raise TrackingError(
                 f"no FINISHED evaluation in '{name}' matches this config in {ctx.tracker.display_uri}; "

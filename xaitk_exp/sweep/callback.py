@@ -22,9 +22,17 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, read_write
 
-from xaitk_exp.config import redact_overrides
+from xaitk_exp import schema
+from xaitk_exp.security.redact import redact_overrides
 from xaitk_exp.sweep.jobs import FINAL_EXPERIMENT, STAGE_EXPERIMENTS, job_configs, model_class, prepare_upstream
-from xaitk_exp.sweep.records import JOB_RECORD, SWEEP_KEY, end_leaked_fluent_runs, read_json, read_job_records, write_record
+from xaitk_exp.sweep.records import (
+    JOB_RECORD,
+    SWEEP_KEY,
+    end_leaked_fluent_runs,
+    read_job_records,
+    read_json,
+    write_record,
+)
 from xaitk_exp.sweep.summary import rank_rows, summary_rows, write_summary
 
 _OPEN: list[SweepCallback] = []  # sweeps of this process whose summary is not written yet
@@ -47,13 +55,13 @@ class SweepCallback(Callback):
 
     # ----- launcher process ------------------------------------------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from xaitk_exp.cli import _http_settings
-        from xaitk_exp.config import resolve_tracking
+        from xaitk_exp.app import http_settings
+        from xaitk_exp.tracking.stores import resolve_tracking
 
-        _http_settings(config)
+        http_settings(config)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # parallel jobs' bars interleave
         uri, artifact_root = resolve_tracking(config)
-        from xaitk_exp.tracking import make_tracker
+        from xaitk_exp.tracking.factory import make_tracker
 
         journal = str(config.tracking.get("sqlite_journal", "wal"))
         tracker = make_tracker("low", uri, artifact_root, journal)  # no fluent run stack in the launcher process
@@ -61,9 +69,9 @@ class SweepCallback(Callback):
         classes = {model_class(j) for _, j in jobs} | {model_class(config)}
         for cls in sorted(c for c in classes if c):
             for stage in STAGE_EXPERIMENTS:
-                tracker.experiment(f"{cls} - {stage}")
+                tracker.experiment(schema.experiment_name(cls, stage))
         base_class = model_class(config) or "xaitk-exp"
-        exp_id = tracker.experiment(f"{base_class} - {FINAL_EXPERIMENT.get(str(config.stage), 'Sweeps')}")
+        exp_id = tracker.experiment(schema.experiment_name(base_class, FINAL_EXPERIMENT.get(str(config.stage), "Sweeps")))
         sweep_dir = str(Path(str(config.hydra.sweep.dir)).resolve())
         user_overrides = [o for o in config.hydra.overrides.task if not o.startswith(f"{SWEEP_KEY}=")]
         tags = {

@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from xaitk_exp import schema
 from xaitk_exp.sweep.records import SWEEP_KEY
 
-STAGE_EXPERIMENTS = ("Train", "Evaluation", "Saliency Map Generation")
+STAGE_EXPERIMENTS = schema.EXPERIMENT_SUFFIXES
 #: the experiment holding a stage's last runs: the sweep's parent goes there so MLflow nests them under it
-FINAL_EXPERIMENT = {"all": "Saliency Map Generation", "saliency": "Saliency Map Generation",
-                    "evaluation": "Evaluation", "train": "Train"}
+FINAL_EXPERIMENT = {"all": schema.SALIENCY, "saliency": schema.SALIENCY,
+                    "evaluation": schema.EVALUATION, "train": schema.TRAIN}
 #: the stages a job's stage runs before its own, run once per distinct config before the jobs start (stage=saliency
 #: only looks its upstream up, so nothing is prepared for it)
 UPSTREAM = {"all": ("train", "evaluation"), "evaluation": ("train",)}
-
-
-def job_result(ctx: Any) -> dict[str, Any]:
-    """What a job hands back to its sweep (kept small: it crosses process boundaries)."""
-    return {
-        "train_run_id": ctx.train_run_id,
-        "evaluation_run_id": ctx.evaluation_run_id,
-        "saliency_run_ids": list(ctx.results.get("saliency_run_ids") or []),
-        "reproduce_run_id": ctx.results.get("reproduce_run_id"),
-    }
 
 
 # ----- before the jobs ---------------------------------------------------------------------------------------------
@@ -73,7 +63,7 @@ def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, outp
             continue
         overrides, job = next(((o, j) for o, j in members if _valid(j)), members[0])
         print(f"[sweep] {len(members)} jobs share one {' + '.join(upstream)} upstream: running it once first")
-        from xaitk_exp.cli import run
+        from xaitk_exp.app import run
         from xaitk_exp.stages import STAGES
 
         with open_dict(job):
@@ -87,8 +77,8 @@ def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, outp
 
 
 def _valid(job: DictConfig) -> bool:
-    from xaitk_exp.config import validate
     from xaitk_exp.errors import XaitkExpError
+    from xaitk_exp.settings.validate import validate
 
     try:
         validate(job)

@@ -16,8 +16,8 @@ def sweep_montage(tracker: Any, rows: list[dict[str, Any]], path: Path) -> Path 
 
     import numpy as np
 
-    from xaitk_exp.render import diverging, grid, to_rgb
-    from xaitk_exp.saliency import class_maps
+    from xaitk_exp.stages.saliency.algorithm import class_maps
+    from xaitk_exp.viz.figures import diverging, grid, to_rgb
 
     jobs = [r for r in rows if r.get("saliency_run_ids")]
     if not jobs:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from xaitk_exp.tracking.base import MODEL_DIR, Tracker, safe_artifact_path
+from xaitk_exp.schema import MODEL_DIR
+from xaitk_exp.tracking.limits import safe_artifact_path
 from xaitk_exp.tracking.mid import MidTracker
+from xaitk_exp.tracking.tracker import Tracker
 
 
 class HighTracker(MidTracker):
@@ -29,7 +31,8 @@ class HighTracker(MidTracker):
         """``mlflow.sklearn.log_model`` registers a LoggedModel linked to the run (the UI's Models tab); the saved
         folder also goes to the run's own ``sklearn-model/`` artifacts, where every level puts it, so the run's
         artifact tree is the same at every level."""
-        from xaitk_exp.models.sklearn import pip_requirements, trusted_types
+        from xaitk_exp.security.trust import trusted_types
+        from xaitk_exp.tracking.model_io import pip_requirements
 
         active = self._mlflow.active_run()
         if active is not None and active.info.run_id == run_id:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from xaitk_exp.tracking.base import Tracker
+from xaitk_exp.tracking.tracker import Tracker
 
 #: threads writing per-image runs to a tracking server or a database; SQLite and file stores get one
 PARALLEL_WORKERS = 4
@@ -66,7 +66,7 @@ class LowTracker(Tracker):
             (name, {**context, **self._run_tags(experiment_id, tags, parent_run_id)}, dict(metrics))
             for name, tags, metrics in runs
         )
-        from xaitk_exp.tracking.base import sigterm_raises
+        from xaitk_exp.tracking.signals import sigterm_raises
 
         with sigterm_raises():  # a run being written when SIGTERM comes is closed KILLED
             if processes < 2 or self.workers > 1:
@@ -190,7 +190,7 @@ def _stamped(runs: Iterable[tuple[str, dict[str, str], dict[str, float]]]) -> It
 
 def open_worker_tracker(reopen_args: tuple, experiment_id: str = "") -> LowTracker:
     """Warm-up of a worker: its tracker on the store (:func:`xaitk_exp.tracking.worker_tracker`)."""
-    from xaitk_exp.tracking import worker_tracker
+    from xaitk_exp.tracking.factory import worker_tracker
 
     return worker_tracker(reopen_args)
 

@@ -6,7 +6,7 @@ share a worker process.
 
 from __future__ import annotations
 
-from xaitk_exp.tracking.base import Tracker
+from xaitk_exp.tracking.tracker import Tracker
 
 
 class MidTracker(Tracker):
@@ -16,7 +16,7 @@ class MidTracker(Tracker):
         super().__init__(uri, artifact_root, sqlite_journal)
         import mlflow
 
-        from xaitk_exp.tracking import use_tracking_uri
+        from xaitk_exp.tracking.stores import use_tracking_uri
 
         use_tracking_uri(uri)
         self._mlflow = mlflow

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from xaitk_exp.metrics.image import ImageMetrics
+from xaitk_exp.settings.metrics import MetricSettings
 
 CURVES_FIGURE = "Deletion_insertion_curves.png"
 PERMUTED_KEY = "metrics_permuted_label_model"  # ctx.results cache: trained once per job
@@ -15,7 +16,7 @@ PERMUTED_KEY = "metrics_permuted_label_model"  # ctx.results cache: trained once
 def permuted_model_for(ctx: Any) -> Any:
     """The permuted-label model of ``metrics.sanity``, trained once per job (cached in ``ctx.results``)."""
     from xaitk_exp.metrics.sanity import permuted_label_model
-    from xaitk_exp.metrics.settings import settings_from_config
+    from xaitk_exp.settings.metrics import settings_from_config
 
     permuted = ctx.results.get(PERMUTED_KEY)
     if permuted is None:
@@ -27,7 +28,7 @@ def permuted_model_for(ctx: Any) -> Any:
 
 
 def map_metrics(
-    metrics_node: Any,
+    settings: MetricSettings,
     blackbox: Any,
     algo: Any,
     image: np.ndarray,
@@ -46,9 +47,7 @@ def map_metrics(
     ``permuted_model`` (:func:`permuted_model_for`).
     """
     from xaitk_exp.metrics.image import evaluate_map
-    from xaitk_exp.metrics.settings import settings_from_config
 
-    settings = settings_from_config(metrics_node)
     if not settings.enabled:
         return None
     seed = (settings.seed, int(image_id))
@@ -70,10 +69,10 @@ def _sanity(
     seed: tuple[int, int],
     chunk_size: int,
 ) -> dict[str, float]:
-    from xaitk_exp.models.blackbox import SklearnBlackbox
     from xaitk_exp.metrics.maps import xcorr
     from xaitk_exp.metrics.sanity import other_class_similarity
-    from xaitk_exp.saliency import class_maps
+    from xaitk_exp.models.blackbox import SklearnBlackbox
+    from xaitk_exp.stages.saliency.algorithm import class_maps
 
     out = {"Sanity_other_class_xcorr": other_class_similarity(maps, class_index, seed)}
     label = model.classes_[class_index]

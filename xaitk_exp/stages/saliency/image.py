@@ -1,7 +1,7 @@
 """The saliency stage's per-image work: maps, quality metrics, pictures and arrays, then the image's run.
 
 :func:`explain` makes one image's files in a folder and :func:`record` turns them into its saliency run, through
-a :class:`~xaitk_exp.tracking.base.Tracker`. :func:`explain_and_record` does both, in the stage's own process or in
+a :class:`~xaitk_exp.tracking.tracker.Tracker`. :func:`explain_and_record` does both, in the stage's own process or in
 worker processes (:func:`explain_and_record_parallel`), each of which opens its own tracker on the same store:
 with the recording spread over the workers too, nothing serial is left in the stage's process. The
 same functions run on both paths, under the same BLAS thread limit, so ``n_jobs`` changes no bit of the maps or the
@@ -21,8 +21,11 @@ from typing import Any
 
 import numpy as np
 
-NPY_DIR = "saliency_map_np_arrays"
-FIGURE = "Image_saliency_maps.png"
+from xaitk_exp import schema
+from xaitk_exp.settings.metrics import MetricSettings
+
+NPY_DIR = schema.NPY_DIR
+FIGURE = schema.SALIENCY_FIGURE
 RUN_ID_SUFFIX = ".run_id"
 #: environment a worker takes from the stage's process (a reused worker may have started before it was set)
 WORKER_ENV = (
@@ -44,7 +47,7 @@ class ExplainSpec:
     model: Any
     chunk_size: int
     labels: list[str]  #: display names, in the order of ``model.classes_``
-    metrics: dict[str, Any] | None = None  #: the ``metrics`` config node; None: no quality metrics
+    metrics: MetricSettings | None = None  #: the parsed ``metrics:`` block; None: no quality metrics
     permuted_model: Any = None  #: the permuted-label model of ``metrics.sanity``
 
 
@@ -67,10 +70,11 @@ class ImageTask:
     image: np.ndarray
     evaluation: dict[str, Any]  #: the evaluation run: ``run_id``, ``experiment_id``, ``tags``, ``conf``
     folder: str  #: where this image's files go (created here)
+    tags: dict[str, Any] = field(default_factory=dict)  #: this image's own extra tags (its description, an edit's past)
 
     @property
     def predicted(self) -> str:
-        return str(self.evaluation["tags"]["Predicted_class"])
+        return str(self.evaluation["tags"][schema.PREDICTED_CLASS])
 
     @property
     def conf(self) -> float | None:
@@ -94,7 +98,7 @@ def algorithm_for(spec: ExplainSpec) -> Any:
     """The spec's algorithm, built once per process."""
     import json
 
-    from xaitk_exp.saliency import Algorithm
+    from xaitk_exp.stages.saliency.algorithm import Algorithm
 
     key = json.dumps([spec.algorithm, list(spec.image_shape), list(spec.extra_allowed)], sort_keys=True, default=str)
     algo = _ALGORITHMS.get(key)
@@ -106,7 +110,7 @@ def algorithm_for(spec: ExplainSpec) -> Any:
 
 def tracker_for(rspec: RecordSpec) -> Any:
     """A tracker on the spec's store at the spec's level, opened once per worker process."""
-    from xaitk_exp.tracking import worker_tracker
+    from xaitk_exp.tracking.factory import worker_tracker
 
     os.environ.update(rspec.env)
     return worker_tracker(rspec.tracker)
@@ -134,7 +138,7 @@ def explain_and_record_parallel(
     from contextlib import closing
 
     from xaitk_exp.parallel import share_work
-    from xaitk_exp.tracking.base import sigterm_raises
+    from xaitk_exp.tracking.signals import sigterm_raises
 
     def here(batch: list[ImageTask]) -> list[Explained]:
         return explain_and_record(spec, rspec, batch, tracker)
@@ -170,8 +174,8 @@ def iter_explained(spec: ExplainSpec, tasks: Sequence[ImageTask]) -> Iterator[Ex
 def explain(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask) -> Explained:
     """One image: ``saliency_map_np_arrays/`` (maps and image), the maps' picture and, with metrics, the curves'
     picture, all in ``task.folder``; the metrics' values come back."""
-    from xaitk_exp.render import saliency_figure
-    from xaitk_exp.saliency import class_maps
+    from xaitk_exp.stages.saliency.algorithm import class_maps
+    from xaitk_exp.viz.figures import saliency_figure
 
     maps = algo.compute(task.image, blackbox)
     shown = class_maps(maps)
@@ -188,8 +192,8 @@ def explain(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask) -> Exp
     saliency_figure(task.image, shown, labels, pred_idx, root / FIGURE, title)
     values: dict[str, float] = {}
     if spec.metrics is not None:
-        from xaitk_exp.metrics.pictures import curves_figure
-        from xaitk_exp.metrics.record import CURVES_FIGURE, map_metrics
+        from xaitk_exp.stages.saliency.quality import CURVES_FIGURE, map_metrics
+        from xaitk_exp.viz.curves import curves_figure
 
         quality = map_metrics(
             spec.metrics, blackbox, algo, task.image, shown, pred_idx, task.image_id, spec.permuted_model,
@@ -210,22 +214,24 @@ def record(tracker: Any, rspec: RecordSpec, task: ImageTask, result: Explained) 
     ev_tags = ev["tags"]
     tags = {
         **rspec.tags,
-        "Datasplit": ev_tags.get("Datasplit", "test"),
-        "Evaluation_exp_id": ev["experiment_id"],
-        "Evaluation_run_id": ev["run_id"],
-        "Image_id": task.image_id,
-        "Predicted_class": task.predicted,
-        "Predicted_class_index": result.predicted_index,
-        "GT_class": ev_tags.get("GT_class", ""),
+        schema.DATASPLIT: ev_tags.get(schema.DATASPLIT, "test"),
+        schema.EVALUATION_EXP_ID: ev["experiment_id"],
+        schema.EVALUATION_RUN_ID: ev["run_id"],
+        schema.IMAGE_ID: task.image_id,
+        schema.PREDICTED_CLASS: task.predicted,
+        schema.PREDICTED_CLASS_INDEX: result.predicted_index,
+        schema.GT_CLASS: ev_tags.get(schema.GT_CLASS, ""),
     }
     if "Image_path" in ev_tags:
-        tags["Image_path"] = ev_tags["Image_path"]
+        tags[schema.IMAGE_PATH] = ev_tags[schema.IMAGE_PATH]
     if rspec.update_run_id:
-        tags["Modified_run"] = "True"
-    name = f"ImageID-{task.image_id}_saliency_maps"
+        tags[schema.MODIFIED_RUN] = "True"
+        tags["mlflow.runName"] = schema.saliency_run(task.image_id)  # renamed for the image it now shows
+    tags.update(task.tags)
+    name = schema.saliency_run(task.image_id)
     with tracker.run(rspec.experiment_id, name, tags=tags, run_id=rspec.update_run_id) as run_id:
         Path(task.folder + RUN_ID_SUFFIX).write_text(run_id)
-        metrics = {"Predicted_class_conf": task.conf} if task.conf is not None else {}
+        metrics = {schema.PREDICTED_CLASS_CONF: task.conf} if task.conf is not None else {}
         metrics.update(result.metrics)
         # one batched write and one artifact upload per run: per-run calls dominate the recording's cost
         tracker.log(run_id, params=rspec.params, metrics=metrics)

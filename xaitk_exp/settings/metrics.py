@@ -48,7 +48,7 @@ def _flag(node: Any, key: str, default: bool) -> bool:
 def settings_from_config(node: Any) -> MetricSettings:
     """Validate a ``metrics:`` node (DictConfig or dict; None = disabled). Raises :class:`ConfigError` naming the
     key, the value and what is allowed."""
-    from xaitk_exp.config import to_dict
+    from xaitk_exp.settings.nodes import to_dict
 
     node = to_dict(node)
     if node is None:

@@ -1,6 +1,6 @@
 """Pillow pictures for the metrics: a run's deletion/insertion curves, and a comparison of algorithms.
 
-Both take a few milliseconds (no matplotlib), like the pictures in :mod:`xaitk_exp.render`.
+Both take a few milliseconds (no matplotlib), like the pictures in :mod:`.figures`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from xaitk_exp.render import LABEL_H, PAD
+from xaitk_exp.viz.figures import LABEL_H, PAD
 
 RED, BLUE, GRAY, INK = (178, 24, 43), (33, 102, 172), (150, 150, 150), (0, 0, 0)
 PLOT_W, PLOT_H, MARGIN = 200, 130, 28
@@ -92,7 +92,7 @@ def comparison_figure(
     """
     from PIL import Image
 
-    from xaitk_exp.metrics.summary import DIRECTIONS
+    from xaitk_exp.metrics.names import DIRECTIONS
 
     name_w, bar_w, bar_h = 110, 300, 12
     metrics = [m for m in metrics if any(np.isfinite(r.get(f"{m}_mean", np.nan)) for r in rows)]

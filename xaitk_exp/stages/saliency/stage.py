@@ -9,15 +9,25 @@ from typing import Any
 
 import numpy as np
 
+from xaitk_exp import schema
 from xaitk_exp.errors import ConfigError, QueryError, TrackingError
 from xaitk_exp.stages.context import Context
+from xaitk_exp.stages.describe import print_where, saliency_note
 from xaitk_exp.stages.evaluation import label_name
 from xaitk_exp.stages.upstream import ensure_evaluation, ensure_model
+from xaitk_exp.tracking.ui import runs_table_url
 
 
 def build_filter(query: Any, parent_run_id: str) -> str:
     """The MLflow filter string: ``query.filter`` AND the shortcuts AND this evaluation's image runs."""
     parts = [f"tags.`mlflow.parentRunId` = '{parent_run_id}'", "tags.Run_type = 'image'"]
+    own = user_filter(query)
+    return " and ".join([*parts, own] if own else parts)
+
+
+def user_filter(query: Any) -> str:
+    """The part of the filter the user asked for: ``query.filter`` AND the shortcuts ('' when nothing was asked)."""
+    parts = []
     if query.get("filter"):
         parts.append(str(query.filter))
     if query.get("min_conf") is not None:
@@ -47,12 +57,12 @@ def select_images(ctx: Context, evaluation: Any) -> list[Any]:
 
 
 def run_saliency(ctx: Context) -> list[str]:
-    from xaitk_exp.saliency import Algorithm
+    from xaitk_exp.stages.saliency.algorithm import Algorithm
 
     cfg, tracker, split = ctx.cfg, ctx.tracker, ctx.split
     evaluation = ensure_evaluation(ctx)
     if ctx.model is None and not ctx.train_run_id:
-        ctx.train_run_id = evaluation.data.tags.get("Train_run_id") or None
+        ctx.train_run_id = evaluation.data.tags.get(schema.TRAIN_RUN_ID) or None
         if ctx.train_run_id and not ctx.pretrained_uri:
             ctx.cfg.train_run_id = ctx.train_run_id
     model = ensure_model(ctx)
@@ -62,16 +72,16 @@ def run_saliency(ctx: Context) -> list[str]:
     update = cfg.get("update_run_id")
     if update:
         selected = selected[:1]
-    split_name = evaluation.data.tags.get("Datasplit", "test")
+    split_name = evaluation.data.tags.get(schema.DATASPLIT, "test")
     images = split.images(split_name)
     for run in selected:
-        k = int(run.data.tags["Image_id"])
+        k = int(run.data.tags[schema.IMAGE_ID])
         if k >= len(images):
             raise TrackingError(
                 f"evaluation run {run.info.run_id} names Image_id={k}, outside the {split_name} split "
                 f"({len(images)} images): the dataset config differs from the evaluation's"
             )
-    exp_id = tracker.experiment(ctx.experiment_name("Saliency Map Generation"))
+    exp_id = tracker.experiment(ctx.experiment_name(schema.SALIENCY))
     if update:
         _check_update(ctx, str(update), exp_id, algo)
     names = [str(c) for c in split.class_names]
@@ -79,10 +89,13 @@ def run_saliency(ctx: Context) -> list[str]:
     from tqdm import tqdm
 
     done = {} if cfg.force or update else _finished_runs(ctx, exp_id)
-    todo = [r for r in selected if r.data.tags["Image_id"] not in done]
+    todo = [r for r in selected if r.data.tags[schema.IMAGE_ID] not in done]
     if len(todo) < len(selected):
         reused = len(selected) - len(todo)
-        print(f"[saliency] {algo.name}: reusing {reused} FINISHED run(s) (same config; force=true reruns)")
+        print(
+            f"[saliency] {algo.name}: reusing {reused} FINISHED run(s) of the same image(s), algorithm settings and "
+            "evaluation (force=true reruns)"
+        )
     results = _explain_and_record(ctx, exp_id, algo, model, labels, todo, images, str(update) if update else None)
     try:
         for result in tqdm(
@@ -91,27 +104,33 @@ def run_saliency(ctx: Context) -> list[str]:
             done[str(result.image_id)] = result.run_id
     finally:
         results.close()  # Ctrl-C or an error: let the workers finish their images, close open runs, remove files
-    run_ids = [done[r.data.tags["Image_id"]] for r in selected]
+    run_ids = [done[r.data.tags[schema.IMAGE_ID]] for r in selected]
     print(
-        f"[saliency] {algo.name}: {len(run_ids)} run(s) in '{ctx.experiment_name('Saliency Map Generation')}': "
+        f"[saliency] {algo.name}: {len(run_ids)} run(s) in '{ctx.experiment_name(schema.SALIENCY)}': "
         + ", ".join(run_ids)
     )
     ctx.results["saliency_run_ids"] = run_ids
-    from xaitk_exp.metrics.summary import log_evaluation_summary
+    print_where(ctx, "saliency", exp_id, run_ids, f"tags.{schema.SALIENCY_ALGORITHM} = '{algo.name}'")
+    query = user_filter(cfg.query)
+    if query:
+        print(f"[saliency] the query in the evaluation runs table: "
+              f"{runs_table_url(tracker.uri, evaluation.info.experiment_id, query) or query}")
+    from xaitk_exp.stages.saliency.summary import log_evaluation_summary
 
     log_evaluation_summary(ctx, exp_id)
     return run_ids
 
 
 def _finished_runs(ctx: Context, exp_id: str) -> dict[str, str]:
-    """``Image_id`` -> the latest FINISHED saliency run of this evaluation with this config's hash (reused)."""
+    """``Image_id`` -> the latest FINISHED saliency run of this evaluation by the same algorithm configuration
+    (``work_hash``: the query that selected the image does not count), to be reused."""
     flt = (
-        f"tags.config_hash = '{ctx.hash_for('saliency')}' and attributes.status = 'FINISHED' "
+        f"tags.{schema.WORK_HASH} = '{ctx.hash_for('saliency_work')}' and attributes.status = 'FINISHED' "
         f"and tags.Evaluation_summary_run_id = '{ctx.evaluation_run_id}'"
     )
     found: dict[str, str] = {}
     for run in ctx.tracker.search([exp_id], flt, ["attributes.start_time DESC"], 10000):
-        found.setdefault(run.data.tags.get("Image_id", ""), run.info.run_id)
+        found.setdefault(run.data.tags.get(schema.IMAGE_ID, ""), run.info.run_id)
     return found
 
 
@@ -125,7 +144,7 @@ def _explain_and_record(
     images: np.ndarray,
     update_run_id: str | None,
 ) -> Iterator[Any]:
-    """Each selected image explained and recorded (:mod:`xaitk_exp.explain`), yielded in order, with its files in a
+    """Each selected image explained and recorded (:mod:`.image`), yielded in order, with its files in a
     folder per image under one temporary folder that is removed when the generator closes.
 
     With ``n_jobs`` > 1, ``n_jobs - 1`` worker processes (joblib's reusable executor) take images beside this
@@ -135,16 +154,22 @@ def _explain_and_record(
     import os
     import shutil
 
-    from xaitk_exp.config import to_dict
-    from xaitk_exp.explain import (
-        WORKER_ENV, ExplainSpec, ImageTask, RecordSpec, close_orphans, explain_and_record, explain_and_record_parallel,
+    from xaitk_exp.settings.metrics import settings_from_config
+    from xaitk_exp.settings.nodes import to_dict
+    from xaitk_exp.stages.saliency.image import (
+        WORKER_ENV,
+        ExplainSpec,
+        ImageTask,
+        RecordSpec,
+        close_orphans,
+        explain_and_record,
+        explain_and_record_parallel,
     )
-    from xaitk_exp.metrics.settings import settings_from_config
 
     settings = settings_from_config(ctx.cfg.get("metrics"))
     permuted = None
     if settings.enabled and settings.sanity:
-        from xaitk_exp.metrics.record import permuted_model_for
+        from xaitk_exp.stages.saliency.quality import permuted_model_for
 
         permuted = permuted_model_for(ctx)
     spec = ExplainSpec(
@@ -154,17 +179,18 @@ def _explain_and_record(
         model=model,
         chunk_size=int(ctx.cfg.chunk_size),
         labels=labels,
-        metrics=to_dict(ctx.cfg.metrics) if settings.enabled else None,
+        metrics=settings if settings.enabled else None,
         permuted_model=permuted,
     )
     rspec = RecordSpec(
         tracker=ctx.tracker.reopen_args(),
         experiment_id=exp_id,
         tags={
-            "Dataset": ctx.dataset_name,
+            schema.DATASET: ctx.dataset_name,
             "Evaluation_summary_run_id": ctx.evaluation_run_id or "",
-            "Saliency_algorithm": algo.name,
-            "Train_run_id": ctx.train_run_id or "",
+            schema.SALIENCY_ALGORITHM: algo.name,
+            schema.WORK_HASH: ctx.hash_for("saliency_work"),
+            schema.TRAIN_RUN_ID: ctx.train_run_id or "",
             **ctx.provenance_tags("saliency"),
         },
         params=None if update_run_id else algo.config(),
@@ -175,14 +201,17 @@ def _explain_and_record(
     root = Path(tempfile.mkdtemp(prefix="xaitk-exp-saliency-"))
     tasks = []
     for i, run in enumerate(todo):
-        k = int(run.data.tags["Image_id"])
+        k = int(run.data.tags[schema.IMAGE_ID])
         evaluation = {
             "run_id": run.info.run_id,
             "experiment_id": run.info.experiment_id,
             "tags": dict(run.data.tags),
-            "conf": run.data.metrics.get("Predicted_class_conf"),
+            "conf": run.data.metrics.get(schema.PREDICTED_CLASS_CONF),
         }
-        tasks.append(ImageTask(k, images[k], evaluation, str(root / f"{i:06d}")))
+        own = {schema.NOTE: saliency_note(ctx, algo.name, k, evaluation, str(run.data.tags.get(schema.PREDICTED_CLASS)))}
+        if update_run_id:
+            own.update(_previous(ctx, update_run_id, k))
+        tasks.append(ImageTask(k, images[k], evaluation, str(root / f"{i:06d}"), own))
     finished = False
     try:
         if ctx.processes == 1 or len(tasks) < 2:
@@ -201,12 +230,12 @@ def _explain_and_record(
 
 def _check_update(ctx: Context, run_id: str, exp_id: str, algo: Any) -> None:
     """An edited run keeps its params: refuse an update that would change them."""
-    run = ctx.get_run_in(run_id, "update_run_id", ctx.experiment_name("Saliency Map Generation"), finished=False)
+    run = ctx.get_run_in(run_id, "update_run_id", ctx.experiment_name(schema.SALIENCY), finished=False)
     if run.info.experiment_id != exp_id:
         raise ConfigError("update_run_id", run_id, "a run in the saliency experiment")
-    from xaitk_exp.tracking.base import _stringify
+    from xaitk_exp.tracking.limits import stringify
 
-    wanted = {k: _stringify(v) for k, v in algo.config().items()}
+    wanted = {k: stringify(v) for k, v in algo.config().items()}
     differs = sorted(k for k, v in wanted.items() if k in run.data.params and run.data.params[k] != v)
     if differs:
         raise ConfigError(
@@ -215,3 +244,13 @@ def _check_update(ctx: Context, run_id: str, exp_id: str, algo: Any) -> None:
             f"a run recorded with the same saliency params (these differ: {', '.join(differs)}); "
             "MLflow params are immutable: drop update_run_id to record a new run",
         )
+
+
+def _previous(ctx: Context, run_id: str, new_image: int) -> dict[str, str]:
+    """What an edited run showed before (kept as tags), and a console line saying what changes."""
+    run = ctx.tracker.get_run(run_id)
+    old_image = run.data.tags.get(schema.IMAGE_ID, "?")
+    old_eval = run.data.tags.get(schema.EVALUATION_RUN_ID, "")
+    print(f"[saliency] editing run {run_id}: image {old_image} -> {new_image}, renamed "
+          f"{run.info.run_name!r} -> {schema.saliency_run(new_image)!r} (tagged {schema.MODIFIED_RUN}=True)")
+    return {schema.PREVIOUS_IMAGE_ID: old_image, schema.PREVIOUS_EVALUATION_RUN_ID: old_eval}

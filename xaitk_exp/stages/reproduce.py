@@ -18,12 +18,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from xaitk_exp.config import check_targets, validate
+from xaitk_exp import schema
 from xaitk_exp.errors import ConfigError, TrackingError, UnsafeConfigError
-from xaitk_exp.stages.context import Context, git_commit, package_versions
+from xaitk_exp.security.targets import check_targets
+from xaitk_exp.settings.validate import validate
+from xaitk_exp.stages.context import Context
+from xaitk_exp.stages.provenance import git_commit, package_versions
 
 REPRODUCIBLE = ("train", "evaluation", "saliency")
-ARRAYS = ("saliency_map_np_arrays/saliency_maps.npy", "saliency_map_np_arrays/image.npy")
+ARRAYS = (f"{schema.NPY_DIR}/{schema.MAPS_NPY}", f"{schema.NPY_DIR}/{schema.IMAGE_NPY}")
 #: metrics that other stages add to a run later (the evaluation summary gathers saliency metrics)
 FOREIGN_METRICS = ("Saliency/", "reproduced_")
 
@@ -35,10 +38,10 @@ def run_reproduce(ctx: Context) -> str:
         raise ConfigError("run_id", None, "the id of a run recorded by xaitk-exp (stage=reproduce run_id=<RUN_ID>)")
     tracker = ctx.tracker
     original = tracker.get_run(run_id)
-    stage = original.data.tags.get("xaitk_exp.stage")
+    stage = original.data.tags.get(schema.STAGE_TAG)
     if stage not in REPRODUCIBLE:
         parent = original.data.tags.get("mlflow.parentRunId")
-        image_run = parent and original.data.tags.get("Run_type") == "image"
+        image_run = parent and original.data.tags.get(schema.RUN_TYPE) == "image"
         hint = f"; reproduce its summary run {parent}" if image_run else ""
         raise ConfigError("run_id", run_id, f"a train, evaluation summary or saliency run recorded by xaitk-exp{hint}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,7 +99,7 @@ def replay_config(stored: dict[str, Any], current: DictConfig, original: Any, st
     if "allow_pickle" in cfg.get("model", {}):
         cfg.model.allow_pickle = bool(OmegaConf.select(current, "model.allow_pickle", default=False))
     if stage in ("evaluation", "saliency"):
-        cfg.train_run_id = tags.get("Train_run_id") or None
+        cfg.train_run_id = tags.get(schema.TRAIN_RUN_ID) or None
     if stage == "saliency":
         cfg.evaluation_run_id = tags.get("Evaluation_summary_run_id") or None
     validate(cfg)
@@ -106,14 +109,14 @@ def replay_config(stored: dict[str, Any], current: DictConfig, original: Any, st
 def environment_warnings(recorded: dict[str, str], original: Any, replay: Context) -> list[str]:
     """What differs from the recorded run's code, packages and data (reproduction may then differ too)."""
     out = []
-    old_commit, new_commit = original.data.tags.get("git_commit"), git_commit()
+    old_commit, new_commit = original.data.tags.get(schema.GIT_COMMIT), git_commit()
     if old_commit and old_commit != new_commit:
         out.append(f"code version differs: run recorded git commit {old_commit}, this checkout is {new_commit}")
     now = package_versions()
     changed = [f"{k} {v} -> {now.get(k, 'not installed')}" for k, v in sorted(recorded.items()) if now.get(k) != v]
     if changed:
         out.append("package versions differ from the recorded run: " + ", ".join(changed))
-    old_data = original.data.tags.get("data_fingerprint")
+    old_data = original.data.tags.get(schema.DATA_FINGERPRINT)
     if old_data and old_data != replay.split.fingerprint():
         out.append(f"data differs: recorded fingerprint {old_data}, now {replay.split.fingerprint()}")
     return out
@@ -124,10 +127,10 @@ def _new_run(tracker: Any, replay: Context, original: Any, stage: str) -> Any:
         return tracker.get_run(replay.train_run_id)
     if stage == "evaluation":
         return tracker.get_run(replay.evaluation_run_id)
-    image = original.data.tags.get("Image_id")
+    image = original.data.tags.get(schema.IMAGE_ID)
     for run_id in replay.results.get("saliency_run_ids") or []:
         run = tracker.get_run(run_id)
-        if run.data.tags.get("Image_id") == image:
+        if run.data.tags.get(schema.IMAGE_ID) == image:
             return run
     raise TrackingError(
         f"reproducing run {original.info.run_id}: the recorded query no longer selects image {image} "
@@ -142,7 +145,7 @@ def compare_runs(tracker: Any, original: Any, new: Any, stage: str) -> tuple[lis
     compared = ["params", "metrics", "config_hash"]
     differences += _dict_diff("param", original.data.params, new.data.params)
     differences += _dict_diff("metric", _own_metrics(original), _own_metrics(new))
-    if original.data.tags.get("config_hash") != new.data.tags.get("config_hash"):
+    if original.data.tags.get(schema.CONFIG_HASH) != new.data.tags.get(schema.CONFIG_HASH):
         differences.append(
             f"config_hash {original.data.tags.get('config_hash')} != {new.data.tags.get('config_hash')}"
         )
@@ -194,7 +197,7 @@ def _array_diff(tracker: Any, old_id: str, new_id: str) -> list[str]:
 def _children_diff(tracker: Any, old: Any, new: Any) -> list[str]:
     def children(run: Any) -> dict[str, dict[str, float]]:
         flt = f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
-        return {r.data.tags.get("Image_id", r.info.run_id): r.data.metrics
+        return {r.data.tags.get(schema.IMAGE_ID, r.info.run_id): r.data.metrics
                 for r in tracker.search([run.info.experiment_id], flt, None, 50000)}
 
     a, b = children(old), children(new)
@@ -221,7 +224,7 @@ def _report(tracker: Any, original: Any, new: Any, differences: list[str], compa
     diff = {"original_run_id": old_id, "new_run_id": new_id, "match": match, "compared": compared,
             "differences": differences, "warnings": warnings}
     tracker.log_dict(new_id, diff, "reproduce/diff.json")
-    stage = original.data.tags.get("xaitk_exp.stage")
+    stage = original.data.tags.get(schema.STAGE_TAG)
     if match:
         print(f"[reproduce] {stage} run {old_id} -> {new_id}: MATCH ({', '.join(compared)} identical)")
     else:

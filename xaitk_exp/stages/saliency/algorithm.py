@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from xaitk_exp.config import SALIENCY_RESERVED, instantiate, to_dict, validate_saliency
+from xaitk_exp.security.targets import instantiate
+from xaitk_exp.settings.nodes import to_dict
+from xaitk_exp.settings.validate import SALIENCY_RESERVED, validate_saliency
 
 
 class Algorithm:

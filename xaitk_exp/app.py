@@ -1,0 +1,80 @@
+"""What the entry point, the sweep and the tests call: compose a config, run a job, report its runs.
+
+Heavy libraries (mlflow, xaitk-saliency, scikit-learn) are imported only once a stage starts, so ``--help`` and
+``--cfg job`` stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+CONFIG_PACKAGE = "xaitk_exp.conf"
+
+
+def run(cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | Path | None = None) -> object:
+    """Validate ``cfg``, open the tracker for its logging level and run ``cfg.stage``. Returns the stage context."""
+    from xaitk_exp.errors import ConfigError
+    from xaitk_exp.settings.validate import validate
+    from xaitk_exp.stages import STAGES, Context
+    from xaitk_exp.stages.describe import print_ui_hint
+    from xaitk_exp.tracking.factory import make_tracker
+    from xaitk_exp.tracking.stores import resolve_tracking
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reused runs: no download bars
+    validate(cfg)
+    http_settings(cfg)
+    uri, artifact_root = resolve_tracking(cfg)
+    tracker = make_tracker(str(cfg.logging.level), uri, artifact_root, str(cfg.tracking.get("sqlite_journal", "wal")))
+    ctx = Context(cfg=cfg, tracker=tracker, output_dir=Path(output_dir or "."), overrides=list(overrides or []))
+    if cfg.stage == "reproduce":
+        from xaitk_exp.stages.reproduce import run_reproduce
+
+        run_reproduce(ctx)
+        return ctx
+    runner = STAGES.get(str(cfg.stage))
+    if runner is None:
+        raise ConfigError("stage", cfg.stage, f"one of {', '.join([*STAGES, 'reproduce'])}")
+    runner(ctx)
+    print_ui_hint(uri)
+    return ctx
+
+
+def http_settings(cfg: DictConfig) -> None:
+    """Bound how long an unreachable tracking server can stall a job (MLflow retries for minutes by default)."""
+    http = cfg.tracking.get("http") or {}
+    for key, env in (
+        ("timeout", "MLFLOW_HTTP_REQUEST_TIMEOUT"),
+        ("max_retries", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"),
+        ("backoff_factor", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"),
+    ):
+        if http.get(key) is not None:
+            os.environ[env] = str(http[key])
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The shipped config composed with ``overrides`` as ``xaitk-exp`` composes it, minus Hydra's own node.
+
+    For running stages in-process, ``run(compose_config([...]))``: tests, benchmarks and notebooks use it.
+    """
+    from hydra import compose, initialize_config_module
+    from omegaconf import open_dict
+
+    with initialize_config_module(config_module=CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return cfg
+
+
+def job_result(ctx: Any) -> dict[str, Any]:
+    """What a job hands back to its sweep (kept small: it crosses process boundaries)."""
+    return {
+        "train_run_id": ctx.train_run_id,
+        "evaluation_run_id": ctx.evaluation_run_id,
+        "saliency_run_ids": list(ctx.results.get("saliency_run_ids") or []),
+        "reproduce_run_id": ctx.results.get("reproduce_run_id"),
+    }

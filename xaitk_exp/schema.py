@@ -1,0 +1,90 @@
+"""The record schema: every experiment, run, tag, metric and artifact name that users' scripts and saved queries
+rely on (the seed notebook's names first). The README's "What a run records" table is checked against this module.
+
+Nothing here imports anything: every room may use it.
+"""
+
+from __future__ import annotations
+
+# ----- stages and levels ---------------------------------------------------------------------------------------------
+STAGES = ("all", "train", "evaluation", "saliency", "reproduce")
+LEVELS = ("high", "mid", "low")
+SQLITE_JOURNALS = ("wal", "delete")
+
+# ----- experiments: "<Model class> - <suffix>" -----------------------------------------------------------------------
+TRAIN = "Train"
+EVALUATION = "Evaluation"
+SALIENCY = "Saliency Map Generation"
+EXPERIMENT_SUFFIXES = (TRAIN, EVALUATION, SALIENCY)
+
+
+def experiment_name(model_class: str, suffix: str) -> str:
+    """``MLPClassifier - Train`` and so on."""
+    return f"{model_class} - {suffix}"
+
+
+# ----- run names -------------------------------------------------------------------------------------------------------
+TRAIN_RUN = "train_info"
+
+
+def evaluation_image_run(image_id: int | str) -> str:
+    return f"ImageID-{image_id}_conf"
+
+
+def evaluation_summary_run(split: str) -> str:
+    return f"Evaluation_{split}_summary"
+
+
+def saliency_run(image_id: int | str) -> str:
+    return f"ImageID-{image_id}_saliency_maps"
+
+
+# ----- tags --------------------------------------------------------------------------------------------------------------
+DATASET = "Dataset"
+DATASPLIT = "Datasplit"
+IMAGE_ID = "Image_id"
+IMAGE_PATH = "Image_path"
+GT_CLASS = "GT_class"
+PREDICTED_CLASS = "Predicted_class"
+PREDICTED_CLASS_INDEX = "Predicted_class_index"
+TRAIN_EXP_ID = "Train_exp_id"
+TRAIN_RUN_ID = "Train_run_id"
+EVALUATION_EXP_ID = "Evaluation_exp_id"
+EVALUATION_RUN_ID = "Evaluation_run_id"
+SALIENCY_ALGORITHM = "Saliency_algorithm"
+MODIFIED_RUN = "Modified_run"
+RUN_TYPE = "Run_type"  # "summary" | "image" | "sweep"
+CONFIG_HASH = "config_hash"
+DATA_FINGERPRINT = "data_fingerprint"
+GIT_COMMIT = "git_commit"
+STAGE_TAG = "xaitk_exp.stage"
+SWEEP_RUN_ID = "Sweep_run_id"
+REPRODUCED_FROM = "reproduced_from"
+ERROR = "error"
+
+# ----- metrics -----------------------------------------------------------------------------------------------------------
+TRAIN_LOSS = "Train loss"
+TRAIN_ACCURACY = "Train accuracy"
+PREDICTED_CLASS_CONF = "Predicted_class_conf"
+ACCURACY = "Accuracy"
+
+
+def class_conf(label: object) -> str:
+    return f"Class_{label}_conf"
+
+
+# ----- artifacts -------------------------------------------------------------------------------------------------------
+MODEL_DIR = "sklearn-model"
+NPY_DIR = "saliency_map_np_arrays"
+MAPS_NPY = "saliency_maps.npy"
+IMAGE_NPY = "image.npy"
+SALIENCY_FIGURE = "Image_saliency_maps.png"
+CONFIG_DIR = "config"
+CONFUSION_FIGURE = "confusion_matrix.png"
+
+# ----- added for telling runs apart (descriptions, reuse by the work done) ---------------------------------------------
+NOTE = "mlflow.note.content"  # the run's description in the MLflow UI (Markdown)
+MODEL = "Model"  # the model's class, a column users can show or group by
+WORK_HASH = "work_hash"  # saliency: evaluation + algorithm + metrics settings, whatever query selected the image
+PREVIOUS_IMAGE_ID = "Previous_image_id"  # an edited saliency run: the image it showed before
+PREVIOUS_EVALUATION_RUN_ID = "Previous_evaluation_run_id"
