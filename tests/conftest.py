@@ -21,9 +21,53 @@ def exe() -> list[str]:
     return [found] if found else [sys.executable, "-m", "xaitk_exp"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "with_upstream: the test's store starts with the default train and evaluation runs (made once)"
+    )
+
+
+@pytest.fixture(scope="session")
+def upstream_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store holding the default config's train run and evaluation (20 image runs), made once per session."""
+    from xaitk_exp.app import compose_config, run
+
+    folder = tmp_path_factory.mktemp("upstream")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    for stage in ("train", "evaluation"):
+        run(compose_config([f"tracking.uri={uri}", "progress=false", f"stage={stage}"]), [], folder)
+    return folder
+
+
+def copy_store(template: Path, target: Path) -> None:
+    """Copy a SQLite store and its artifacts to ``target``, re-pointing every stored path at the copy."""
+    import sqlite3
+
+    source = sqlite3.connect(template / "mlflow.db")
+    con = sqlite3.connect(target / "mlflow.db")
+    try:
+        source.backup(con)  # takes what still sits in the -wal file too
+        shutil.copytree(template / "mlartifacts", target / "mlartifacts")
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for _, column, kind, *_ in con.execute(f"PRAGMA table_info('{table}')").fetchall():
+                if "CHAR" in kind.upper() or "TEXT" in kind.upper():
+                    con.execute(
+                        f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE "{column}" LIKE ?',
+                        (str(template), str(target), f"%{template}%"),
+                    )
+        con.commit()
+    finally:
+        con.close()
+        source.close()
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> str:
-    """A fresh SQLite tracking URI in a temporary folder."""
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A SQLite tracking URI in a temporary folder: empty, or with ``@pytest.mark.with_upstream`` a copy of the
+    session's store that already holds the default train run and evaluation (the stage tests stop retraining)."""
+    if request.node.get_closest_marker("with_upstream"):
+        copy_store(request.getfixturevalue("upstream_template"), tmp_path)
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 

@@ -33,7 +33,7 @@ def test_readme_table_names_every_seed_name_the_schema_defines():
         schema.ACCURACY, schema.MODEL_DIR, schema.NPY_DIR, schema.MAPS_NPY, schema.SALIENCY_FIGURE,
         schema.CONFUSION_FIGURE,
     ]
-    missing = [n for n in names if f"`{n}" not in table]
+    missing = [n for n in names if n not in table]
     assert not missing, f"README 'What a run records' does not name: {missing}"
 
 

@@ -42,7 +42,10 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 
 
 def aggregate(
-    runs: Iterable[Any], group_tag: str = "Saliency_algorithm", metrics: Sequence[str] = METRICS
+    runs: Iterable[Any],
+    group_tag: str = "Saliency_algorithm",
+    metrics: Sequence[str] = METRICS,
+    common_images: bool = False,
 ) -> list[dict[str, Any]]:
     """Mean and spread of each metric per algorithm, ranked, best first.
 
@@ -56,8 +59,13 @@ def aggregate(
          "rank": 1}                                                   # by the mean of the RANKED ranks
 
     ``std`` is the sample standard deviation (ddof=1; 0 for one image); NaN values are left out of both.
+    ``common_images``: compare like with like, over only the images every group explained (none: no rows).
     """
     groups = _latest_per_image(runs, group_tag)
+    if common_images and groups:
+        shared = set.intersection(*({r.data.tags.get("Image_id") for r in members} for members in groups.values()))
+        groups = {g: [r for r in members if r.data.tags.get("Image_id") in shared] for g, members in groups.items()}
+        groups = {g: members for g, members in groups.items() if members}
     rows: list[dict[str, Any]] = []
     for name, members in groups.items():
         row: dict[str, Any] = {"algorithm": name, "images": len(members)}

@@ -33,8 +33,10 @@ def log_evaluation_summary(ctx: Any, saliency_exp_id: str) -> list[dict[str, Any
         return []
     flt = f"tags.Evaluation_summary_run_id = '{ctx.evaluation_run_id}' and attributes.status = 'FINISHED'"
     runs = ctx.tracker.search([saliency_exp_id], flt, None, 50000)
-    rows = [r for r in aggregate(runs) if any(k.endswith("_mean") for k in r)]
+    rows = [r for r in aggregate(runs, common_images=True) if any(k.endswith("_mean") for k in r)]
     if not rows:
+        print(f"[metrics] evaluation summary {ctx.evaluation_run_id}: not ranked (no image explained by every "
+              "algorithm so far: explain the same images, e.g. with the same query, with each algorithm)")
         return []
     tracker = ctx.tracker
     tracker.log(ctx.evaluation_run_id, metrics=flat_metrics(rows))
@@ -44,6 +46,10 @@ def log_evaluation_summary(ctx: Any, saliency_exp_id: str) -> list[dict[str, Any
         title = "mean +- std over images; ranked by " + ", ".join(RANKED)
         comparison_picture(rows, path, title)
         tracker.log_artifact(ctx.evaluation_run_id, str(path), SUMMARY_DIR)
-    best = rows[0]["algorithm"]
-    print(f"[metrics] evaluation summary {ctx.evaluation_run_id}: {len(rows)} algorithm(s) ranked, best: {best}")
+    if len(rows) == 1:
+        print(f"[metrics] evaluation summary {ctx.evaluation_run_id}: quality of {rows[0]['algorithm']} over "
+              f"{rows[0]['images']} image(s)")
+    else:
+        print(f"[metrics] evaluation summary {ctx.evaluation_run_id}: {len(rows)} algorithms ranked on the "
+              f"{rows[0]['images']} image(s) each of them explained, best: {rows[0]['algorithm']}")
     return rows

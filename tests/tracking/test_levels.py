@@ -31,6 +31,9 @@ def snapshot(uri: str) -> dict:
     record = {"experiments": {e.name: dict(e.tags) for e in exps.values()}, "runs": {}}
     for r in runs:
         tags = {k: names.get(v, v) if k in ID_TAGS else v for k, v in r.data.tags.items()}
+        if "mlflow.note.content" in tags:  # descriptions link runs by id: compare them by name
+            for run_id, name in names.items():
+                tags["mlflow.note.content"] = tags["mlflow.note.content"].replace(run_id, "/".join(name))
         history = {k: [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, k)] for k in r.data.metrics}
         key = (exps[r.info.experiment_id].name, r.info.run_name, tags.get("Image_id"))
         assert key not in record["runs"], f"two runs share {key}"

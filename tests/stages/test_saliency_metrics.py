@@ -25,6 +25,7 @@ def _mean(runs, key):
     return float(np.mean([r.data.metrics[key] for r in runs]))
 
 
+@pytest.mark.with_upstream
 def test_sliding_window_and_rise_beat_the_random_order_on_digits_and_are_ranked(run_stage, client):
     ctx = run_stage("query.max_results=10", "saliency=rise")
     run_stage("stage=saliency", "query.max_results=10", "saliency=sliding_window", "logging=low")
@@ -60,6 +61,7 @@ def test_metrics_disabled_leave_no_metric_picture_or_summary(run_stage, client):
     assert not client.list_artifacts(summary.info.run_id, "saliency_metrics")
 
 
+@pytest.mark.with_upstream
 def test_sanity_checks_on_request(run_stage, client):
     ctx = run_stage("query.max_results=2", "metrics.sanity=true", "metrics.step=4")
     runs = _saliency_runs(client, "sliding_window")

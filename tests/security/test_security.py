@@ -91,6 +91,7 @@ CASES = [(*c, "train_run_id") for c in CRAFTED] + [(*CRAFTED[0], "pretrained"), 
 
 
 @pytest.mark.parametrize(("change", "says", "how"), [c[1:] for c in CASES], ids=[f"{c[0]}-{c[3]}" for c in CASES])
+@pytest.mark.with_upstream
 def test_crafted_stored_model_is_refused(run_stage, client, trained, change, says, how):
     run_id, folder = trained
     run_stage("stage=evaluation", "evaluation.num_images=2", f"train_run_id={run_id}")  # untouched: it loads
@@ -286,6 +287,7 @@ def test_allow_list_accepts_the_shipped_classes_and_explicit_extras():
         check_targets({"_target_": "mypkg.Model"})
 
 
+@pytest.mark.with_upstream
 def test_a_tampered_stored_config_is_refused(run_stage, client, tmp_path):
     ctx = run_stage("stage=train")
     path = Path(client.download_artifacts(ctx.train_run_id, "config/config.yaml", str(tmp_path)))

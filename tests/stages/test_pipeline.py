@@ -71,6 +71,7 @@ def test_evaluation_stage_one_run_per_image_plus_summary(run_stage, client):
     assert "confusion_matrix.png" in {f.path for f in client.list_artifacts(summary.info.run_id)}
 
 
+@pytest.mark.with_upstream
 def test_seed_query_selects_and_explains_matching_images(run_stage, client):
     ctx = run_stage("stage=all", f'query.filter="{SEED_QUERY}"', "query.max_results=3", "evaluation.num_images=100")
     runs = _runs(client, "MLPClassifier - Saliency Map Generation")
@@ -94,6 +95,7 @@ def test_seed_query_selects_and_explains_matching_images(run_stage, client):
     assert sorted(confs, reverse=True) == ranked[: len(confs)]
 
 
+@pytest.mark.with_upstream
 def test_shortcuts_build_the_same_selection(run_stage, client):
     run_stage("query.min_conf=0.9", "query.predicted_class=4", "query.max_results=2", "evaluation.num_images=100")
     runs = _runs(client, "MLPClassifier - Saliency Map Generation")
@@ -101,6 +103,7 @@ def test_shortcuts_build_the_same_selection(run_stage, client):
     assert all(r.data.tags["Predicted_class"] == "4" and r.data.metrics["Predicted_class_conf"] >= 0.9 for r in runs)
 
 
+@pytest.mark.with_upstream
 def test_query_matching_nothing_fails_before_any_saliency_run(run_stage, client):
     run_stage("stage=train")
     with pytest.raises(QueryError, match="matched no evaluation run"):
@@ -109,6 +112,7 @@ def test_query_matching_nothing_fails_before_any_saliency_run(run_stage, client)
     assert exp is None or not client.search_runs([exp.experiment_id])
 
 
+@pytest.mark.with_upstream
 def test_editing_a_saliency_run_rewrites_it_for_the_new_image(run_stage, client):
     run_stage("query.predicted_class=4")
     (run,) = _runs(client, "MLPClassifier - Saliency Map Generation")
@@ -125,6 +129,7 @@ def test_editing_a_saliency_run_rewrites_it_for_the_new_image(run_stage, client)
     assert np.array_equal(ctx_img, Digits().load().test_images[int(edited.data.tags["Image_id"])])
 
 
+@pytest.mark.with_upstream
 def test_editing_with_other_params_is_refused_with_the_way_out(run_stage, client):
     run_stage()
     (run,) = _runs(client, "MLPClassifier - Saliency Map Generation")
@@ -133,6 +138,7 @@ def test_editing_with_other_params_is_refused_with_the_way_out(run_stage, client
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
 
+@pytest.mark.with_upstream
 def test_second_run_reuses_train_and_evaluation_unless_forced(run_stage, client):
     run_stage()
     run_stage("saliency=rise", "saliency.n=100")
@@ -188,6 +194,7 @@ def test_stored_map_equals_direct_xaitk_bit_for_bit(run_stage, client, algorithm
     assert np.array_equal(stored, direct)
 
 
+@pytest.mark.with_upstream
 def test_black_box_checks_counts_and_batches(run_stage):
     from xaitk_exp.models.blackbox import SklearnBlackbox
 

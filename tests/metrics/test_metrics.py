@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -253,22 +252,18 @@ def test_bad_settings_name_the_key(node, key):
 
 
 # ----- pictures ---------------------------------------------------------------------------------------------------
-def test_pictures_are_cheap_pngs(tmp_path):
+def test_pictures_are_pngs_with_what_they_show(tmp_path):
+    """Pictures are drawn with Pillow (their cost is measured in benchmarks/bench_metrics.py, not here)."""
     from PIL import Image
 
     from xaitk_exp.viz.curves import comparison_figure, curves_figure
 
     curves = {k: np.linspace(1, 0, 65) for k in ("Deletion", "Deletion_random", "Insertion", "Insertion_random")}
-    t0 = time.perf_counter()
     path = curves_figure(curves, {"Deletion_AUC": 0.5}, tmp_path / "c.png", "title")
-    elapsed = time.perf_counter() - t0
     with Image.open(path) as im:
         pixels = np.asarray(im.convert("RGB")).reshape(-1, 3)
     assert ((pixels == (178, 24, 43)).all(axis=1)).any()  # the deletion curve is drawn
-    assert elapsed < 0.1
     rows = [{"algorithm": "a", "Deletion_AUC_mean": 0.2, "Deletion_AUC_std": 0.1}, {"algorithm": "b"}]
-    t0 = time.perf_counter()
     path = comparison_figure(rows, ["Deletion_AUC", "MuFidelity"], tmp_path / "cmp.png", "t")
-    assert time.perf_counter() - t0 < 0.1
     with Image.open(path) as im:
         assert im.size[1] > 20

@@ -67,7 +67,7 @@ def _forged_run(client, tmp_path: Path, target: str) -> tuple[str, Path]:
     canary = tmp_path / "canary-was-built"
     exp = client.create_experiment("MLPClassifier - Train", artifact_location=(tmp_path / "forged").as_uri())
     run = client.create_run(exp, tags={"xaitk_exp.stage": "train"})
-    with open(Path(__file__).parents[1] / "conf" / "config.yaml") as fh:
+    with open(Path(__file__).parents[2] / "conf" / "config.yaml") as fh:
         base = yaml.safe_load(fh)
     base.pop("defaults"), base.pop("hydra")
     base.update(
