@@ -20,7 +20,9 @@ STAGES = ("all", "train", "evaluation", "saliency", "reproduce")
 LEVELS = ("high", "mid", "low")
 #: module prefixes a ``_target_`` may name; ``allow_targets`` in the config adds more.
 ALLOWED_TARGET_PREFIXES = ("sklearn.", "xaitk_saliency.", "xaitk_exp.")
-SALIENCY_RESERVED = ("name", "fill")
+#: keys of the ``saliency`` node that are ours, not the generator's: its name, the occlusion value, and the sign
+#: that turns the generator's maps into this project's convention (positive = evidence for the class)
+SALIENCY_RESERVED = ("name", "fill", "sign")
 
 
 def to_dict(node: Any) -> Any:
@@ -102,7 +104,8 @@ def redact_overrides(overrides: Iterable[str]) -> list[str]:
 
 def check_targets(node: Any, extra_allowed: Iterable[str] = (), key: str = "") -> None:
     """Refuse any ``_target_`` outside the allow-list (scikit-learn, xaitk-saliency, this package, ``extra``)."""
-    allowed = tuple(ALLOWED_TARGET_PREFIXES) + tuple(str(p) for p in extra_allowed)
+    # each prefix once: the recursion below passes ``allowed`` on as its ``extra_allowed``
+    allowed = tuple(dict.fromkeys([*ALLOWED_TARGET_PREFIXES, *(str(p) for p in extra_allowed)]))
     node = to_dict(node)
     if isinstance(node, Mapping):
         target = node.get("_target_")
@@ -151,6 +154,15 @@ def instantiate(node: Any, key: str, extra_allowed: Iterable[str] = (), **kwargs
         cause = exc.__cause__ or exc
         msg = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
         raise ConfigError(key, to_dict(node).get("_target_"), f"arguments that the class accepts ({msg})") from exc
+
+
+def saliency_sign(node: Any) -> int:
+    """The ``sign`` of a ``saliency`` node: 1 (the default: the generator's maps already have positive = evidence
+    for the class) or -1 (its maps mean the opposite and are negated). Raises :class:`ConfigError` otherwise."""
+    sign = to_dict(node).get("sign", 1)
+    if isinstance(sign, bool) or sign not in (1, -1):
+        raise ConfigError("saliency.sign", sign, "1 or -1 (-1 negates the generator's maps)")
+    return int(sign)
 
 
 def _positive_pair(key: str, value: Any, image_hw: tuple[int, int] | None, bound: bool) -> None:
@@ -243,6 +255,7 @@ def validate(cfg: DictConfig) -> None:
     if "_target_" not in saliency or "name" not in saliency:
         raise ConfigError("saliency", saliency.get("name"), "a saliency config with _target_ and name")
     validate_saliency({k: v for k, v in saliency.items() if k not in SALIENCY_RESERVED})
+    saliency_sign(saliency)
     from xaitk_exp.metrics.settings import settings_from_config
 
     settings_from_config(cfg.get("metrics"))
