@@ -113,10 +113,14 @@ _NO_COMPOSE_FLAGS = (
 
 
 def precheck_keys(argv: list[str]) -> str | None:
-    """A one-line error for an override Hydra cannot apply (unknown key, bad syntax), else None.
+    """A one-line error for an override Hydra cannot apply (unknown key, bad syntax), or for a key added with ``+``
+    (or ``++``) that nothing would read, else None.
 
-    Hydra reports these in several lines with exit code 1; composing once here first lets the user see one line.
-    Only for a single run with the shipped config (a sweep's values and a user's own config are Hydra's to check).
+    Hydra reports the first kind in several lines with exit code 1, and accepts the second silently (the run then
+    ignores it); composing once here first lets the user see one line naming the closest valid key. A key may be
+    added only under a node with a ``_target_`` (model, dataset, saliency and its parts), whose constructor
+    receives it. Only for a single run with the shipped config (a sweep's values and a user's own config are
+    Hydra's to check).
     """
     if any(a.split("=", 1)[0] in _NO_COMPOSE_FLAGS for a in argv):
         return None
@@ -131,7 +135,118 @@ def precheck_keys(argv: list[str]) -> str | None:
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         cause = exc.__cause__
         reason = f" ({str(cause).splitlines()[0]})" if cause is not None and str(cause).strip() else ""
-        return f"{first}{reason}; 'xaitk-exp --cfg job' lists every key, '+key=value' adds a new one"
+        hints = [*_key_hints(overrides, first), "'xaitk-exp --cfg job' lists every key"]
+        return f"{first}{reason}; {'; '.join(hints)}"
+    return _unread_added_key(overrides)
+
+
+_ABSENT = object()  # OmegaConf.select's default for a key that is not there (a null value is there)
+
+
+def _override_key(token: str) -> tuple[str, str, str]:
+    """``(prefix, key, value)`` of ``[+|++|~]key=value``."""
+    key, _, value = token.partition("=")
+    stripped = key.lstrip("+~")
+    return key[: len(key) - len(stripped)], stripped, value
+
+
+def _base_config(overrides: list[str], skip: str) -> DictConfig | None:
+    """The shipped config composed with ``overrides`` minus those on key ``skip`` (None if that fails too)."""
+    from hydra.errors import HydraException
+
+    try:
+        return compose_config([o for o in overrides if _override_key(o)[1] != skip])
+    except HydraException:
+        return None
+
+
+def _config_keys(node: object, prefix: str = "") -> list[str]:
+    """Every dotted key path of a composed config (sections and values)."""
+    from omegaconf import DictConfig as _DictConfig
+
+    out: list[str] = []
+    if isinstance(node, _DictConfig):
+        for k in node.keys():
+            path = f"{prefix}.{k}" if prefix else str(k)
+            out.append(path)
+            out += _config_keys(node._get_node(k), path)
+    return out
+
+
+def _closest_key(cfg: DictConfig, key: str) -> str | None:
+    """The valid key nearest to ``key`` (difflib), preferring the same section."""
+    import difflib
+
+    keys = _config_keys(cfg)
+    section = key.rpartition(".")[0]
+    same = [k for k in keys if k.rpartition(".")[0] == section]
+    for pool in (same, keys):
+        found = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
+        if found:
+            return found[0]
+    return None
+
+
+def _constructor_node(cfg: DictConfig, key: str) -> str | None:
+    """The nearest existing section above ``key`` if it has a ``_target_`` (its constructor receives free keys)."""
+    from omegaconf import DictConfig as _DictConfig
+    from omegaconf import OmegaConf
+
+    parts = key.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        section = ".".join(parts[:n])
+        node = OmegaConf.select(cfg, section, default=_ABSENT, throw_on_missing=False)
+        if node is _ABSENT:
+            continue
+        return section if isinstance(node, _DictConfig) and "_target_" in node else None
+    return None
+
+
+def _key_hints(overrides: list[str], first_line: str) -> list[str]:
+    """The closest valid key (and how to pass a constructor argument) for Hydra's "Could not override 'key'"."""
+    import re
+
+    match = re.match(r"Could not override '([^']+)'", first_line)
+    cfg = _base_config(overrides, match.group(1)) if match else None
+    if cfg is None:
+        return []
+    key = match.group(1)
+    value = next((_override_key(o)[2] for o in overrides if _override_key(o)[1] == key), "")
+    hints = []
+    closest = _closest_key(cfg, key)
+    if closest:
+        hints.append(f"closest valid key: {closest}")
+    section = _constructor_node(cfg, key)
+    if section:
+        hints.append(f"'+{key}={value}' passes a new argument to the {section} constructor")
+    return hints
+
+
+def _unread_added_key(overrides: list[str]) -> str | None:
+    """A one-line error for a ``+key``/``++key`` that is not in the config and not under a constructor's node."""
+    added = [(p, k, v) for p, k, v in map(_override_key, overrides) if p in ("+", "++")]
+    added = [(p, k, v) for p, k, v in added if "/" not in k and k not in GROUPS and "@" not in k]
+    if not added:
+        return None
+    from omegaconf import OmegaConf
+
+    keys = {k for _, k, _ in added}
+    cfg = _base_config([o for o in overrides if _override_key(o)[1] not in keys], "")
+    if cfg is None:
+        return None
+    for prefix, key, value in added:
+        if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False) is not _ABSENT:
+            continue  # '++' on an existing key overrides it
+        if _constructor_node(cfg, key):
+            continue
+        closest = _closest_key(cfg, key)
+        sections = [k for k in ("dataset", "model", "saliency") if _constructor_node(cfg, f"{k}.x")]
+        return (
+            f"{prefix}{key}={value}: no stage reads '{key}'"
+            + (f"; closest valid key: {closest}" if closest else "")
+            + f" ('+' adds constructor arguments only, under {', '.join(sections)}; "
+            "'xaitk-exp --cfg job' lists every key)"
+        )
     return None
 
 

@@ -22,6 +22,7 @@ def _client(cwd: Path):
 
 def _readme_line(prefix: str) -> str:
     lines = [ln.split("  #")[0].strip() for ln in (ROOT / "README.md").read_text().splitlines()]
+    lines = [ln.removeprefix(".venv/bin/") for ln in lines]  # the README names the command in the project's venv
     return next(ln for ln in lines if ln.startswith(prefix))
 
 

@@ -16,7 +16,8 @@ ALLOWED_TARGET_PREFIXES = ("sklearn.", "xaitk_saliency.", "xaitk_exp.")
 
 def check_targets(node: Any, extra_allowed: Iterable[str] = (), key: str = "") -> None:
     """Refuse any ``_target_`` outside the allow-list (scikit-learn, xaitk-saliency, this package, ``extra``)."""
-    allowed = tuple(ALLOWED_TARGET_PREFIXES) + tuple(str(p) for p in extra_allowed)
+    # each prefix once: the recursion below passes ``allowed`` on as its ``extra_allowed``
+    allowed = tuple(dict.fromkeys([*ALLOWED_TARGET_PREFIXES, *(str(p) for p in extra_allowed)]))
     node = to_dict(node)
     if isinstance(node, Mapping):
         target = node.get("_target_")

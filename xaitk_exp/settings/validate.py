@@ -12,7 +12,18 @@ from xaitk_exp.errors import ConfigError
 from xaitk_exp.schema import LEVELS, SQLITE_JOURNALS, STAGES
 from xaitk_exp.settings.nodes import to_dict
 
-SALIENCY_RESERVED = ("name", "fill")
+#: keys of the ``saliency`` node that are ours, not the generator's: its name, the occlusion value, and the sign
+#: that turns the generator's maps into this project's convention (positive = evidence for the class)
+SALIENCY_RESERVED = ("name", "fill", "sign")
+
+
+def saliency_sign(node: Any) -> int:
+    """The ``sign`` of a ``saliency`` node: 1 (the default: the generator's maps already have positive = evidence
+    for the class) or -1 (its maps mean the opposite and are negated). Raises :class:`ConfigError` otherwise."""
+    sign = to_dict(node).get("sign", 1)
+    if isinstance(sign, bool) or sign not in (1, -1):
+        raise ConfigError("saliency.sign", sign, "1 or -1 (-1 negates the generator's maps)")
+    return int(sign)
 
 
 def _positive_pair(key: str, value: Any, image_hw: tuple[int, int] | None, bound: bool) -> None:
@@ -105,6 +116,7 @@ def validate(cfg: DictConfig) -> None:
     if "_target_" not in saliency or "name" not in saliency:
         raise ConfigError("saliency", saliency.get("name"), "a saliency config with _target_ and name")
     validate_saliency({k: v for k, v in saliency.items() if k not in SALIENCY_RESERVED})
+    saliency_sign(saliency)
     from xaitk_exp.settings.metrics import settings_from_config
 
     settings_from_config(cfg.get("metrics"))

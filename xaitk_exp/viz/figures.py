@@ -13,13 +13,16 @@ import numpy as np
 PANEL = 96  # pixels per panel side
 LABEL_H = 14
 PAD = 4
+#: what every saliency picture's colours mean (every stored map follows it: see :class:`xaitk_exp.saliency.Algorithm`)
+LEGEND = "red = evidence for the class (raises its confidence), blue = against"
+RED, BLUE = (178, 24, 43), (33, 102, 172)
 
 
 def diverging(values: np.ndarray) -> np.ndarray:
     """``[H, W]`` values in ``[-1, 1]`` -> ``[H, W, 3]`` uint8: blue (-1), white (0), red (+1)."""
     v = np.clip(np.nan_to_num(values), -1.0, 1.0)[..., None]
     white = np.array([255.0, 255.0, 255.0])
-    red, blue = np.array([178.0, 24.0, 43.0]), np.array([33.0, 102.0, 172.0])
+    red, blue = np.array(RED, dtype=float), np.array(BLUE, dtype=float)
     rgb = np.where(v >= 0, white + v * (red - white), white + (-v) * (blue - white))
     return rgb.astype(np.uint8)
 
@@ -50,18 +53,28 @@ def _panel(rgb: np.ndarray, label: str):
     return canvas
 
 
-def grid(panels: Sequence[tuple[np.ndarray, str]], path: str | Path, columns: int = 6, title: str = "") -> Path:
-    """Lay out labelled ``[H, W, 3]`` uint8 panels in rows of ``columns`` and write a PNG."""
+def grid(
+    panels: Sequence[tuple[np.ndarray, str]], path: str | Path, columns: int = 6, title: str = "", legend: str = ""
+) -> Path:
+    """Lay out labelled ``[H, W, 3]`` uint8 panels in rows of ``columns`` and write a PNG; ``legend``: a line under
+    the panels, after a red and a blue swatch."""
     from PIL import Image, ImageDraw
 
     cols = min(columns, len(panels))
     rows = -(-len(panels) // cols)
     top = LABEL_H + PAD if title else 0
+    bottom = LABEL_H + PAD if legend else 0
     w = cols * (PANEL + PAD) + PAD
-    h = top + rows * (PANEL + LABEL_H + PAD) + PAD
+    h = top + rows * (PANEL + LABEL_H + PAD) + PAD + bottom
     canvas = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(canvas)
     if title:
-        ImageDraw.Draw(canvas).text((PAD, 2), title, fill="black")
+        draw.text((PAD, 2), title, fill="black")
+    if legend:
+        y = h - bottom
+        draw.rectangle([PAD, y + 2, PAD + 9, y + 11], fill=RED)
+        draw.rectangle([PAD + 12, y + 2, PAD + 21, y + 11], fill=BLUE)
+        draw.text((PAD + 26, y + 1), legend, fill="black")
     for i, (rgb, label) in enumerate(panels):
         r, c = divmod(i, cols)
         canvas.paste(_panel(rgb, label), (PAD + c * (PANEL + PAD), top + PAD + r * (PANEL + LABEL_H + PAD)))
@@ -77,10 +90,11 @@ def saliency_figure(
     path: str | Path,
     title: str = "",
 ) -> Path:
-    """The image, an overlay of the predicted class's map, then every class's map (``maps``: ``[n, H, W]``)."""
+    """The image, an overlay of the predicted class's map, then every class's map (``maps``: ``[n, H, W]``), with
+    the legend :data:`LEGEND` under them."""
     panels = [(to_rgb(image), "image"), (overlay(image, maps[predicted]), f"overlay {labels[predicted]}")]
     panels += [(diverging(m), f"class {lab}") for m, lab in zip(maps, labels, strict=True)]
-    return grid(panels, path, columns=6, title=title)
+    return grid(panels, path, columns=6, title=title, legend=LEGEND)
 
 
 def confusion_figure(matrix: np.ndarray, labels: Sequence[str], path: str | Path, title: str = "") -> Path:

@@ -9,11 +9,18 @@ import numpy as np
 
 from xaitk_exp.security.targets import instantiate
 from xaitk_exp.settings.nodes import to_dict
-from xaitk_exp.settings.validate import SALIENCY_RESERVED, validate_saliency
+from xaitk_exp.settings.validate import SALIENCY_RESERVED, saliency_sign, validate_saliency
 
 
 class Algorithm:
-    """A configured saliency generator plus the settings its ``get_config()`` leaves out (``fill``, the name).
+    """A configured saliency generator plus the settings its ``get_config()`` leaves out (``fill``, the name, the
+    sign).
+
+    Every map this class returns means one thing: positive values are evidence FOR the class (the region raises
+    its confidence), negative values evidence against. xaitk-saliency's occlusion, RISE and sliding-window scorers
+    already follow that convention; MC-RISE's scorer does the opposite (positive where filling a region with a
+    colour raises the confidence), so its config says ``sign: -1`` and its maps are negated here, where they are
+    made. A config without ``sign`` (every run recorded before the key existed) keeps the generator's own sign.
 
     ``needs_channels``: MC-RISE wants ``[H, W, C]`` input even for grayscale; maps come back
     ``[k_colors, n_classes, H, W]`` for it and ``[n_classes, H, W]`` otherwise.
@@ -23,6 +30,8 @@ class Algorithm:
         node = to_dict(cfg)
         self.name: str = node["name"]
         self.fill = node.get("fill")
+        self.sign = saliency_sign(node)
+        self._sign_given = "sign" in node  # recorded as a param only when configured: old runs reproduce as they were
         ctor = {k: v for k, v in node.items() if k not in SALIENCY_RESERVED}
         validate_saliency(ctor, tuple(image_shape[:2]))
         self.target: str = ctor["_target_"]
@@ -36,6 +45,8 @@ class Algorithm:
         """What ran: the generator's ``get_config()``, its class, and ``fill`` (which ``get_config`` omits)."""
         cfg = dict(self.generator.get_config())
         cfg["fill"] = self.fill
+        if self._sign_given:
+            cfg["sign"] = self.sign
         cfg["algorithm"] = self.name
         cfg["class"] = self.target
         return cfg
@@ -45,8 +56,9 @@ class Algorithm:
 
     def compute(self, image: np.ndarray, blackbox: Any) -> np.ndarray:
         """Maps for every class of ``blackbox``: ``[n_classes, H, W]`` (MC-RISE: ``[k, n_classes, H, W]``), in
-        ``[-1, 1]``."""
-        return np.asarray(self.generator(self.prepare(image), blackbox))
+        ``[-1, 1]``, positive = evidence for the class (see the class docstring)."""
+        maps = np.asarray(self.generator(self.prepare(image), blackbox))
+        return -maps if self.sign == -1 else maps
 
 
 def reuse_seeded_masks(generator: Any) -> None:
