@@ -48,6 +48,9 @@ EXCEPTIONS: dict[str, str] = {
     "xaitk-exp -m hydra/launcher=slurm": "needs a SLURM cluster (the submitit_local line runs the same locally)",
 }
 
+#: programs the project's environment provides: a fresh shell finds them only as ``.venv/bin/<name>``
+VENV_TOOLS = ("xaitk-exp", "mlflow", "python", "python3", "pytest", "pip")
+
 #: command prefix -> the exit code the README documents for it (an error example); also ``# exits N`` on the line
 EXPECTED_EXIT: dict[str, int] = {}
 
@@ -185,15 +188,19 @@ def test_every_placeholder_has_a_value():
 
 
 def test_every_command_names_something_a_fresh_shell_finds():
-    """``xaitk-exp ...`` is not on a fresh shell's PATH: the README must say ``.venv/bin/xaitk-exp ...``."""
+    """``xaitk-exp ...`` is not on a fresh shell's PATH: the README must say ``.venv/bin/xaitk-exp ...``. Commands
+    listed as exceptions are held to it too when they start a tool of the project's environment (``mlflow ui``)."""
     import shutil
 
     path = fresh_shell_env()["PATH"]
     missing = []
     for c in readme_commands():
-        if c.setup or c.exception:
+        if c.setup:
             continue
-        word = c.text.split()[0]
+        # the program: the first word after any VAR=value assignments
+        word = next((w for w in c.text.split() if not re.match(r"^[A-Za-z_]\w*=", w)), "")
+        if c.exception and word not in VENV_TOOLS:
+            continue  # initdb, pg_ctl, ...: the machine's, not ours
         if word.startswith(VENV_PREFIX):
             found = (VENV / "bin" / word[len(VENV_PREFIX):]).exists()
         else:

@@ -19,7 +19,8 @@ from xaitk_exp.cli import precheck_keys
         (["+evaluation.num_images.x=3"], ["no stage reads 'evaluation.num_images.x'"]),
         (["+foo=1"], ["+foo=1: no stage reads 'foo'"]),
         # model=pretrained builds nothing: no constructor receives free keys
-        (["model=pretrained", "model.uri=runs:/x/sklearn-model", "+model.max_depth=8"], ["no stage reads 'model.max_depth'"]),
+        (["model=pretrained", "model.uri=runs:/x/sklearn-model", "+model.max_depth=8"],
+         ["no stage reads 'model.max_depth'"]),
     ],
 )
 def test_an_added_key_nothing_reads_gets_one_line_with_the_closest_key(argv, fragments):
@@ -52,7 +53,8 @@ def test_constructor_arguments_and_existing_keys_still_pass(argv):
     [
         (["evaluation.num_image=4"], ["Key 'num_image' is not in struct", "closest valid key: evaluation.num_images"]),
         (["saliency.windowsize=3"], ["closest valid key: saliency.window_size"]),
-        (["model=estimator", "model.max_depth=8"], ["'+model.max_depth=8' passes a new argument to the model constructor"]),
+        (["model=estimator", "model.max_depth=8"],
+         ["'+model.max_depth=8' passes a new argument to the model constructor"]),
     ],
 )
 def test_an_unknown_key_without_plus_names_the_closest_key(argv, fragments):
