@@ -125,7 +125,7 @@ def test_the_runs_table_lists_the_runs_the_seed_filter_matches(ui):
 def test_a_saliency_runs_picture_loads_on_its_artifact_page(ui, tmp_path):
     from mlflow import MlflowClient
 
-    from xaitk_exp.render import RED
+    from xaitk_exp.viz.figures import RED
 
     base, uri, log_path = ui
     client = MlflowClient(uri)

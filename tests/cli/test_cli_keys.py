@@ -76,8 +76,8 @@ def test_the_command_refuses_an_unread_key_before_anything_runs(tmp_path):
 
 
 def test_allow_list_error_names_each_trusted_prefix_once():
-    from xaitk_exp.config import check_targets
     from xaitk_exp.errors import UnsafeConfigError
+    from xaitk_exp.security.targets import check_targets
 
     for node, extra in [
         ({"_target_": "os.system"}, ()),

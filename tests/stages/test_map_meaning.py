@@ -30,9 +30,10 @@ def test_every_shipped_algorithm_is_covered():
 @pytest.mark.slow
 def test_every_shipped_algorithm_beats_the_random_order(run_stage, client, tmp_path):
     """The seed's MLP on digits; each shipped algorithm, as shipped, explains the same 12 test digits."""
-    from xaitk_exp.metrics import evaluate_map, settings_from_config
+    from xaitk_exp.metrics.image import evaluate_map
     from xaitk_exp.models.blackbox import SklearnBlackbox
-    from xaitk_exp.saliency import class_maps
+    from xaitk_exp.settings.metrics import settings_from_config
+    from xaitk_exp.stages.saliency.algorithm import class_maps
 
     common = ("evaluation.num_images=40", f"query.max_results={IMAGES}")
     model = None
@@ -75,10 +76,10 @@ def test_every_shipped_algorithm_beats_the_random_order(run_stage, client, tmp_p
 def test_mc_rise_maps_are_negated_and_the_sign_is_recorded(make_cfg):
     from sklearn.neural_network import MLPClassifier
 
-    from xaitk_exp.config import to_dict
     from xaitk_exp.data import Digits
     from xaitk_exp.models.blackbox import SklearnBlackbox
-    from xaitk_exp.saliency import Algorithm
+    from xaitk_exp.settings.nodes import to_dict
+    from xaitk_exp.stages.saliency.algorithm import Algorithm
 
     split = Digits().load()
     model = MLPClassifier(hidden_layer_sizes=[20], max_iter=20, random_state=0).fit(
@@ -103,8 +104,8 @@ def test_mc_rise_maps_are_negated_and_the_sign_is_recorded(make_cfg):
 
 @pytest.mark.parametrize("value", [2, 0, "minus", True])
 def test_a_sign_other_than_plus_or_minus_one_is_refused(make_cfg, value):
-    from xaitk_exp.config import validate
     from xaitk_exp.errors import ConfigError
+    from xaitk_exp.settings.validate import validate
 
     cfg = make_cfg("saliency=mc_rise", f"saliency.sign={str(value).lower()}")
     with pytest.raises(ConfigError, match=r"saliency\.sign.*1 or -1"):
@@ -114,7 +115,7 @@ def test_a_sign_other_than_plus_or_minus_one_is_refused(make_cfg, value):
 def test_the_picture_says_what_red_and_blue_mean(tmp_path):
     from PIL import Image
 
-    from xaitk_exp.render import BLUE, LEGEND, PAD, RED, saliency_figure
+    from xaitk_exp.viz.figures import BLUE, LEGEND, PAD, RED, saliency_figure
 
     assert LEGEND == "red = evidence for the class (raises its confidence), blue = against"
     maps = np.linspace(-1, 1, 3 * 8 * 8).reshape(3, 8, 8)
