@@ -149,6 +149,8 @@ class Context:
             tags["git_commit"] = git_commit()
         if self.cfg.get("sweep_run_id"):
             tags["Sweep_run_id"] = str(self.cfg.sweep_run_id)
+        if OmegaConf.select(self.cfg, "sweep.trial") is not None:  # an optuna trial's number
+            tags["Trial_number"] = str(self.cfg.sweep.trial)
         if self.cfg.get("reproduced_from"):  # set by stage=reproduce on the replayed config
             tags["reproduced_from"] = str(self.cfg.reproduced_from)
         return tags
