@@ -38,7 +38,7 @@ def test_space_from_hydra_sweep_syntax_and_params() -> None:
     fixed, space = parse_space(
         ["stage=evaluation", "model.learning_rate_init=tag(log, interval(0.001, 0.5))", "saliency.s=range(2,8,2)",
          "saliency=rise,mc_rise", "++saliency.p1=interval(0.2,0.8)"],
-        {"model.alpha": "tag(int, interval(1, 5))", "saliency.s": "choice(9)", "seed": "3"}, None)
+        {"model.alpha": "tag(int, interval(1, 5))", "saliency": {"s": "choice(9)"}, "seed": "3"}, None)
     assert fixed == ["seed=3", "stage=evaluation"]
     by_key = {p.key: p for p in space}
     lr = by_key["model.learning_rate_init"]
@@ -78,6 +78,18 @@ def test_objectives_and_directions() -> None:
                                           r"stage=train logs: train.Train accuracy, train.Train loss"):
         check_objectives(["saliency.Deletion_AUC"], job)
     check_objectives(["evaluation.Accuracy"], OmegaConf.create({"stage": "all", "metrics": {"enabled": True}}))
+
+
+def test_default_storage_is_beside_the_tracking_store(tmp_path: Path) -> None:
+    from xaitk_exp.cli import compose_config
+    from xaitk_exp.sweep.search import resolve_storage
+
+    cfg = compose_config([f"tracking.uri=sqlite:///{tmp_path}/db/mlflow.db"])
+    assert resolve_storage(cfg, None) == f"sqlite:///{tmp_path}/db/optuna.db"
+    assert resolve_storage(cfg, "sqlite:///elsewhere.db") == "sqlite:///elsewhere.db"
+    cfg = compose_config(["tracking.uri=postgresql://team@127.0.0.1:5432/mlflow"])
+    assert resolve_storage(cfg, None) == ("postgresql+psycopg://team@127.0.0.1:5432/mlflow"
+                                          "?options=-csearch_path%3Doptuna"), "own schema: both keep alembic_version"
 
 
 # ----- real studies ----------------------------------------------------------------------------------------------------
@@ -171,3 +183,30 @@ def test_saliency_search_on_a_fixed_model_trains_and_evaluates_once(tmp_path: Pa
     assert parent.data.tags["Sweep_direction"] == "minimize"
     assert parent.data.metrics["Best_value"] == min(r.data.metrics["Deletion_AUC"] for r in maps)
     assert {"Best.saliency.n", "Best.saliency.s", "Best.saliency.p1"} <= set(parent.data.tags)
+
+
+@pytest.mark.slow
+def test_failed_trials_do_not_stop_a_study_with_two_objectives(tmp_path: Path) -> None:
+    args = [*OPTUNA, "stage=train", "model.max_iter=choice(-1, 2, 3)",
+            "sweep.objective=[train.Train accuracy,train.Train loss]", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.n_jobs=3", "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler"]
+    result = run_cli(args, tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[search] trial" in result.stderr and "FAILED" in result.stderr
+    client = _client(tmp_path)
+    runs = _runs(client, "MLPClassifier - Train")
+    parent = next(r for r in runs if r.data.tags.get("Run_type") == "sweep")
+    assert parent.info.status == "FINISHED", "a failed trial is a FAIL trial, not a failed study"
+    assert parent.data.metrics["trials_failed"] == 1.0 and parent.data.metrics["trials_complete"] == 2.0
+    assert parent.data.tags["Sweep_direction"] == "maximize,minimize"
+    assert {"Best_value.train.Train accuracy", "Best_value.train.Train loss"} <= set(parent.data.metrics)
+    assert "study/pareto_front.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
+    rows = {r["param.model.max_iter"]: r for r in _table(client, parent.info.run_id, tmp_path / "t")}
+    assert rows["-1"]["status"] == "FAILED" and "max_iter" in rows["-1"]["error"]
+    assert {r.info.status for r in runs} <= {"FINISHED", "FAILED"}, "no run left RUNNING"
+
+    every = run_cli([*OPTUNA, "stage=train", "model.max_iter=choice(-1, -2)", "sweep.objective=train.Train accuracy",
+                     "hydra.sweeper.n_trials=2"], tmp_path, timeout=300)
+    assert every.returncode == 1, "a launch whose trials all failed exits non-zero"
+    parents = [r for r in _runs(client, "MLPClassifier - Train") if r.data.tags.get("Run_type") == "sweep"]
+    assert sorted(p.info.status for p in parents) == ["FAILED", "FINISHED"]

@@ -54,6 +54,7 @@ class Search:
     tracker: Any = None
     trials_run: int = 0
     trials_failed: int = 0  #: of this launch
+    stopped: bool = False  #: the sampler ended the study (e.g. BruteForceSampler: every point tried)
 
     @property
     def previous_parent(self) -> str | None:
@@ -88,11 +89,27 @@ class Search:
             finally:  # interrupted: no trial stays RUNNING in the study
                 for trial in batch:
                     if trial.number not in told:
-                        trial.set_user_attr("error", "interrupted before the trial ended")
-                        self.study.tell(trial, state=TrialState.FAIL)
+                        try:
+                            trial.set_user_attr("error", "interrupted before the trial ended")
+                            self._tell_study(trial, state=TrialState.FAIL)
+                        except Exception as exc:  # the storage itself failed: say so, keep the first error
+                            print(f"xaitk-exp: warning: trial {trial.number} left open: {exc}", file=sys.stderr)
             done += len(batch)
             self.trials_run += len(batch)
+            if self.stopped and done < n_trials:
+                print(f"[search] the sampler ended the study after {done} of {n_trials} trial(s)")
+                break
         return job_idx
+
+    def _tell_study(self, trial: Any, values: Any = None, state: Any = None) -> None:
+        """``study.tell``; a sampler asking to stop the study (``Study.stop``, meant for ``optimize``) ends the
+        loop after this batch instead (the trial is stored before the sampler is asked)."""
+        try:
+            self.study.tell(trial, values, state=state)
+        except RuntimeError as exc:
+            if "Study.stop" not in str(exc):
+                raise
+            self.stopped = True
 
     def _tell(self, trial: Any, overrides: list[str], ret: Any, elapsed: float) -> None:
         from hydra.core.utils import JobStatus
@@ -105,11 +122,11 @@ class Search:
         trial.set_user_attr("record", json.loads(json.dumps(record, default=str)))
         if values is None:
             trial.set_user_attr("error", error[:500])
-            self.study.tell(trial, state=TrialState.FAIL)
+            self._tell_study(trial, state=TrialState.FAIL)
             self.trials_failed += 1
             print(f"[search] trial {trial.number} FAILED: {error}", file=sys.stderr)
         else:
-            self.study.tell(trial, values if len(values) > 1 else values[0])
+            self._tell_study(trial, values if len(values) > 1 else values[0])
             shown = ", ".join(f"{n}={v:.4g}" for n, v in zip(self.objectives, values, strict=True))
             print(f"[search] trial {trial.number}: {shown}  ({' '.join(_searched(overrides, self.space))})")
 
@@ -218,7 +235,7 @@ class Search:
             warnings.simplefilter("ignore")  # optuna's matplotlib plots are marked experimental
             for i, name in enumerate(self.objectives):
                 target = None if len(self.objectives) == 1 else (lambda t, i=i: t.values[i])
-                suffix = "" if len(self.objectives) == 1 else f"_{name}"
+                suffix = "" if len(self.objectives) == 1 else "_" + _file_part(name)
                 save(ovm.plot_optimization_history(self.study, target=target, target_name=name),
                      f"optimization_history{suffix}.png")
             searched = {k for t in complete for k in t.params}
@@ -226,7 +243,7 @@ class Search:
                 try:
                     for i, name in enumerate(self.objectives):
                         target = None if len(self.objectives) == 1 else (lambda t, i=i: t.values[i])
-                        suffix = "" if len(self.objectives) == 1 else f"_{name}"
+                        suffix = "" if len(self.objectives) == 1 else "_" + _file_part(name)
                         save(ovm.plot_param_importances(self.study, target=target, target_name=name),
                              f"param_importances{suffix}.png")
                 except (RuntimeError, ValueError, ZeroDivisionError) as exc:  # e.g. every trial had one value
@@ -362,14 +379,17 @@ def _open_study(config: DictConfig, storage: str, sweeper: Any, names: list[str]
         Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     name = sweeper.get("study_name") or f"xaitk-exp {Path(_sweep_dir(config)).name}"
     try:
-        _ensure_schema(storage)
-        rdb = optuna.storages.RDBStorage(storage) if "://" in storage else storage
+        if storage == "memory":  # not kept: the study ends with this launch
+            rdb = None
+        else:
+            _ensure_schema(storage)
+            rdb = optuna.storages.RDBStorage(storage)
     except Exception as exc:
         raise ConfigError("hydra.sweeper.storage", redact_uri(storage),
                           f"a database URL Optuna can open ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     existing = None
     try:
-        existing = optuna.load_study(study_name=name, storage=rdb)
+        existing = optuna.load_study(study_name=name, storage=rdb) if rdb is not None else None
     except KeyError:
         pass
     if existing is not None:
@@ -382,7 +402,7 @@ def _open_study(config: DictConfig, storage: str, sweeper: Any, names: list[str]
     sampler = _sampler(sweeper.get("sampler"), 0 if existing is None else len(existing.trials))
     study = optuna.create_study(study_name=name, storage=rdb, sampler=sampler, directions=dirs, load_if_exists=True)
     study.set_user_attr("objectives", names)
-    where = redact_uri(storage) if "://" in storage else storage
+    where = redact_uri(storage) if "://" in storage else "memory (not kept)"
     verb = f"continuing ({len(study.trials)} trials so far)" if existing is not None else "new"
     print(f"[search] study '{name}' {verb} in {where}; objective {', '.join(f'{n} ({d})' for n, d in zip(names, dirs, strict=True))}")
     return study
@@ -433,6 +453,13 @@ def _job_record(ret: Any, number: int, overrides: list[str], elapsed: float) -> 
     record["job"] = number
     record["overrides"] = [o for o in record.get("overrides") or [] if not o.startswith(f"{TRIAL_KEY}=")]
     return record
+
+
+def _file_part(name: str) -> str:
+    """``train.Train loss`` -> ``train_Train_loss``: a metric name as part of a file name."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
 
 
 def _searched(overrides: list[str], space: list[Param]) -> list[str]:

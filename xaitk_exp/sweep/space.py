@@ -79,8 +79,8 @@ def parse_space(arguments: list[str], params: Any, loader: Any) -> tuple[list[st
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create(config_loader=loader)
-    given = [f"{k}={v}" for k, v in (OmegaConf.to_container(params) if isinstance(params, DictConfig)
-                                     else dict(params or {})).items()]
+    raw = OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params or {})
+    given = [f"{k}={v}" for k, v in _flat(raw).items()]
     parsed_cli = parser.parse_overrides(list(arguments))
     cli_keys = {o.key_or_group for o in parsed_cli}
     parsed = [o for o in parser.parse_overrides(given) if o.key_or_group not in cli_keys] + parsed_cli
@@ -92,6 +92,17 @@ def parse_space(arguments: list[str], params: Any, loader: Any) -> tuple[list[st
             continue
         space.append(_param(override))
     return fixed, space
+
+
+def _flat(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{model: {alpha: v}}`` (``+hydra.sweeper.params.model.alpha=...``) as ``{"model.alpha": v}``."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _param(override: Any) -> Param:
