@@ -13,7 +13,7 @@ exactly those 4), each on a fresh store, one trial at a time in one process. The
 (study - grid) / 4: asking and telling the study in its SQLite file, reading each trial's runs for its objective,
 and at the end the study's pictures.
 
-``relaunch``: a 3-job joblib sweep (``saliency=rise,mc_rise,sliding_window``) run once untimed, then relaunched:
+``relaunch``: a 3-job joblib sweep (``saliency=rise saliency.n=100,150,200``) run once untimed, then relaunched:
 with ``sweep.lookup_reused=true`` (the default: the callback sees that every job's final runs exist with the same
 config hash and looks them up in its own process) and ``false`` (every job in a joblib worker, as before), beside a
 single all-reused run (``stage=saliency``) as the yardstick of one process start.
@@ -39,9 +39,8 @@ GRID = ["-m", *TRAIN, f"model.learning_rate_init={','.join(RATES)}"]
 STUDY = ["-m", "hydra/sweeper=optuna", *TRAIN, f"model.learning_rate_init=choice({','.join(RATES)})",
          "sweep.objective='train.Train accuracy'", f"hydra.sweeper.n_trials={len(RATES)}", "hydra.sweeper.n_jobs=1",
          "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler", "hydra.sweeper.sampler.seed=0"]
-SALIENCY = ["++saliency.n=200", "evaluation.num_images=2", "progress=false"]
-RELAUNCH = ["-m", "saliency=rise,mc_rise,sliding_window", *SALIENCY, "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=2"]
+SALIENCY = ["saliency=rise", "evaluation.num_images=2", "progress=false"]
+RELAUNCH = ["-m", *SALIENCY, "saliency.n=100,150,200", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 
 
 def exe() -> list[str]:
@@ -83,7 +82,7 @@ def bench_relaunch(repeats: int) -> str:
             "relaunch, lookup_reused=true": lambda: timed([*RELAUNCH, "sweep.lookup_reused=true"], root,
                                                           "looking them up here"),
             "relaunch, lookup_reused=false": lambda: timed([*RELAUNCH, "sweep.lookup_reused=false"], root),
-            "one all-reused run (stage=saliency)": lambda: timed(["stage=saliency", "saliency=rise", *SALIENCY],
+            "one all-reused run (stage=saliency)": lambda: timed(["stage=saliency", "saliency.n=100", *SALIENCY],
                                                                  root, "reusing"),
         }
         times = interleave(variants, repeats)

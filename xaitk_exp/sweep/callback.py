@@ -97,7 +97,7 @@ class SweepCallback(Callback):
         exp_name = tracker.client.get_experiment(tracker.get_run(self.parent_run_id).info.experiment_id).name
         print(f"[sweep] parent run {self.parent_run_id} in '{exp_name}'")
         if config.get("sweep", {}).get("prepare_upstream", True):
-            prepare_upstream(shared, self.parent_run_id, Path(sweep_dir) / "upstream")
+            prepare_upstream(shared, self.parent_run_id, Path(sweep_dir) / "upstream", probes=not jobs)
         lookup = bool((config.get("sweep") or {}).get("lookup_reused", True))
         if lookup and jobs and tags["Sweep_launcher"] != "BasicLauncher" and all_reused(jobs, tracker):
             # a relaunch with nothing left to compute: one process looks every job's runs up, no worker starts

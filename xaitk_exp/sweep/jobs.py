@@ -113,8 +113,10 @@ def probe_configs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
         return []
 
 
-def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, output_dir: Path) -> None:
-    """Run once each upstream (train, evaluation) that two or more jobs share; the jobs then reuse it."""
+def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, output_dir: Path,
+                     probes: bool = False) -> None:
+    """Run once each upstream (train, evaluation) that two or more jobs share; the jobs then reuse it.
+    ``probes``: ``jobs`` are the two ends of a search space (:func:`compose_probes`), standing for every trial."""
     from xaitk_exp.stages import Context
 
     groups: dict[tuple, list[tuple[list[str], DictConfig]]] = {}
@@ -129,7 +131,8 @@ def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, outp
         if len(members) < 2:
             continue
         overrides, job = next(((o, j) for o, j in members if _valid(j)), members[0])
-        print(f"[sweep] {len(members)} jobs share one {' + '.join(upstream)} upstream: running it once first")
+        who = "all trials" if probes else f"{len(members)} jobs"
+        print(f"[sweep] {who} share one {' + '.join(upstream)} upstream: running it once first")
         from xaitk_exp.cli import run
         from xaitk_exp.stages import STAGES
 
