@@ -59,6 +59,7 @@ DATA_FINGERPRINT = "data_fingerprint"
 GIT_COMMIT = "git_commit"
 STAGE_TAG = "xaitk_exp.stage"
 SWEEP_RUN_ID = "Sweep_run_id"
+TRIAL_NUMBER = "Trial_number"  # an optuna trial's number
 REPRODUCED_FROM = "reproduced_from"
 ERROR = "error"
 

@@ -77,9 +77,10 @@ def test_parallel_saliency_sweep_on_fresh_store_then_relaunch_skips_finished_job
     with Image.open(client.download_artifacts(parent.info.run_id, "sweep_montage.png", str(tmp_path / "m"))) as im:
         assert im.size[0] > 3 * 96, "one column for the image and one per algorithm"
 
-    # relaunch (Hydra's in-process launcher this time: the same jobs, one process start)
-    second = run_cli([a for a in args if not a.startswith("hydra")], tmp_path, timeout=300)
+    # relaunch, joblib again: every job's runs exist, so the callback looks them up in its own process
+    second = run_cli(args, tmp_path, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
+    assert "all 2 job(s) have FINISHED runs with the same config: looking them up here" in second.stdout
     assert second.stdout.count("reusing 1 FINISHED run(s)") == 2
     saliency_exp = _runs(client, "MLPClassifier - Saliency Map Generation")
     assert len(parent_dir(saliency_exp)) == 2

@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from xaitk_exp import schema
 from xaitk_exp.data import ImageSplit
@@ -159,6 +159,8 @@ class Context:
             tags[schema.GIT_COMMIT] = git_commit()
         if self.cfg.get("sweep_run_id"):
             tags[schema.SWEEP_RUN_ID] = str(self.cfg.sweep_run_id)
+        if OmegaConf.select(self.cfg, "sweep.trial") is not None:  # an optuna trial's number
+            tags[schema.TRIAL_NUMBER] = str(self.cfg.sweep.trial)
         if self.cfg.get(schema.REPRODUCED_FROM):  # set by stage=reproduce on the replayed config
             tags[schema.REPRODUCED_FROM] = str(self.cfg.reproduced_from)
         return tags

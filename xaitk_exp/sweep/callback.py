@@ -20,11 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, read_write
+from omegaconf import DictConfig, open_dict, read_write
 
 from xaitk_exp import schema
 from xaitk_exp.security.redact import redact_overrides
-from xaitk_exp.sweep.jobs import FINAL_EXPERIMENT, STAGE_EXPERIMENTS, job_configs, model_class, prepare_upstream
+from xaitk_exp.sweep.jobs import (
+    FINAL_EXPERIMENT,
+    IN_PROCESS_LAUNCHER,
+    STAGE_EXPERIMENTS,
+    all_reused,
+    job_configs,
+    model_class,
+    prepare_upstream,
+    probe_configs,
+)
 from xaitk_exp.sweep.records import (
     JOB_RECORD,
     SWEEP_KEY,
@@ -64,9 +73,11 @@ class SweepCallback(Callback):
         from xaitk_exp.tracking.factory import make_tracker
 
         journal = str(config.tracking.get("sqlite_journal", "wal"))
+        search = _open_search(config)  # optuna sweeper: check the space, open or continue the study
         tracker = make_tracker("low", uri, artifact_root, journal)  # no fluent run stack in the launcher process
         jobs = job_configs(config)
-        classes = {model_class(j) for _, j in jobs} | {model_class(config)}
+        shared = jobs or (search.probes if search is not None else probe_configs(config))
+        classes = {model_class(j) for _, j in shared} | {model_class(config)}
         for cls in sorted(c for c in classes if c):
             for stage in STAGE_EXPERIMENTS:
                 tracker.experiment(schema.experiment_name(cls, stage))
@@ -74,21 +85,33 @@ class SweepCallback(Callback):
         exp_id = tracker.experiment(schema.experiment_name(base_class, FINAL_EXPERIMENT.get(str(config.stage), "Sweeps")))
         sweep_dir = str(Path(str(config.hydra.sweep.dir)).resolve())
         user_overrides = [o for o in config.hydra.overrides.task if not o.startswith(f"{SWEEP_KEY}=")]
+        n_jobs = len(jobs) if jobs else int(config.hydra.sweeper.n_trials) if search is not None else "unknown"
         tags = {
             "Run_type": "sweep",
             "Sweep_dir": sweep_dir,
             "Sweep_overrides": " ".join(redact_overrides(user_overrides))[:5000],
             "Sweep_launcher": str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1],
-            "Sweep_jobs": len(jobs) if jobs else "unknown",
+            "Sweep_jobs": n_jobs,
         }
-        self.parent_run_id = tracker.start_run(exp_id, f"sweep {Path(sweep_dir).name}", tags)
+        self.parent_run_id = _reopen(tracker, search.previous_parent if search is not None else None, tags)
+        if self.parent_run_id is None:
+            self.parent_run_id = tracker.start_run(exp_id, f"sweep {Path(sweep_dir).name}", tags)
+        if search is not None:
+            search.attach(self.parent_run_id, tracker)
         self._config, self._tracker = config, tracker
         _OPEN.append(self)
         with read_write(config.hydra.overrides.task):
             config.hydra.overrides.task.append(f"{SWEEP_KEY}={self.parent_run_id}")
-        print(f"[sweep] parent run {self.parent_run_id} in '{tracker.client.get_experiment(exp_id).name}'")
+        exp_name = tracker.client.get_experiment(tracker.get_run(self.parent_run_id).info.experiment_id).name
+        print(f"[sweep] parent run {self.parent_run_id} in '{exp_name}'")
         if config.get("sweep", {}).get("prepare_upstream", True):
-            prepare_upstream(jobs, self.parent_run_id, Path(sweep_dir) / "upstream")
+            prepare_upstream(shared, self.parent_run_id, Path(sweep_dir) / "upstream", probes=not jobs)
+        lookup = bool((config.get("sweep") or {}).get("lookup_reused", True))
+        if lookup and jobs and tags["Sweep_launcher"] != "BasicLauncher" and all_reused(jobs, tracker):
+            # a relaunch with nothing left to compute: one process looks every job's runs up, no worker starts
+            print(f"[sweep] all {len(jobs)} job(s) have FINISHED runs with the same config: looking them up here")
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.launcher = {"_target_": IN_PROCESS_LAUNCHER}
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.finish(aborted=False)
@@ -102,28 +125,42 @@ class SweepCallback(Callback):
         from xaitk_exp.errors import ConfigError
 
         config, tracker, parent = self._config, self._tracker, self.parent_run_id
+        search = _search_of(config)
         try:
-            records = read_job_records(Path(str(config.hydra.sweep.dir)), parent)
-            rows = summary_rows(tracker, records, parent)
-            sweep_cfg = config.get("sweep") or {}
-            try:
-                rows = rank_rows(rows, sweep_cfg.get("metric"), str(sweep_cfg.get("mode") or "auto"))
-            except ConfigError as exc:  # the table is still worth having, unranked
-                print(f"xaitk-exp: warning: summary not ranked: {exc}", file=sys.stderr)
-            write_summary(tracker, parent, rows, Path(str(config.hydra.sweep.dir)))
+            if search is not None:  # the study's trials (every launch of it), best trial and pictures
+                rows = search.record(tracker, parent, Path(str(config.hydra.sweep.dir)))
+            else:
+                records = read_job_records(Path(str(config.hydra.sweep.dir)), parent)
+                rows = summary_rows(tracker, records, parent)
+                sweep_cfg = config.get("sweep") or {}
+                try:
+                    rows = rank_rows(rows, sweep_cfg.get("metric"), str(sweep_cfg.get("mode") or "auto"))
+                except ConfigError as exc:  # the table is still worth having, unranked
+                    print(f"xaitk-exp: warning: summary not ranked: {exc}", file=sys.stderr)
+                write_summary(tracker, parent, rows, Path(str(config.hydra.sweep.dir)))
             failed = [r for r in rows if r["status"] == "FAILED"]
         except Exception as exc:  # never leave the parent RUNNING because the summary broke
             tracker.log(parent, tags={"error": f"summary failed: {type(exc).__name__}: {exc}"[:500]})
             print(f"xaitk-exp: warning: sweep summary failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             failed, rows = [], []
-        if failed:
+        # a study goes on past failed trials: it failed only when none of its trials completed
+        study_failed = search is not None and bool(rows) and len(failed) == len(rows)
+        launch_failed = search is not None and search.trials_run > 0 and search.trials_failed == search.trials_run
+        if failed and (search is None or study_failed):
             status = "FAILED"
             tracker.log(parent, tags={"error": f"{len(failed)} of {len(rows)} job(s) failed: "
                                                + "; ".join(f"#{r['job']}: {r['error']}" for r in failed)[:450]})
         else:
             status = "KILLED" if aborted else "FINISHED"
         tracker.finish_run(parent, status)
-        print(f"[sweep] parent run {parent} {status}: {len(rows)} job(s), {len(failed)} failed")
+        what = "trial(s)" if search is not None else "job(s)"
+        print(f"[sweep] parent run {parent} {status}: {len(rows)} {what}, {len(failed)} failed")
+        if search is not None:
+            from xaitk_exp.sweep.search import forget
+
+            forget(config)
+            if launch_failed and not aborted:  # every trial of this launch failed: say so in the exit code
+                sys.exit(1)
 
     # ----- job process -----------------------------------------------------------------------------------------
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -165,6 +202,49 @@ def _in_multirun(config: DictConfig) -> bool:
     from hydra.types import RunMode
 
     return config.hydra.get("mode") == RunMode.MULTIRUN
+
+
+def _open_search(config: DictConfig) -> Any:
+    """The optuna sweeper's study, opened before the parent run; a bad space or objective exits with one line."""
+    from xaitk_exp.sweep.search import is_optuna
+
+    if not is_optuna(config):
+        return None
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.xaitk_exp_optuna.optuna_sweeper import OptunaSweeper
+    from xaitk_exp.errors import XaitkExpError
+    from xaitk_exp.sweep.search import open_search
+
+    # an editable install's hydra_plugins portion is invisible to Hydra's pkgutil scan: register the class itself
+    Plugins.instance().register(OptunaSweeper)
+
+    try:
+        return open_search(config)
+    except XaitkExpError as exc:
+        print(f"xaitk-exp: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _search_of(config: DictConfig | None) -> Any:
+    from xaitk_exp.sweep.search import active, is_optuna
+
+    return active(config) if config is not None and is_optuna(config) else None
+
+
+def _reopen(tracker: Any, run_id: str | None, tags: dict[str, Any]) -> str | None:
+    """Reopen a continued study's parent run (RUNNING again, this launch's tags); None if it is gone."""
+    if not run_id:
+        return None
+    try:
+        run = tracker.get_run(run_id)
+    except Exception:
+        return None
+    if run.info.lifecycle_stage != "active":
+        return None
+    tracker.client.update_run(run_id, status="RUNNING")
+    tracker.log(run_id, tags=tags)
+    return run_id
 
 
 def finish_open_sweeps() -> None:

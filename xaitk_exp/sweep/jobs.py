@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from xaitk_exp import schema
+from xaitk_exp.errors import ConfigError
 from xaitk_exp.sweep.records import SWEEP_KEY
 
 STAGE_EXPERIMENTS = schema.EXPERIMENT_SUFFIXES
@@ -46,8 +48,66 @@ def job_configs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
     return out
 
 
-def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, output_dir: Path) -> None:
-    """Run once each upstream (train, evaluation) that two or more jobs share; the jobs then reuse it."""
+def compose_probes(config: DictConfig, loader: Any, fixed: list[str], space: list[Any]
+                   ) -> list[tuple[list[str], DictConfig]]:
+    """Two composed job configs at opposite ends of the space: they check every key and tell the sweep callback
+    which upstream the trials share (same hash at both ends: the same train/evaluation for every trial)."""
+    from hydra.errors import HydraException
+    from omegaconf import open_dict, read_write
+
+    out = []
+    for end in (0, 1):
+        overrides = [*fixed, *(p.probes()[end] for p in space)]
+        try:
+            job = loader.load_sweep_config(config, overrides)
+        except HydraException as exc:
+            raise _key_error(config, loader, fixed, space, exc) from None
+        with read_write(job), open_dict(job):
+            del job["hydra"]
+        out.append((overrides, job))
+    return out
+
+
+def _key_error(config: DictConfig, loader: Any, fixed: list[str], space: list[Any], exc: Exception) -> ConfigError:
+    """A one-line error naming the searched key (else the overrides) that the config cannot take."""
+    from hydra.errors import HydraException
+
+    def reason(error: Exception) -> str:
+        first = next((ln.strip() for ln in str(error).splitlines() if ln.strip()), type(error).__name__)
+        cause = error.__cause__
+        return first + (f" ({str(cause).splitlines()[0]})" if cause is not None and str(cause).strip() else "")
+
+    for param in space:
+        try:
+            loader.load_sweep_config(config, [*fixed, param.probes()[0]])
+        except HydraException as one:
+            return ConfigError(f"{param.prefix}{param.key}", param.written, f"a key of the config: {reason(one)}; "
+                               f"'+{param.key}=...' adds a new one")
+    return ConfigError("overrides", " ".join(fixed), f"overrides the config takes: {reason(exc)}")
+
+
+def probe_configs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
+    """:func:`compose_probes` for a sweeper whose jobs are not known before they run, from the Hydra sweep syntax
+    of its overrides and ``hydra.sweeper.params``; [] when they cannot be read (nothing is prepared then)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from xaitk_exp.errors import XaitkExpError
+    from xaitk_exp.sweep.space import parse_space
+
+    try:
+        loader = GlobalHydra.instance().config_loader()
+        arguments = [a for a in config.hydra.overrides.task if not a.startswith(f"{SWEEP_KEY}=")]
+        fixed, space = parse_space(arguments, config.hydra.sweeper.get("params"), loader)
+        return compose_probes(config, loader, fixed, space)
+    except (XaitkExpError, ValueError, TypeError, AttributeError) as exc:
+        print(f"xaitk-exp: warning: sweep space not read, no shared upstream prepared ({exc})", file=sys.stderr)
+        return []
+
+
+def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, output_dir: Path,
+                     probes: bool = False) -> None:
+    """Run once each upstream (train, evaluation) that two or more jobs share; the jobs then reuse it.
+    ``probes``: ``jobs`` are the two ends of a search space (:func:`compose_probes`), standing for every trial."""
     from xaitk_exp.stages import Context
 
     groups: dict[tuple, list[tuple[list[str], DictConfig]]] = {}
@@ -62,7 +122,8 @@ def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, outp
         if len(members) < 2:
             continue
         overrides, job = next(((o, j) for o, j in members if _valid(j)), members[0])
-        print(f"[sweep] {len(members)} jobs share one {' + '.join(upstream)} upstream: running it once first")
+        who = "all trials" if probes else f"{len(members)} jobs"
+        print(f"[sweep] {who} share one {' + '.join(upstream)} upstream: running it once first")
         from xaitk_exp.app import run
         from xaitk_exp.stages import STAGES
 
@@ -74,6 +135,33 @@ def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, outp
                 STAGES[stage](ctx)
         except Exception as exc:  # each job then meets (and records) the error itself
             print(f"xaitk-exp: warning: shared upstream failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+
+IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+#: per job stage: (experiment, hash stage, extra filter) of the runs that make the job's result
+FINAL_RUNS = {"train": (schema.TRAIN, "train", ""), "evaluation": (schema.EVALUATION, "evaluation", "tags.Run_type = 'summary'"),
+              "saliency": (schema.SALIENCY, "saliency", ""), "all": (schema.SALIENCY, "saliency", "")}
+
+
+def all_reused(jobs: list[tuple[list[str], DictConfig]], tracker: Any) -> bool:
+    """True when every job's final stage already has a FINISHED run with the job's config hash, so the jobs will
+    only look runs up. A wrong guess costs time only: such jobs then compute in the launcher's process."""
+    from xaitk_exp.stages import Context
+
+    if not jobs:
+        return False
+    for _, job in jobs:
+        final = FINAL_RUNS.get(str(job.get("stage")))
+        if (final is None or job.get("force") or OmegaConf.select(job, "model.uri") or job.get("update_run_id")
+                or job.get("train_run_id") or job.get("evaluation_run_id")):
+            return False
+        experiment, stage, extra = final
+        try:
+            if Context(cfg=job, tracker=tracker, output_dir=Path(".")).find_latest(experiment, stage, extra) is None:
+                return False
+        except Exception:  # anything unexpected: launch as configured
+            return False
+    return True
 
 
 def _valid(job: DictConfig) -> bool:

@@ -1,0 +1,1 @@
+"""xaitk-exp's Optuna sweeper for Hydra (``hydra/sweeper=optuna``); Hydra finds it by scanning ``hydra_plugins``."""
