@@ -47,11 +47,13 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | P
     from xaitk_exp.errors import ConfigError
     from xaitk_exp.stages import STAGES, Context
     from xaitk_exp.tracking import make_tracker
+    from xaitk_exp.tracking.access import check_access
 
     validate(cfg)
     _http_settings(cfg)
     uri, artifact_root = resolve_tracking(cfg)
     tracker = make_tracker(str(cfg.logging.level), uri, artifact_root, str(cfg.tracking.get("sqlite_journal", "wal")))
+    check_access(cfg, tracker)  # 401/403 of an authenticating server: one line, before any run opens
     ctx = Context(cfg=cfg, tracker=tracker, output_dir=Path(output_dir or "."), overrides=list(overrides or []))
     if cfg.stage == "reproduce":
         from xaitk_exp.reproduce import run_reproduce
@@ -86,6 +88,7 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
 
     from xaitk_exp.errors import RunKilled, XaitkExpError
     from xaitk_exp.sweep.jobs import job_result
+    from xaitk_exp.tracking.access import refusal
 
     hc = HydraConfig.get()
     try:
@@ -102,12 +105,13 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
         sys.exit(2)
     except Exception as exc:
         text = str(exc)
-        if _scrub(text, cfg) == text:
+        denied = refusal(exc, str(cfg.tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or ""))
+        if denied is None and _scrub(text, cfg) == text:
             raise
         # an error quoting the tracking URL with its credentials: report it without them, and without its chain
         from xaitk_exp.errors import TrackingError
 
-        message = f"{type(exc).__name__}: {_scrub(text, cfg).splitlines()[0]}"
+        message = denied or f"{type(exc).__name__}: {_scrub(text, cfg).splitlines()[0]}"
         print(f"xaitk-exp: error: {message}", file=sys.stderr)
         if hc.mode == RunMode.MULTIRUN:
             raise TrackingError(message) from None
@@ -190,7 +194,9 @@ def precheck_keys(argv: list[str]) -> str | None:
 
 
 def main() -> None:
-    message = precheck_overrides(sys.argv[1:]) or precheck_keys(sys.argv[1:])
+    from xaitk_exp.tracking.access import take_credentials  # user:password@ in tracking.uri: to the env
+
+    message = take_credentials(sys.argv) or precheck_overrides(sys.argv[1:]) or precheck_keys(sys.argv[1:])
     if message:
         print(f"xaitk-exp: error: {message}", file=sys.stderr)
         sys.exit(2)
