@@ -56,6 +56,7 @@ DB_USER, DB_NAME, AUTH_DB_NAME = "mlflow", "mlflow", "mlflow_auth"
 PG_RUN_AS = "postgres"  # the unprivileged user PostgreSQL runs as when we are root
 ADMIN_USER = "admin"
 ADMIN_PASSWORD_FILE = "admin-password"
+LOOPBACK_HOSTS = "localhost,localhost:*,127.0.0.1,127.0.0.1:*"  # Host headers always answered
 URL_FILE = "url"  # the running server's URL, for the ``user`` commands given only ``--dir``
 #: MLflow's basic-auth app checks a PBKDF2 hash on every request unless it caches good credentials this long
 #: (per worker). 60 s: see benchmarks/bench_auth.py for the cost, docs/team-server.md for the staleness it buys.
@@ -190,9 +191,9 @@ def team_server(
     folder, removed afterwards; an existing one is reused as is). ``auth``: MLflow's basic-auth app (admin
     ``admin``, password in ``workdir/admin-password``); None means off, and is refused with a ``host`` beyond
     loopback (say ``auth=False`` to accept an open server). ``auth_cache_ttl``: seconds a worker trusts a checked
-    password (0: check the hash on every request). ``allowed_hosts``: MLflow's ``--allowed-hosts`` (Host headers
-    it answers; localhost only by default). Raises :class:`TeamServerError` when either server does not come up
-    within ``startup_timeout`` seconds.
+    password (0: check the hash on every request). ``allowed_hosts``: MLflow's ``--allowed-hosts``, the Host
+    headers it answers besides localhost (by default: localhost and private IP addresses). Raises
+    :class:`TeamServerError` when either server does not come up within ``startup_timeout`` seconds.
     """
     if frontend not in FRONTENDS:
         raise ValueError(f"frontend={frontend!r} is invalid: one of {', '.join(FRONTENDS)}")
@@ -361,8 +362,8 @@ def _start_mlflow(
     ]
     if frontend == "gunicorn":
         cmd += ["--gunicorn-opts", f"--workers {workers} --timeout 120"]
-    if allowed_hosts:
-        cmd += ["--allowed-hosts", allowed_hosts]
+    if allowed_hosts:  # MLflow then answers those names only: keep this machine's own clients (user commands) in
+        cmd += ["--allowed-hosts", f"{allowed_hosts},{LOOPBACK_HOSTS}"]
     env = {
         **os.environ,
         "PGPASSWORD": pg.password,

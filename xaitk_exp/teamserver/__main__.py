@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; beyond loopback only with authentication)")
     parser.add_argument("--allowed-hosts", default=None,
-                        help="MLflow's --allowed-hosts: the host names clients use (needed beyond loopback)")
+                        help="MLflow's --allowed-hosts: host names clients use, comma-separated (localhost is "
+                        "always added)")
     parser.add_argument("--dir", default=None, help="keep the database, artifacts, users and admin password here "
                         "(default: a temporary folder)")
     parser.add_argument("--no-auth", action="store_true",
@@ -117,8 +118,8 @@ def _serve(args: argparse.Namespace) -> int:
             if open_to_network:
                 print(f"listening on {args.host}:{args.port}; {TLS_NOTE}")
                 if not args.allowed_hosts:
-                    print("note: MLflow answers only Host headers of localhost until --allowed-hosts names the "
-                          "server's host name(s)")
+                    print("note: MLflow answers requests addressed to localhost or a private IP address only; "
+                          "--allowed-hosts names the host names clients use")
             sys.stdout.flush()
             while True:
                 time.sleep(3600)
