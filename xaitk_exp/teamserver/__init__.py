@@ -362,8 +362,6 @@ def _start_mlflow(
     ]
     if frontend == "gunicorn":
         cmd += ["--gunicorn-opts", f"--workers {workers} --timeout 120"]
-    if allowed_hosts:  # MLflow then answers those names only: keep this machine's own clients (user commands) in
-        cmd += ["--allowed-hosts", f"{allowed_hosts},{LOOPBACK_HOSTS}"]
     env = {
         **os.environ,
         "PGPASSWORD": pg.password,
@@ -373,6 +371,9 @@ def _start_mlflow(
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
                  "MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
         env.pop(name, None)
+    if allowed_hosts:  # as a variable: `mlflow server` refuses the --allowed-hosts flag with gunicorn
+        # MLflow then answers those names only: keep this machine's own clients (the user commands) in
+        env["MLFLOW_SERVER_ALLOWED_HOSTS"] = f"{allowed_hosts},{LOOPBACK_HOSTS}"
     if auth is not None:
         cmd += ["--app-name", "basic-auth"]
         env.update(auth.server_env(pg))
