@@ -36,14 +36,15 @@ SETUP_MARKERS = ("pip install",)
 #: command prefix (as typed, a leading ``.venv/bin/`` ignored) -> why it does not run here
 EXCEPTIONS: dict[str, str] = {
     "mlflow ui": "starts the MLflow UI, a server that runs until Ctrl-C (tests/test_ui_browser.py starts one)",
-    "mlflow server": "starts a tracking server that runs until Ctrl-C (tests/test_team_server.py starts one)",
-    "python -m xaitk_exp.teamserver": "starts PostgreSQL and mlflow server until Ctrl-C (tests/test_team_server.py)",
+    "mlflow server": "starts a tracking server that runs until Ctrl-C (tests/teamserver/test_team_server.py starts one)",
+    "python -m xaitk_exp.teamserver": "starts PostgreSQL and mlflow server until Ctrl-C (tests/teamserver/test_team_server.py)",
     "PGPASSWORD=": "starts a long-lived mlflow server on PostgreSQL by hand",
     "initdb ": "sets up a long-lived PostgreSQL cluster in the user's home folder",
     "pg_ctl ": "starts a long-lived PostgreSQL server",
     "psql ": "needs the PostgreSQL server set up by the lines before it",
     "xaitk-exp tracking.uri=http": "needs a tracking server at that address",
     "export MLFLOW_TRACKING_URI=http": "points later commands at a tracking server",
+    "MLFLOW_TRACKING_USERNAME=": "logs in to a team server (tests/teamserver/test_team_server_auth.py runs one)",
     "xaitk-exp dataset=image_folder dataset.path=/data/": "needs the user's image folder",
     "xaitk-exp -m hydra/launcher=slurm": "needs a SLURM cluster (the submitit_local line runs the same locally)",
 }

@@ -21,6 +21,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | P
     from xaitk_exp.settings.validate import validate
     from xaitk_exp.stages import STAGES, Context
     from xaitk_exp.stages.describe import print_ui_hint
+    from xaitk_exp.tracking.access import check_access
     from xaitk_exp.tracking.factory import make_tracker
     from xaitk_exp.tracking.stores import resolve_tracking
 
@@ -29,6 +30,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | P
     http_settings(cfg)
     uri, artifact_root = resolve_tracking(cfg)
     tracker = make_tracker(str(cfg.logging.level), uri, artifact_root, str(cfg.tracking.get("sqlite_journal", "wal")))
+    check_access(cfg, tracker)  # 401/403 of an authenticating server: one line, before any run opens
     ctx = Context(cfg=cfg, tracker=tracker, output_dir=Path(output_dir or "."), overrides=list(overrides or []))
     if cfg.stage == "reproduce":
         from xaitk_exp.stages.reproduce import run_reproduce

@@ -47,6 +47,7 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
     from hydra.types import RunMode
 
     from xaitk_exp.errors import RunKilled, XaitkExpError
+    from xaitk_exp.tracking.access import refusal
 
     hc = HydraConfig.get()
     try:
@@ -63,12 +64,13 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
         sys.exit(2)
     except Exception as exc:
         text = str(exc)
-        if _scrub(text, cfg) == text:
+        denied = refusal(exc, str(cfg.tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or ""))
+        if denied is None and _scrub(text, cfg) == text:
             raise
         # an error quoting the tracking URL with its credentials: report it without them, and without its chain
         from xaitk_exp.errors import TrackingError
 
-        message = f"{type(exc).__name__}: {_scrub(text, cfg).splitlines()[0]}"
+        message = denied or f"{type(exc).__name__}: {_scrub(text, cfg).splitlines()[0]}"
         print(f"xaitk-exp: error: {message}", file=sys.stderr)
         if hc.mode == RunMode.MULTIRUN:
             raise TrackingError(message) from None
@@ -269,7 +271,9 @@ def _output_folders(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    message = precheck_overrides(sys.argv[1:]) or precheck_keys(sys.argv[1:])
+    from xaitk_exp.tracking.access import take_credentials  # user:password@ in tracking.uri: to the env
+
+    message = take_credentials(sys.argv) or precheck_overrides(sys.argv[1:]) or precheck_keys(sys.argv[1:])
     if message:
         print(f"xaitk-exp: error: {message}", file=sys.stderr)
         sys.exit(2)

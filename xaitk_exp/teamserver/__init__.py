@@ -1,22 +1,30 @@
-"""A private team tracking server: PostgreSQL + ``mlflow server`` with proxied artifacts, on loopback.
+"""A private team tracking server: PostgreSQL + ``mlflow server`` with proxied artifacts and, optionally, MLflow's
+basic-auth app (users, an admin, per-experiment permissions).
 
 Use it from Python (tests, benchmarks)::
 
     from xaitk_exp.teamserver import team_server
 
-    with team_server(workers=4) as url:      # e.g. "http://127.0.0.1:40123"
+    with team_server(workers=4) as url:      # e.g. "http://127.0.0.1:40123", no authentication
         subprocess.run(["xaitk-exp", f"tracking.uri={url}"], check=True)
 
-or by hand, until Ctrl-C (``--dir`` keeps the database and artifacts between starts)::
+    with team_server(auth=True) as url:      # basic auth; url.admin_env() holds the admin's credentials
+        subprocess.run(["xaitk-exp", f"tracking.uri={url}"], env={**os.environ, **url.admin_env()}, check=True)
+
+or by hand, until Ctrl-C (authentication on; see ``docs/team-server.md``)::
 
     python -m xaitk_exp.teamserver --workers 4 --port 5000 --dir ~/mlflow-team
+    python -m xaitk_exp.teamserver user add bob --dir ~/mlflow-team
 
 What it does: ``initdb`` a PostgreSQL cluster in a folder (once), ``pg_ctl start`` it listening on 127.0.0.1 only,
-create the ``mlflow`` database, start ``mlflow server --backend-store-uri postgresql://...`` (SQLAlchemy maps that
-to psycopg 3) with ``--serve-artifacts --artifacts-destination <dir>/artifacts``, wait until ``/health`` answers,
-yield the URL, and stop both on the way out, error or not. PostgreSQL refuses to run as root; as root, its commands
-run as the ``postgres`` user. The database password is random per cluster and reaches ``mlflow server`` through
-``PGPASSWORD``, never its command line.
+create the ``mlflow`` database (runs) and the ``mlflow_auth`` database (users and permissions), start ``mlflow
+server --backend-store-uri postgresql://...`` (SQLAlchemy maps that to psycopg 3) with ``--serve-artifacts
+--artifacts-destination <dir>/artifacts`` and, with authentication, ``--app-name basic-auth`` configured by
+``<dir>/basic_auth.ini``; wait until ``/health`` answers, yield the URL, and stop both on the way out, error or not.
+PostgreSQL refuses to run as root; as root, its commands run as the ``postgres`` user. The database password is
+random per cluster and reaches ``mlflow server`` through ``PGPASSWORD``, never its command line; the admin's
+password is random per folder, kept in ``<dir>/admin-password`` (mode 0600) and reaches the server through
+``MLFLOW_AUTH_ADMIN_PASSWORD``, which MLflow reads only to create the admin on the first start.
 
 Front ends: ``frontend="gunicorn"`` (Flask app under gunicorn, ``--gunicorn-opts``) answered a keep-alive request
 in a few ms on a 2-core machine; ``frontend="uvicorn"`` (MLflow's default FastAPI app) several times slower.
@@ -24,7 +32,7 @@ in a few ms on a 2-core machine; ``frontend="uvicorn"`` (MLflow's default FastAP
 
 from __future__ import annotations
 
-import argparse
+import ipaddress
 import os
 import secrets
 import shutil
@@ -44,8 +52,15 @@ from xaitk_exp.errors import XaitkExpError
 
 PG_BINARIES = ("initdb", "pg_ctl", "postgres")
 FRONTENDS = ("gunicorn", "uvicorn")
-DB_USER, DB_NAME = "mlflow", "mlflow"
+DB_USER, DB_NAME, AUTH_DB_NAME = "mlflow", "mlflow", "mlflow_auth"
 PG_RUN_AS = "postgres"  # the unprivileged user PostgreSQL runs as when we are root
+ADMIN_USER = "admin"
+ADMIN_PASSWORD_FILE = "admin-password"
+LOOPBACK_HOSTS = "localhost,localhost:*,127.0.0.1,127.0.0.1:*"  # Host headers always answered
+URL_FILE = "url"  # the running server's URL, for the ``user`` commands given only ``--dir``
+#: MLflow's basic-auth app checks a PBKDF2 hash on every request unless it caches good credentials this long
+#: (per worker). 60 s: see benchmarks/bench_auth.py for the cost, docs/team-server.md for the staleness it buys.
+DEFAULT_AUTH_CACHE_TTL = 60
 
 
 class TeamServerError(XaitkExpError):
@@ -55,11 +70,62 @@ class TeamServerError(XaitkExpError):
 class ServerURL(str):
     """The tracking server's ``http://127.0.0.1:<port>`` (a plain ``str``), plus where its pieces live:
     ``backend_uri`` (``postgresql://mlflow@127.0.0.1:<port>/mlflow``, no password; the password is in
-    ``workdir/pgpassword``), ``workdir`` and ``artifacts`` (the proxied artifact destination)."""
+    ``workdir/pgpassword``), ``workdir`` and ``artifacts`` (the proxied artifact destination). With authentication
+    (``auth`` True) the admin's name and password are ``admin_username`` and :attr:`admin_password`."""
 
     backend_uri: str
     workdir: Path
     artifacts: Path
+    auth: bool = False
+    admin_username: str = ADMIN_USER
+
+    @property
+    def admin_password(self) -> str:
+        """The admin's password, read from ``workdir/admin-password`` (it may have been changed meanwhile)."""
+        return read_admin_password(self.workdir)
+
+    def admin_env(self) -> dict[str, str]:
+        """``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` of the admin ({} without authentication)."""
+        if not self.auth:
+            return {}
+        return {"MLFLOW_TRACKING_USERNAME": self.admin_username, "MLFLOW_TRACKING_PASSWORD": self.admin_password}
+
+
+def read_admin_password(workdir: str | Path) -> str:
+    """The admin password kept in ``<workdir>/admin-password``; :class:`TeamServerError` if there is none."""
+    path = Path(workdir).expanduser() / ADMIN_PASSWORD_FILE
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise TeamServerError(f"--dir={str(workdir)!r}: no readable {ADMIN_PASSWORD_FILE} file there ({exc.strerror}); "
+                              "give the folder the server was started with") from None
+
+
+def write_secret(path: Path, value: str) -> None:
+    """Write ``value`` to ``path`` readable and writable by its owner only (created so; never world-readable)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    path.chmod(0o600)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _local_address(host: str) -> str:
+    """Where this machine reaches a server bound to ``host`` (a wildcard address: its loopback)."""
+    if host in ("", "0.0.0.0", "localhost"):
+        return "127.0.0.1"
+    if ":" in host:
+        return "[::1]" if host in ("::", "::1") else f"[{host}]"
+    return host
 
 
 def postgres_bindir() -> Path | None:
@@ -112,19 +178,32 @@ def team_server(
     port: int | None = None,
     workdir: str | Path | None = None,
     startup_timeout: float = 180.0,
+    auth: bool | None = None,
+    host: str = "127.0.0.1",
+    auth_cache_ttl: int = DEFAULT_AUTH_CACHE_TTL,
+    allowed_hosts: str | None = None,
 ) -> Iterator[ServerURL]:
     """Run PostgreSQL + ``mlflow server`` for the ``with`` block; yields the server's ``http://127.0.0.1:<port>``
     (a :class:`ServerURL`).
 
     ``workers``: server worker processes; ``frontend``: ``"gunicorn"`` (fastest measured) or ``"uvicorn"``;
     ``port``: default a free one; ``workdir``: where the cluster, artifacts and logs live (default a temporary
-    folder, removed afterwards; an existing one is reused as is). Raises :class:`TeamServerError` when either
-    server does not come up within ``startup_timeout`` seconds.
+    folder, removed afterwards; an existing one is reused as is). ``auth``: MLflow's basic-auth app (admin
+    ``admin``, password in ``workdir/admin-password``); None means off, and is refused with a ``host`` beyond
+    loopback (say ``auth=False`` to accept an open server). ``auth_cache_ttl``: seconds a worker trusts a checked
+    password (0: check the hash on every request). ``allowed_hosts``: MLflow's ``--allowed-hosts``, the Host
+    headers it answers besides localhost (by default: localhost and private IP addresses). Raises
+    :class:`TeamServerError` when either server does not come up within ``startup_timeout`` seconds.
     """
     if frontend not in FRONTENDS:
         raise ValueError(f"frontend={frontend!r} is invalid: one of {', '.join(FRONTENDS)}")
-    if not isinstance(workers, int) or workers < 1:
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers={workers!r} is invalid: a positive integer")
+    if not isinstance(auth_cache_ttl, int) or isinstance(auth_cache_ttl, bool) or auth_cache_ttl < 0:
+        raise ValueError(f"auth_cache_ttl={auth_cache_ttl!r} is invalid: a whole number of seconds, 0 or more")
+    if auth is None and not is_loopback(host):
+        raise ValueError(f"host={host!r} is invalid without authentication: a loopback address, unless auth=True "
+                         "(or auth=False, to accept a server anyone who reaches it can write to)")
     reason = postgres_missing_reason()
     if reason:
         raise TeamServerError(reason)
@@ -138,9 +217,49 @@ def team_server(
         pg = _Postgres(root, startup_timeout)
         stack.callback(pg.stop)
         pg.start()
-        url = ServerURL(_start_mlflow(stack, root, pg, workers, frontend, port or free_port(), startup_timeout))
-        url.backend_uri, url.workdir, url.artifacts = pg.uri, root, root / "artifacts"
+        settings = _Auth(root, auth_cache_ttl) if auth else None
+        port = port or free_port()
+        url = ServerURL(_start_mlflow(stack, root, pg, workers, frontend, port, startup_timeout, host, settings,
+                                      allowed_hosts))
+        url.backend_uri, url.workdir, url.artifacts, url.auth = pg.uri, root, root / "artifacts", bool(auth)
+        (root / URL_FILE).write_text(url + "\n")
+        stack.callback(lambda: (root / URL_FILE).unlink(missing_ok=True))
         yield url
+
+
+# ----- basic auth ------------------------------------------------------------------------------------------------
+class _Auth:
+    """The basic-auth app's settings for a server folder: ``basic_auth.ini`` (no secrets in it), the admin
+    password (generated once, ``admin-password``, mode 0600) and the Flask secret key (``flask-secret-key``)."""
+
+    def __init__(self, root: Path, cache_ttl: int) -> None:
+        self.root, self.cache_ttl = root, cache_ttl
+        self.ini = root / "basic_auth.ini"
+        pw = root / ADMIN_PASSWORD_FILE
+        if not pw.exists():
+            write_secret(pw, secrets.token_urlsafe(18))  # 24 characters; MLflow wants at least 12
+        key = root / "flask-secret-key"
+        if not key.exists():
+            write_secret(key, secrets.token_hex(32))
+        self.admin_password = pw.read_text().strip()
+        self.secret_key = key.read_text().strip()
+
+    def server_env(self, pg: _Postgres) -> dict[str, str]:
+        """Write the ini for this start (the database port changes per start) and return the server's env."""
+        self.ini.write_text(
+            "# written by python -m xaitk_exp.teamserver on every start; edits are overwritten\n"
+            "[mlflow]\n"
+            "default_permission = READ\n"
+            f"database_uri = postgresql://{DB_USER}@127.0.0.1:{pg.port}/{AUTH_DB_NAME}\n"
+            f"admin_username = {ADMIN_USER}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            f"auth_cache_ttl_seconds = {self.cache_ttl}\n"
+        )
+        return {
+            "MLFLOW_AUTH_CONFIG_PATH": str(self.ini),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin_password,  # used only while the admin does not exist yet
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": self.secret_key,  # one key for every worker (CSRF tokens of the UI)
+        }
 
 
 # ----- PostgreSQL ----------------------------------------------------------------------------------------------
@@ -201,9 +320,10 @@ class _Postgres:
 
         conninfo = dict(host="127.0.0.1", port=self.port, user=DB_USER, password=self.password, dbname="postgres")
         with psycopg.connect(**conninfo, autocommit=True, connect_timeout=30) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,)).fetchone()
-            if not exists:
-                conn.execute(f"CREATE DATABASE {DB_NAME}")
+            for name in (DB_NAME, AUTH_DB_NAME):  # tracking data, and MLflow's users and permissions
+                exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+                if not exists:
+                    conn.execute(f"CREATE DATABASE {name}")
 
     def _pg(self, binary: str, *args: str) -> None:
         cmd = [str(self.bindir / binary), *args]
@@ -228,7 +348,8 @@ class _Postgres:
 
 # ----- mlflow server -------------------------------------------------------------------------------------------
 def _start_mlflow(
-    stack: ExitStack, root: Path, pg: _Postgres, workers: int, frontend: str, port: int, timeout: float
+    stack: ExitStack, root: Path, pg: _Postgres, workers: int, frontend: str, port: int, timeout: float,
+    host: str = "127.0.0.1", auth: _Auth | None = None, allowed_hosts: str | None = None,
 ) -> str:
     artifacts = root / "artifacts"
     artifacts.mkdir(exist_ok=True)
@@ -236,7 +357,7 @@ def _start_mlflow(
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", pg.uri,
         "--serve-artifacts", "--artifacts-destination", str(artifacts),
-        "--host", "127.0.0.1", "--port", str(port),
+        "--host", host, "--port", str(port),
         "--workers", str(workers),
     ]
     if frontend == "gunicorn":
@@ -247,13 +368,21 @@ def _start_mlflow(
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no background job runner processes
         "PYTHONWARNINGS": "ignore",
     }
-    env.pop("MLFLOW_TRACKING_URI", None)
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                 "MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
+        env.pop(name, None)
+    if allowed_hosts:  # as a variable: `mlflow server` refuses the --allowed-hosts flag with gunicorn
+        # MLflow then answers those names only: keep this machine's own clients (the user commands) in
+        env["MLFLOW_SERVER_ALLOWED_HOSTS"] = f"{allowed_hosts},{LOOPBACK_HOSTS}"
+    if auth is not None:
+        cmd += ["--app-name", "basic-auth"]
+        env.update(auth.server_env(pg))
     log_path = root / "mlflow-server.log"
     log = open(log_path, "ab")  # noqa: SIM115 - closed by the stack
     stack.callback(log.close)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
     stack.callback(_stop_group, proc)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{_local_address(host)}:{port}"
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
@@ -305,37 +434,3 @@ def _tail_file(path: Path, lines: int = 8) -> str:
     return f" [{path.name}: {_tail(text, lines)}]" if text.strip() else ""
 
 
-# ----- by hand -------------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m xaitk_exp.teamserver",
-        description="Run a private PostgreSQL + mlflow server (proxied artifacts) on 127.0.0.1 until Ctrl-C.",
-    )
-    parser.add_argument("--workers", type=int, default=4, help="server worker processes (default 4)")
-    parser.add_argument("--frontend", choices=FRONTENDS, default="gunicorn", help="default gunicorn (fastest)")
-    parser.add_argument("--port", type=int, default=5000, help="port of the tracking server (default 5000)")
-    parser.add_argument("--dir", default=None, help="keep the database and artifacts here (default: a temp folder)")
-    args = parser.parse_args(argv)
-    stopping: list[int] = []
-
-    def _stop(signum: int, _frame: object) -> None:
-        stopping.append(signum)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        with team_server(workers=args.workers, frontend=args.frontend, port=args.port, workdir=args.dir) as url:
-            print(f"tracking server: {url}   (PostgreSQL backend, artifacts proxied; Ctrl-C stops both)")
-            print(f"use it: xaitk-exp tracking.uri={url}    or    export MLFLOW_TRACKING_URI={url}", flush=True)
-            while True:
-                time.sleep(3600)
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
-        return 0
-    except (TeamServerError, ValueError) as exc:
-        print(f"xaitk-exp teamserver: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
