@@ -57,10 +57,17 @@ def saliency_note(
     )
 
 
-def print_where(ctx: Context, stage: str, experiment_id: str, run_ids: list[str], search_filter: str | None = None) -> None:
+def print_where(
+    ctx: Context,
+    stage: str,
+    experiment_id: str,
+    run_ids: list[str],
+    search_filter: str | None = None,
+    order_by: str | None = None,
+) -> None:
     """After a stage: the runs table (with the query as ``searchFilter``) and, for one run, its page."""
     uri = ctx.tracker.uri
-    table = runs_table_url(uri, experiment_id, search_filter)
+    table = runs_table_url(uri, experiment_id, search_filter, order_by)
     if table is None:
         return
     print(f"[{stage}] runs table: {table}")

@@ -28,7 +28,8 @@ def run_evaluation(ctx: Context) -> str:
         if previous is not None:
             ctx.evaluation_run_id = previous.info.run_id
             print(f"[evaluation] reusing run {previous.info.run_id} (same config; force=true reruns)")
-            print_where(ctx, "evaluation", previous.info.experiment_id, [previous.info.run_id])
+            print_where(ctx, "evaluation", previous.info.experiment_id, [previous.info.run_id],
+                        order_by=f"metrics.{schema.PREDICTED_CLASS_CONF} DESC")
             return previous.info.run_id
     split_name = str(cfg.evaluation.split)
     images, labels = split.images(split_name), split.labels(split_name)
@@ -98,7 +99,7 @@ def run_evaluation(ctx: Context) -> str:
         f"[evaluation] {n} image runs + summary {parent} in '{ctx.experiment_name(schema.EVALUATION)}' "
         f"(accuracy on {split_name}: {np.mean(predicted == truth):.3f})"
     )
-    print_where(ctx, "evaluation", exp_id, [parent])
+    print_where(ctx, "evaluation", exp_id, [parent], order_by=f"metrics.{schema.PREDICTED_CLASS_CONF} DESC")
     return parent
 
 

@@ -25,13 +25,28 @@ def ui_base(uri: str) -> str | None:
     return None
 
 
-def runs_table_url(uri: str, experiment_id: str, search_filter: str | None = None) -> str | None:
-    """The experiment's runs table (MLflow 3 otherwise opens an experiment on its GenAI overview)."""
+def runs_table_url(
+    uri: str, experiment_id: str, search_filter: str | None = None, order_by: str | None = None
+) -> str | None:
+    """The experiment's runs table (MLflow 3 otherwise opens an experiment on its GenAI overview), filtered by
+    ``search_filter`` and sorted by ``order_by`` (``metrics.<name> [ASC|DESC]``).
+
+    Sorting matters: MLflow's table nests child runs (an evaluation's image runs) under their collapsed parent unless
+    it is sorted by something other than the start time, so a sorted link lists the matching runs themselves.
+    """
     base = ui_base(uri)
     if base is None:
         return None
+    params = []
+    if search_filter:
+        params.append(f"searchFilter={quote(search_filter, safe='')}")
+    if order_by:
+        key, _, direction = order_by.strip().partition(" ")
+        kind, _, name = key.partition(".")
+        params.append(f"orderByKey={quote(f'{kind}.`{name.strip(chr(96))}`', safe='')}")
+        params.append(f"orderByAsc={'true' if direction.strip().upper() == 'ASC' else 'false'}")
     url = f"{base}/#/experiments/{experiment_id}/runs"
-    return f"{url}?searchFilter={quote(search_filter, safe='')}" if search_filter else url
+    return f"{url}?{'&'.join(params)}" if params else url
 
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str | None:

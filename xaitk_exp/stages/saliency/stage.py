@@ -114,7 +114,7 @@ def run_saliency(ctx: Context) -> list[str]:
     query = user_filter(cfg.query)
     if query:
         print(f"[saliency] the query in the evaluation runs table: "
-              f"{runs_table_url(tracker.uri, evaluation.info.experiment_id, query) or query}")
+              f"{runs_table_url(tracker.uri, evaluation.info.experiment_id, query, cfg.query.get('order_by')) or query}")
     from xaitk_exp.stages.saliency.summary import log_evaluation_summary
 
     log_evaluation_summary(ctx, exp_id)
