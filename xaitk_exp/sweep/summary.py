@@ -108,7 +108,8 @@ def write_summary(tracker: Any, parent: str, rows: list[dict[str, Any]], sweep_d
     import csv
     import tempfile
 
-    first = ["rank", "job", "status", "overrides", "algorithm", "runtime_s", "error"]
+    ranked_by = next((str(r["ranked_by"]).rsplit(" (", 1)[0] for r in rows if r.get("ranked_by")), None)
+    first = ["rank", *([ranked_by] if ranked_by else []), "job", "status", "overrides", "algorithm", "runtime_s", "error"]
     columns = [c for c in first if any(c in r for r in rows)]
     columns += sorted({k for r in rows for k in r} - set(columns) - {"saliency_run_ids", "ranked_by"})
     columns += ["saliency_run_ids"]
@@ -140,8 +141,10 @@ def write_summary(tracker: Any, parent: str, rows: list[dict[str, Any]], sweep_d
 
 
 def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """The first columns: the rank and the ranking metric first when the summary is ranked."""
     shown = [c for c in columns if c not in ("saliency_run_ids", "error")][:8]
-    print("[sweep] summary:")
+    ranked = next((r["ranked_by"] for r in rows if r.get("ranked_by")), None)
+    print(f"[sweep] summary, ranked by {ranked}:" if ranked else "[sweep] summary:")
     print("  " + " | ".join(shown))
     for r in rows:
         cells = [f"{r.get(c):.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in shown]
