@@ -106,5 +106,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("saliency", saliency.get("name"), "a saliency config with _target_ and name")
     validate_saliency({k: v for k, v in saliency.items() if k not in SALIENCY_RESERVED})
     from xaitk_exp.settings.metrics import settings_from_config
+    from xaitk_exp.tracking.lineage import parse_register
 
     settings_from_config(cfg.get("metrics"))
+    parse_register(OmegaConf.select(cfg, "model.register", default=None))
