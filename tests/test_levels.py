@@ -94,7 +94,7 @@ def snapshot(uri: str) -> dict:
             "tags": tags,
             # a logged model named like a run folder would be listed in it too: compare the set of paths
             "artifacts": sorted(set(_artifact_paths(client, r.info.run_id))),
-            "inputs": _inputs(r, model_names),
+            "inputs": _inputs(client.get_run(r.info.run_id), model_names),  # search_runs leaves model inputs out
         }
     return record
 
