@@ -86,7 +86,7 @@ def parse_register(value: Any, key: str = "model.register") -> tuple[str, str | 
         if not _ALIAS.fullmatch(alias):
             raise ConfigError(key, value, allowed)
         if alias.lower() == "latest" or _VERSION_ALIAS.fullmatch(alias):
-            raise ConfigError(key, value, f"an alias other than 'latest' and 'v<number>', which MLflow reserves")
+            raise ConfigError(key, value, "an alias other than 'latest' and 'v<number>', which MLflow reserves")
         return name, alias
     return name, None
 
