@@ -14,7 +14,7 @@ from xaitk_exp import schema
 from xaitk_exp.data import ImageSplit
 from xaitk_exp.errors import ConfigError, DataError, TrackingError
 from xaitk_exp.security.targets import instantiate
-from xaitk_exp.settings.nodes import config_hash, to_dict
+from xaitk_exp.settings.nodes import config_hash, estimator_node, to_dict
 from xaitk_exp.stages.provenance import config_texts, git_commit
 from xaitk_exp.tracking.tracker import Tracker
 
@@ -72,7 +72,7 @@ class Context:
     def build_model(self) -> Any:
         from xaitk_exp.models.sklearn import check_classifier, check_params
 
-        node = {k: v for k, v in to_dict(self.cfg.model).items() if k not in ("name", "register")}
+        node = estimator_node(self.cfg.model)  # without name and register
         model = instantiate(node, "model", self.extra_allowed)
         check_classifier(model)
         check_params(model)

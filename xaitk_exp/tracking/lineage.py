@@ -166,7 +166,7 @@ def resolve_model_uri(client: Any, uri: str, key: str = "model.uri") -> ModelRef
     except MlflowException:
         names = sorted(m.name for m in client.search_registered_models(max_results=100))
         raise ConfigError(
-            key, uri, f"a registered model; registered models: {', '.join(names) or 'none'}"
+            key, uri, f"an existing registered model; registered models: {', '.join(names) or 'none'}"
         ) from None
     versions = sorted(
         (v for v in client.search_model_versions(f"name = '{_quote(name)}'", max_results=1000)),
