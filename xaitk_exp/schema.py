@@ -89,3 +89,20 @@ MODEL = "Model"  # the model's class, a column users can show or group by
 WORK_HASH = "work_hash"  # saliency: evaluation + algorithm + metrics settings, whatever query selected the image
 PREVIOUS_IMAGE_ID = "Previous_image_id"  # an edited saliency run: the image it showed before
 PREVIOUS_EVALUATION_RUN_ID = "Previous_evaluation_run_id"
+
+# ----- lineage MLflow shows natively (datasets, logged models, the registry, images) ---------------------------------
+MODEL_VERSION = "Model_version"  # the registered model version a run used or registered
+REGISTERED_MODEL = "Registered_model"  # the name of that registered model
+
+
+def logged_model_name(model_class: str) -> str:
+    """A train run's MLflow 3 logged model is named after the model's class. Not ``sklearn-model``: MLflow 3.17 lists
+    a logged model's files under the run's same-named folder, and resolves them through the process-wide tracking
+    URI, so ``MlflowClient(uri).list_artifacts(run_id, "sklearn-model")`` fails in a process pointed elsewhere."""
+    return model_class
+
+
+def saliency_image_key(algorithm: str) -> str:
+    """The image key of a saliency run's picture (``mlflow.log_image``): one per algorithm, so that the UI compares
+    the maps of one algorithm across runs."""
+    return f"saliency/{algorithm}"

@@ -8,6 +8,7 @@ from PIL import Image
 
 from xaitk_exp.cli import group_options, precheck_overrides
 from xaitk_exp.security.targets import instantiate
+from xaitk_exp.settings.nodes import estimator_node
 
 SALIENCY = group_options("saliency")
 MODELS = [m for m in group_options("model") if m != "pretrained"]
@@ -36,14 +37,14 @@ def test_defaults_follow_the_seed_notebook(make_cfg):
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_builds_a_probabilistic_classifier(make_cfg, name):
     cfg = make_cfg(f"model={name}")
-    model = instantiate(cfg.model, "model")
+    model = instantiate(estimator_node(cfg.model), "model")  # without name and register, as the stage does
     assert hasattr(model, "predict_proba")
     if "random_state" in cfg.model and name != "mlp":
         assert model.random_state == cfg.seed
 
 
 def test_mlp_gets_plain_lists_not_listconfig(make_cfg):
-    model = instantiate(make_cfg().model, "model")
+    model = instantiate(estimator_node(make_cfg().model), "model")
     assert type(model.hidden_layer_sizes) is list
 
 

@@ -20,3 +20,12 @@ def config_hash(*parts: Any) -> str:
     """A stable 16-hex-digit hash of config nodes (resolved, keys sorted)."""
     blob = json.dumps([to_dict(p) for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+#: keys of a model config that set up the job, not the estimator (never passed to its constructor)
+MODEL_SETTINGS = ("name", "register")
+
+
+def estimator_node(model: Any) -> dict[str, Any]:
+    """A model config as the estimator's constructor takes it: without :data:`MODEL_SETTINGS`."""
+    return {k: v for k, v in to_dict(model).items() if k not in MODEL_SETTINGS}

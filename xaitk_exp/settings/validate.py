@@ -118,5 +118,7 @@ def validate(cfg: DictConfig) -> None:
     validate_saliency({k: v for k, v in saliency.items() if k not in SALIENCY_RESERVED})
     saliency_sign(saliency)
     from xaitk_exp.settings.metrics import settings_from_config
+    from xaitk_exp.tracking.lineage import parse_register
 
     settings_from_config(cfg.get("metrics"))
+    parse_register(OmegaConf.select(cfg, "model.register", default=None))

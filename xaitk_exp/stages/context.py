@@ -14,7 +14,7 @@ from xaitk_exp import schema
 from xaitk_exp.data import ImageSplit
 from xaitk_exp.errors import ConfigError, DataError, TrackingError
 from xaitk_exp.security.targets import instantiate
-from xaitk_exp.settings.nodes import config_hash, to_dict
+from xaitk_exp.settings.nodes import config_hash, estimator_node, to_dict
 from xaitk_exp.stages.provenance import config_texts, git_commit
 from xaitk_exp.tracking.tracker import Tracker
 
@@ -72,7 +72,7 @@ class Context:
     def build_model(self) -> Any:
         from xaitk_exp.models.sklearn import check_classifier, check_params
 
-        node = {k: v for k, v in to_dict(self.cfg.model).items() if k not in ("name",)}
+        node = estimator_node(self.cfg.model)  # without name and register
         model = instantiate(node, "model", self.extra_allowed)
         check_classifier(model)
         check_params(model)
@@ -91,22 +91,19 @@ class Context:
         from xaitk_exp.tracking.model_io import load_model
 
         if self.model is None:
-            self.model = load_model(self.pretrained_uri, self.tracker.uri, bool(self.cfg.model.get("allow_pickle")))
-            self.train_run_id, self.train_exp_id = self._pretrained_source()
+            from xaitk_exp.stages.lineage import pretrained_ref
+
+            # a models:/ URI is checked against the registry first (one line listing what exists); an alias is
+            # loaded as the version it names now, and that version is what the runs record
+            uri, ref = pretrained_ref(self, str(self.pretrained_uri))
+            self.model = load_model(uri, self.tracker.uri, bool(self.cfg.model.get("allow_pickle")))
+            self.train_run_id, self.train_exp_id = self._pretrained_source(ref.run_id if ref else None)
         return self.model
 
-    def _pretrained_source(self) -> tuple[str | None, str | None]:
+    def _pretrained_source(self, run_id: str | None = None) -> tuple[str | None, str | None]:
         uri = str(self.pretrained_uri)
-        run_id = None
         if uri.startswith("runs:/"):
             run_id = uri[len("runs:/") :].split("/")[0]
-        elif uri.startswith("models:/"):
-            name_version = uri[len("models:/") :].split("/")
-            if len(name_version) >= 2 and name_version[1].isdigit():
-                try:
-                    run_id = self.tracker.client.get_model_version(name_version[0], name_version[1]).run_id
-                except Exception:
-                    run_id = None
         if run_id is None:
             return None, None
         run = self.tracker.get_run(run_id)
@@ -119,7 +116,7 @@ class Context:
     # ----- hashes: the config that matters to each stage ---------------------------------------------------------
     def hash_for(self, stage: str) -> str:
         c = self.cfg
-        train = config_hash(c.dataset, c.model)
+        train = config_hash(c.dataset, {k: v for k, v in to_dict(c.model).items() if k != "register"})
         if stage == "train":
             return train
         evaluation = config_hash(train, c.evaluation)

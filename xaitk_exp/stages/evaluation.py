@@ -10,6 +10,7 @@ import numpy as np
 from xaitk_exp import schema
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.describe import evaluation_image_note, evaluation_summary_note, print_where
+from xaitk_exp.stages.lineage import evaluated_model, split_dataset
 from xaitk_exp.stages.upstream import ensure_model
 
 
@@ -39,12 +40,14 @@ def run_evaluation(ctx: Context) -> str:
     names = [str(c) for c in split.class_names]
     class_labels = [label_name(c, names) for c in blackbox.get_labels()]
     exp_id = tracker.experiment(ctx.experiment_name(schema.EVALUATION))
+    model_id, version_tags = evaluated_model(ctx)  # the logged model, and the registered version it came from
     base_tags = {
         schema.DATASET: ctx.dataset_name,
         schema.DATASPLIT: split_name,
         schema.TRAIN_EXP_ID: ctx.train_exp_id or "",
         schema.TRAIN_RUN_ID: ctx.train_run_id or "",
         schema.MODEL: ctx.model_class,
+        **version_tags,
     }
     summary_tags = {
         **base_tags,
@@ -53,6 +56,8 @@ def run_evaluation(ctx: Context) -> str:
         schema.NOTE: evaluation_summary_note(ctx, split_name, n, len(images)),
     }
     with tracker.run(exp_id, schema.evaluation_summary_run(split_name), tags=summary_tags) as parent:
+        dataset = split_dataset(ctx, split_name)
+        tracker.log_dataset(parent, dataset, split_name)
         ctx.record_config(parent)
 
         def image_runs():  # (run name, tags, metrics) per image, made as the tracker asks for them
@@ -80,16 +85,17 @@ def run_evaluation(ctx: Context) -> str:
         truth = labels
         matrix = _confusion(truth, predicted, list(model.classes_))
         top_conf = probs.max(axis=1)
-        tracker.log(
-            parent,
-            metrics={
-                schema.ACCURACY: float(np.mean(predicted == truth)),
-                "Accuracy_evaluated": float(np.mean(predicted[:n] == truth[:n])),
-                "Mean_predicted_class_conf": float(top_conf.mean()),
-                "Evaluated_images": n,
-                "Split_images": len(images),
-            },
-        )
+        summary = {
+            schema.ACCURACY: float(np.mean(predicted == truth)),
+            "Accuracy_evaluated": float(np.mean(predicted[:n] == truth[:n])),
+            "Mean_predicted_class_conf": float(top_conf.mean()),
+            "Evaluated_images": n,
+            "Split_images": len(images),
+        }
+        if model_id:  # also on the logged model's page, measured on this dataset
+            tracker.log_model_metrics(parent, model_id, summary, dataset)
+        else:
+            tracker.log(parent, metrics=summary)
         with tempfile.TemporaryDirectory() as tmp:
             confusion_figure(matrix, class_labels, Path(tmp, "confusion_matrix.png"), f"{split_name} split, {len(images)} images")
             tracker.log_artifact(parent, str(Path(tmp, "confusion_matrix.png")))

@@ -96,6 +96,8 @@ def replay_config(stored: dict[str, Any], current: DictConfig, original: Any, st
     cfg.tracking, cfg.logging = current.tracking, current.logging
     cfg.allow_targets = list(current.get("allow_targets") or [])
     cfg.progress, cfg.n_jobs = current.progress, current.n_jobs
+    if cfg.get("model", {}).get("register"):  # a replay registers no new version
+        cfg.model.register = None
     if "allow_pickle" in cfg.get("model", {}):
         cfg.model.allow_pickle = bool(OmegaConf.select(current, "model.allow_pickle", default=False))
     if stage in ("evaluation", "saliency"):

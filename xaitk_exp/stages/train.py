@@ -8,6 +8,7 @@ from typing import Any
 from xaitk_exp import schema
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.describe import print_where, train_note
+from xaitk_exp.stages.lineage import record_trained_model, split_dataset
 
 
 def run_train(ctx: Context) -> str | None:
@@ -28,6 +29,7 @@ def run_train(ctx: Context) -> str | None:
     tags = {schema.DATASET: ctx.dataset_name, **ctx.provenance_tags("train"), schema.NOTE: train_note(ctx, len(X))}
     with tracker.run(exp_id, schema.TRAIN_RUN, tags=tags) as run_id:
         tracker.log(run_id, params=_params(model))
+        tracker.log_dataset(run_id, split_dataset(ctx, "train"), "train")
         ctx.record_config(run_id)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -40,7 +42,8 @@ def run_train(ctx: Context) -> str | None:
         if hasattr(model, "loss_curve_"):
             tracker.log_metric_history(run_id, "Train loss", list(model.loss_curve_))
         tracker.log(run_id, metrics={schema.TRAIN_ACCURACY: float(model.score(X, split.train_labels))})
-        tracker.log_model(run_id, model, X[:2])
+        model_id = tracker.log_model(run_id, model, X[:2])
+        record_trained_model(ctx, run_id, model_id)
     ctx.train_run_id, ctx.train_exp_id = run_id, exp_id
     print(f"[train] {type(model).__name__} on {ctx.dataset_name}: run {run_id} in '{ctx.experiment_name(schema.TRAIN)}'")
     print_where(ctx, "train", exp_id, [run_id])
@@ -55,6 +58,7 @@ def _reuse(ctx: Context, run: Any) -> bool:
     ctx.model = load_model(uri, ctx.tracker.uri)
     ctx.train_run_id, ctx.train_exp_id = run.info.run_id, run.info.experiment_id
     print(f"[train] reusing run {run.info.run_id} (same config; force=true retrains)")
+    record_trained_model(ctx, run.info.run_id, ctx.tracker.logged_model_of(run.info.run_id))
     print_where(ctx, "train", run.info.experiment_id, [run.info.run_id])
     return True
 

@@ -179,6 +179,13 @@ class LowTracker(Tracker):
     def _log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None) -> None:
         self.client.log_artifacts(run_id, local_dir, artifact_path)
 
+    # lineage: the client calls of :class:`Tracker` (log_inputs, create_logged_model + log_outputs +
+    # log_model_artifacts + finalize_logged_model, create_model_version, log_image), with the context tags cached
+    def _create_logged_model(self, experiment_id: str, run_id: str, params: dict[str, str], name: str) -> Any:
+        return self.client.create_logged_model(
+            experiment_id, name=name, source_run_id=run_id, tags=dict(self._context_tags()), params=params
+        )
+
 
 def _stamped(runs: Iterable[tuple[str, dict[str, str], dict[str, float]]]) -> Iterator[tuple]:
     """``(name, tags, metrics, start_time)``: start times taken as the runs come, kept strictly increasing."""

@@ -6,6 +6,9 @@ share a worker process.
 
 from __future__ import annotations
 
+from typing import Any
+
+from xaitk_exp.tracking.lineage import DatasetRecord
 from xaitk_exp.tracking.tracker import Tracker
 
 
@@ -73,3 +76,38 @@ class MidTracker(Tracker):
 
     def _log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None) -> None:
         self._mlflow.log_artifacts(local_dir, artifact_path, run_id=run_id)
+
+    # ----- lineage: fluent functions where MLflow has them, the client where it has none (log_outputs, model files)
+    def _is_active(self, run_id: str) -> bool:
+        active = self._mlflow.active_run()
+        return active is not None and active.info.run_id == run_id
+
+    def _log_dataset(self, run_id: str, dataset: DatasetRecord, context: str) -> None:
+        if self._is_active(run_id):
+            self._mlflow.log_input(dataset.to_mlflow(), context=context)
+        else:
+            super()._log_dataset(run_id, dataset, context)
+
+    def _log_model_metrics(
+        self, run_id: str, model_id: str, metrics: dict[str, float], dataset: DatasetRecord | None, step: int
+    ) -> None:
+        # the fluent call adds the model to the run's inputs itself (and the dataset, were it not logged yet)
+        self._mlflow.log_metrics(
+            metrics, step=step, run_id=run_id, model_id=model_id,
+            dataset=dataset.to_mlflow() if dataset is not None else None, synchronous=True,
+        )
+
+    def _create_logged_model(self, experiment_id: str, run_id: str, params: dict[str, str], name: str) -> Any:
+        self._model_runs.add(run_id)  # metrics logged to it later must read the run back (see _log_metrics)
+        return self._mlflow.initialize_logged_model(
+            name=name, source_run_id=run_id, params=params, experiment_id=experiment_id
+        )
+
+    def _finalize_logged_model(self, model_id: str, status: str) -> None:
+        self._mlflow.finalize_logged_model(model_id, status)
+
+    def _log_image(self, run_id: str, image: Any, key: str, step: int) -> None:
+        if self._is_active(run_id):
+            self._mlflow.log_image(image, key=key, step=step, synchronous=True)
+        else:
+            super()._log_image(run_id, image, key, step)

@@ -241,6 +241,9 @@ def record(tracker: Any, rspec: RecordSpec, task: ImageTask, result: Explained) 
             for file, text in rspec.config_files.items():
                 (config / file).write_text(text)
         tracker.log_artifacts(run_id, task.folder)
+        # the same picture as an MLflow image, one key per algorithm: the UI's image views compare runs by key
+        algorithm = str(rspec.tags.get(schema.SALIENCY_ALGORITHM) or "saliency")
+        tracker.log_image(run_id, Path(task.folder, FIGURE), schema.saliency_image_key(algorithm))
     return run_id
 
 
