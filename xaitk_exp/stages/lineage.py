@@ -8,11 +8,13 @@ Everything goes through the tracker (stages never call ``mlflow``). State shared
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xaitk_exp import schema
-from xaitk_exp.stages.context import Context
 from xaitk_exp.tracking.lineage import DatasetRecord, ModelRef, parse_register
+
+if TYPE_CHECKING:  # the context calls into this module: the type only, for annotations
+    from xaitk_exp.stages.context import Context
 
 LOGGED_MODEL_ID = "logged_model_id"  #: ctx.results key: the logged model the job trained or loaded
 MODEL_REF = "model_ref"  #: ctx.results key: the registered version it was registered as or loaded from

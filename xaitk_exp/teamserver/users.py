@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xaitk_exp import schema
 from xaitk_exp.teamserver import (
     ADMIN_PASSWORD_FILE,
     ADMIN_USER,
@@ -24,7 +25,7 @@ from xaitk_exp.teamserver import (
 )
 
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
-STAGES = ("Train", "Evaluation", "Saliency Map Generation")
+STAGES = schema.EXPERIMENT_SUFFIXES
 MIN_PASSWORD = 12  # MLflow's own rule
 USERS = "/api/2.0/mlflow/users"
 PERMISSIONS_API = "/api/3.0/mlflow/users/permissions"

@@ -20,6 +20,7 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from xaitk_exp import schema
 from xaitk_exp.errors import ConfigError, TrackingError
 
 CURRENT_USER = "/api/2.0/mlflow/users/current"
@@ -28,10 +29,10 @@ GET_PERMISSION = "/api/3.0/mlflow/users/permissions/get"
 WRITE_PERMISSIONS = ("EDIT", "MANAGE")
 #: the experiments (``<model class> - <stage>``) each ``stage`` writes runs into
 STAGE_EXPERIMENTS = {
-    "all": ("Train", "Evaluation", "Saliency Map Generation"),
-    "train": ("Train",),
-    "evaluation": ("Evaluation",),
-    "saliency": ("Saliency Map Generation",),
+    "all": schema.EXPERIMENT_SUFFIXES,
+    "train": (schema.TRAIN,),
+    "evaluation": (schema.EVALUATION,),
+    "saliency": (schema.SALIENCY,),
 }
 USERNAME_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
 HOW_TO_LOG_IN = f"set {USERNAME_ENV}/{PASSWORD_ENV}"
