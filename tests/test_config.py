@@ -10,7 +10,7 @@ from xaitk_exp.cli import group_options, precheck_overrides
 from xaitk_exp.config import instantiate
 
 SALIENCY = group_options("saliency")
-MODELS = [m for m in group_options("model") if m != "pretrained"]
+MODELS = [m for m in group_options("model") if m not in ("pretrained", "onnx", "torch", "maite")]  # estimators
 
 
 def test_groups_list_the_shipped_options():

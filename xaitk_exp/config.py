@@ -244,5 +244,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("saliency", saliency.get("name"), "a saliency config with _target_ and name")
     validate_saliency({k: v for k, v in saliency.items() if k not in SALIENCY_RESERVED})
     from xaitk_exp.metrics.settings import settings_from_config
+    from xaitk_exp.models.sources import top_k_setting
 
     settings_from_config(cfg.get("metrics"))
+    top_k_setting(OmegaConf.select(cfg, "maps.top_k", default="auto"))

@@ -65,6 +65,12 @@ class Context:
 
     def build_model(self) -> Any:
         from xaitk_exp.models.sklearn import check_classifier, check_params
+        from xaitk_exp.models.sources import is_image_model
+
+        if is_image_model(self.cfg.model):  # model=onnx|torch|maite: loaded from its file or factory
+            from xaitk_exp.models.pipeline import build
+
+            return build(self)
 
         node = {k: v for k, v in to_dict(self.cfg.model).items() if k not in ("name",)}
         model = instantiate(node, "model", self.extra_allowed)
@@ -74,6 +80,10 @@ class Context:
 
     @property
     def model_class(self) -> str:
+        from xaitk_exp.models.sources import display_name, is_image_model
+
+        if is_image_model(self.cfg.model):  # model.name, else the file's stem (e.g. 'resnet18 - Train')
+            return display_name(self.cfg.model)
         if self.model is not None:
             return type(self.model).__name__
         if self.pretrained_uri:
@@ -118,7 +128,8 @@ class Context:
         evaluation = config_hash(train, c.evaluation)
         if stage == "evaluation":
             return evaluation
-        return config_hash(evaluation, c.saliency, c.query, c.get("metrics"), c.chunk_size)  # chunking changes float bits
+        maps = [c.maps] if c.get("maps") and str(c.maps.get("top_k", "auto")) != "auto" else []  # old hashes stay
+        return config_hash(evaluation, c.saliency, c.query, c.get("metrics"), c.chunk_size, *maps)  # chunking changes float bits
 
     def find_latest(self, stage_experiment: str, stage: str, extra_filter: str = "") -> Any:
         """The latest FINISHED run of ``stage`` whose recorded config hash equals this config's."""
@@ -189,6 +200,12 @@ class Context:
         }
 
     def check_image_shape(self, model: Any) -> None:
+        from xaitk_exp.models.sources import is_image_model
+
+        if is_image_model(model):  # one black image through the model; class names against the dataset's
+            from xaitk_exp.models.pipeline import check
+
+            return check(self, model)
         expected = getattr(model, "n_features_in_", None)
         shape = self.split.image_shape
         size = 1

@@ -14,7 +14,8 @@ from xaitk_exp.stages.upstream import ensure_model
 def run_evaluation(ctx: Context) -> str:
     from tqdm import tqdm
 
-    from xaitk_exp.models.blackbox import SklearnBlackbox
+    from xaitk_exp.models.blackbox import blackbox_for
+    from xaitk_exp.models.pipeline import class_view
     from xaitk_exp.render import confusion_figure
 
     cfg, tracker, split = ctx.cfg, ctx.tracker, ctx.split
@@ -30,10 +31,13 @@ def run_evaluation(ctx: Context) -> str:
     split_name = str(cfg.evaluation.split)
     images, labels = split.images(split_name), split.labels(split_name)
     n = min(int(cfg.evaluation.num_images), len(images))
-    blackbox = SklearnBlackbox(model, int(cfg.chunk_size))
+    blackbox = blackbox_for(model, int(cfg.chunk_size))
     probs = blackbox.predict(images)  # the whole split, for the summary; chunked
     names = [str(c) for c in split.class_names]
     class_labels = [label_name(c, names) for c in blackbox.get_labels()]
+    # tags and metrics per class: image models tag indices (names in *_label), top 5 above 20 classes, no ground truth
+    view = class_view(split, model, split_name, class_labels)
+    class_labels = view.labels
     exp_id = tracker.experiment(ctx.experiment_name("Evaluation"))
     base_tags = {
         "Dataset": ctx.dataset_name,
@@ -47,45 +51,31 @@ def run_evaluation(ctx: Context) -> str:
 
         def image_runs():  # (run name, tags, metrics) per image, made as the tracker asks for them
             for k in tqdm(range(n), desc="evaluation runs", unit="img", disable=not cfg.progress):
-                top = int(np.argmax(probs[k]))
-                tags = {
-                    **base_tags,
-                    "Run_type": "image",
-                    "Image_id": k,
-                    "GT_class": names[int(labels[k])],
-                    "Predicted_class": class_labels[top],
-                }
+                tags = {**base_tags, "Run_type": "image", "Image_id": k, **view.tags(k, probs[k], labels[k])}
                 if split.test_paths is not None and split_name == "test":
                     tags["Image_path"] = split.test_paths[k]
-                metrics = {"Predicted_class_conf": float(probs[k, top])}
-                metrics.update({f"Class_{c}_conf": float(p) for c, p in zip(class_labels, probs[k], strict=True)})
+                metrics = view.metrics(probs[k])
                 yield f"ImageID-{k}_conf", tags, metrics
 
         # one run per image, few store calls each; with n_jobs > 1 the low level spreads them over processes
         tracker.log_runs(exp_id, image_runs(), parent_run_id=parent, processes=ctx.processes)
         predicted = np.asarray(blackbox.get_labels())[probs.argmax(axis=1)]
-        truth = labels
-        matrix = _confusion(truth, predicted, list(model.classes_))
+        truth = view.truth
         top_conf = probs.max(axis=1)
-        tracker.log(
-            parent,
-            metrics={
-                "Accuracy": float(np.mean(predicted == truth)),
-                "Accuracy_evaluated": float(np.mean(predicted[:n] == truth[:n])),
-                "Mean_predicted_class_conf": float(top_conf.mean()),
-                "Evaluated_images": n,
-                "Split_images": len(images),
-            },
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            confusion_figure(matrix, class_labels, Path(tmp, "confusion_matrix.png"), f"{split_name} split, {len(images)} images")
-            tracker.log_artifact(parent, str(Path(tmp, "confusion_matrix.png")))
-        tracker.log_dict(parent, {"labels": class_labels, "matrix": matrix.tolist()}, "confusion_matrix.json")
+        summary = {"Mean_predicted_class_conf": float(top_conf.mean()), "Evaluated_images": n, "Split_images": len(images)}
+        if truth is not None:  # a folder without class sub-folders has no ground truth: no accuracy
+            summary["Accuracy"] = float(np.mean(predicted == truth))
+            summary["Accuracy_evaluated"] = float(np.mean(predicted[:n] == truth[:n]))
+        tracker.log(parent, metrics=summary)
+        if view.show_confusion:  # with ground truth, and at most 20 classes for an image model
+            matrix = _confusion(truth, predicted, list(model.classes_))
+            with tempfile.TemporaryDirectory() as tmp:
+                confusion_figure(matrix, class_labels, Path(tmp, "confusion_matrix.png"), f"{split_name} split, {len(images)} images")
+                tracker.log_artifact(parent, str(Path(tmp, "confusion_matrix.png")))
+            tracker.log_dict(parent, {"labels": class_labels, "matrix": matrix.tolist()}, "confusion_matrix.json")
     ctx.evaluation_run_id = parent
-    print(
-        f"[evaluation] {n} image runs + summary {parent} in '{ctx.experiment_name('Evaluation')}' "
-        f"(accuracy on {split_name}: {np.mean(predicted == truth):.3f})"
-    )
+    accuracy = f"accuracy on {split_name}: {np.mean(predicted == truth):.3f}" if truth is not None else "no ground truth"
+    print(f"[evaluation] {n} image runs + summary {parent} in '{ctx.experiment_name('Evaluation')}' ({accuracy})")
     return parent
 
 
