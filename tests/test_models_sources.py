@@ -306,6 +306,10 @@ def _bad_cases(zoo):
         (["model=onnx", f"model.path={zoo['onnx']}", f"dataset.path={zoo['empty']}"], "dataset.path", "empty",
          "sub-folders hold"),
         (["model=onnx", f"model.path={zoo['onnx']}", "maps.top_k=-1"], "maps.top_k", "-1", "auto, 0"),
+        (["model=onnx", f"model.path={zoo['onnx']}", "model.device=tpu"], "model.device", "tpu", "cpu, cuda, auto"),
+        (["model=torch", f"model.path={zoo['ts']}", "model.device=cuda"], "model.device", "cuda", "cpu or auto")
+        if not torch.cuda.is_available() else
+        (["model=torch", f"model.path={zoo['ts']}", "model.device=gpu"], "model.device", "gpu", "cpu, cuda, auto"),
         (["model=onnx", f"model.path={zoo['onnx']}", "metrics.sanity=true"], "metrics.sanity", "True", "retrains"),
         (["model=torch", "model._target_=model_zoo.SmallCNN", f"model.weights={zoo['onnx']}",
           "allow_targets=[model_zoo.]"], "model.weights", "small_cnn.onnx", "state_dict"),

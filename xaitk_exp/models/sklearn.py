@@ -33,8 +33,9 @@ def trusted_types(model: Any) -> list[str]:
 
     Only scikit-learn's own types are listed; anything else is refused with :class:`UnsafeConfigError`.
     """
-    import skops.io as sio
+    from xaitk_exp.models.lazy import import_skops
 
+    sio = import_skops()  # not `import skops.io`: that pulls PyTorch in wherever it is installed
     untrusted = sio.get_untrusted_types(data=sio.dumps(model))
     bad = [t for t in untrusted if not is_trusted_type(t)]
     if bad:
@@ -55,6 +56,9 @@ def save_sklearn_model(model: Any, path: Path, input_example: Any) -> Path:
     """An MLflow sklearn model folder (MLmodel, env files, ``model.skops``) with a signature from the example."""
     import mlflow.sklearn
 
+    from xaitk_exp.models.lazy import import_skops
+
+    import_skops()
     mlflow.sklearn.save_model(
         model,
         str(path),
@@ -100,8 +104,10 @@ def load_model(uri: str, tracking_uri: str, allow_pickle: bool = False) -> Any:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from xaitk_exp.models.lazy import import_skops
     from xaitk_exp.tracking import use_tracking_uri
 
+    import_skops()
     use_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:

@@ -56,7 +56,8 @@ class Context:
 
     @property
     def dataset_name(self) -> str:
-        return str(self.cfg.dataset.name)
+        name = self.cfg.dataset.get("name")
+        return str(name) if name else self.split.name  # image_folder / maite: name null -> the folder's or metadata id
 
     # ----- model ---------------------------------------------------------------------------------------------
     @property
