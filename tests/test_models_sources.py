@@ -146,8 +146,9 @@ def test_maps_equal_direct_xaitk_calls(zoo, make_cfg, source):
         direct.fill = 0
         expected = direct(image, blackbox_for(model, 16))
         spec = ExplainSpec(saliency, (32, 32, 3), ("model_zoo.",), model, 16, [str(i) for i in range(10)])
-        task = ImageTask(3, image, {"run_id": "", "experiment_id": "", "tags": {"Predicted_class": "3"}, "conf": None},
-                         str(Path(make_cfg().tracking.uri[len("sqlite:///"):]).parent / f"img-{source}-{saliency['name']}"))
+        folder = Path(make_cfg().tracking.uri[len("sqlite:///"):]).parent / f"img-{source}-{saliency['name']}"
+        evaluation = {"run_id": "", "experiment_id": "", "tags": {"Predicted_class": "3"}, "conf": None}
+        task = ImageTask(3, image, evaluation, str(folder))
         (result,) = list(iter_explained(spec, [task]))
         maps = np.load(Path(result.folder, "saliency_map_np_arrays", "saliency_maps.npy"))
         assert maps.shape == (10, 32, 32)
@@ -363,7 +364,8 @@ def test_default_command_does_not_import_torch_or_onnxruntime(tmp_path):
     code = (
         "import sys\n"
         "from xaitk_exp.cli import compose_config, run\n"
-        f"cfg = compose_config(['tracking.uri=sqlite:///{tmp_path}/m.db', 'progress=false', 'evaluation.num_images=2'])\n"
+        f"cfg = compose_config(['tracking.uri=sqlite:///{tmp_path}/m.db', 'progress=false', "
+        "'evaluation.num_images=2'])\n"
         "run(cfg, [], '.')\n"
         "bad = [m for m in ('torch', 'onnxruntime', 'onnx', 'maite') if m in sys.modules]\n"
         "assert not bad, bad\n"

@@ -223,7 +223,8 @@ def record(tracker: Any, rspec: RecordSpec, task: ImageTask, result: Explained) 
         "Predicted_class_index": result.predicted_index,
         "Map_classes": ",".join(result.map_classes),
     }
-    for key in ("GT_class", "Predicted_label", "GT_label"):  # no GT_* without ground truth; names: image models  # class names beside indices (image models)
+    # no GT_* without ground truth; class names beside indices for image models
+    for key in ("GT_class", "Predicted_label", "GT_label"):
         if key in ev_tags:
             tags[key] = ev_tags[key]
     if "Image_path" in ev_tags:

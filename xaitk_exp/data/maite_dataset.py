@@ -81,7 +81,9 @@ class MaiteDataset:
         """``(C, H, W)`` -> ``[H, W, C]`` (``[H, W]`` for one channel) float64 in [0, 1], resized to ``shape``."""
         arr = np.asarray(_numpy(image))
         if arr.ndim != 3:
-            raise DataError(f"dataset.dataset: item {i} has an image of shape {list(arr.shape)}; MAITE images are (C, H, W)")
+            raise DataError(
+                f"dataset.dataset: item {i} has an image of shape {list(arr.shape)}; MAITE images are (C, H, W)"
+            )
         scale = self.max_value
         if scale == "auto":
             scale = 255.0 if np.issubdtype(arr.dtype, np.integer) or float(arr.max(initial=0)) > 1.0 else 1.0

@@ -20,10 +20,14 @@ class MaiteModel(ImageModel):
 
     def __init__(self, node: Mapping[str, Any], extra_allowed: Sequence[str] = ()) -> None:
         if not node.get("_target_") or node.get("_target_") == "???":
-            raise ConfigError("model._target_", node.get("_target_"), "a factory that returns a MAITE image-classification model")
+            raise ConfigError(
+                "model._target_", node.get("_target_"), "a factory that returns a MAITE image-classification model"
+            )
         super().__init__(node, extra_allowed)
         if self.preprocess.layout != "NCHW":
-            raise ConfigError("model.preprocess.layout", self.preprocess.layout, "NCHW: MAITE models take (C, H, W) arrays")
+            raise ConfigError(
+                "model.preprocess.layout", self.preprocess.layout, "NCHW: MAITE models take (C, H, W) arrays"
+            )
         meta = getattr(self._runtime, "metadata", None) or {}
         self.sha256 = _digest(str(self.node["_target_"]), self.node.get("args"), meta.get("id"))
 
@@ -33,7 +37,9 @@ class MaiteModel(ImageModel):
         target = str(self.node["_target_"])
         model = instantiate({"_target_": target, **dict(self.node.get("args") or {})}, "model", self.extra_allowed)
         if not callable(model):
-            raise ConfigError("model._target_", target, "a factory returning a callable MAITE model (model(batch) -> scores)")
+            raise ConfigError(
+                "model._target_", target, "a factory returning a callable MAITE model (model(batch) -> scores)"
+            )
         return model
 
     def model_names(self) -> list[str] | None:

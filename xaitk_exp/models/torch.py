@@ -17,7 +17,9 @@ def import_torch() -> Any:
     try:
         import torch
     except ImportError as exc:
-        raise ConfigError("model", "torch", "a model source whose library is installed: pip install 'xaitk-exp[torch]'") from exc
+        raise ConfigError(
+            "model", "torch", "a model source whose library is installed: pip install 'xaitk-exp[torch]'"
+        ) from exc
     return torch
 
 
@@ -106,7 +108,9 @@ class TorchModel(ImageModel):
             state = torch.load(str(self.weights), map_location=device, weights_only=True)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise ConfigError("model.weights", str(self.weights), f"a state_dict saved by torch.save ({first})") from exc
+            raise ConfigError(
+                "model.weights", str(self.weights), f"a state_dict saved by torch.save ({first})"
+            ) from exc
         try:
             module.load_state_dict(state)
         except Exception as exc:

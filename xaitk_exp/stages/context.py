@@ -130,7 +130,8 @@ class Context:
         if stage == "evaluation":
             return evaluation
         maps = [c.maps] if c.get("maps") and str(c.maps.get("top_k", "auto")) != "auto" else []  # old hashes stay
-        return config_hash(evaluation, c.saliency, c.query, c.get("metrics"), c.chunk_size, *maps)  # chunking changes float bits
+        # chunking changes float bits
+        return config_hash(evaluation, c.saliency, c.query, c.get("metrics"), c.chunk_size, *maps)
 
     def find_latest(self, stage_experiment: str, stage: str, extra_filter: str = "") -> Any:
         """The latest FINISHED run of ``stage`` whose recorded config hash equals this config's."""

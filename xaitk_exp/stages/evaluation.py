@@ -62,7 +62,9 @@ def run_evaluation(ctx: Context) -> str:
         predicted = np.asarray(blackbox.get_labels())[probs.argmax(axis=1)]
         truth = view.truth
         top_conf = probs.max(axis=1)
-        summary = {"Mean_predicted_class_conf": float(top_conf.mean()), "Evaluated_images": n, "Split_images": len(images)}
+        summary = {
+            "Mean_predicted_class_conf": float(top_conf.mean()), "Evaluated_images": n, "Split_images": len(images)
+        }
         if truth is not None:  # a folder without class sub-folders has no ground truth: no accuracy
             summary["Accuracy"] = float(np.mean(predicted == truth))
             summary["Accuracy_evaluated"] = float(np.mean(predicted[:n] == truth[:n]))
