@@ -373,3 +373,27 @@ def test_default_command_does_not_import_torch_or_onnxruntime(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "CLEAN" in out.stdout, out.stderr[-2000:]
+
+
+def test_a_changed_model_file_is_not_taken_for_the_recorded_one(zoo, run_stage, client, tmp_path):
+    """Evaluation links to the train run that recorded the same SHA-256; after the file changes it refuses the old
+    run, in one line, before any run opens."""
+    import shutil
+
+    from xaitk_exp.errors import TrackingError
+
+    path = tmp_path / "net.onnx"
+    shutil.copyfile(zoo["onnx"], path)
+    ov = ["model=onnx", f"model.path={path}", *PRE, *FOLDER, f"dataset.path={zoo['flat']}"]
+    ctx = run_stage(*ov, "stage=train")
+    old_run = ctx.train_run_id
+    weights = {k: v.detach().numpy() * 0.5 for k, v in zoo["cnn"].state_dict().items()}
+    model_zoo.cnn_onnx(weights, path)  # same name, other weights
+    with pytest.raises(TrackingError, match="recorded this model"):
+        run_stage(*ov, "stage=evaluation")
+    with pytest.raises(ConfigError, match=r"train_run_id=.* the file now has") as info:
+        run_stage(*ov, "stage=evaluation", f"train_run_id={old_run}")
+    assert "\n" not in str(info.value)
+    assert not client.search_runs([client.get_experiment_by_name("net - Train").experiment_id],
+                                  "attributes.status != 'FINISHED'")
+    assert client.get_experiment_by_name("net - Evaluation") is None
