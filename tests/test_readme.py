@@ -47,6 +47,9 @@ EXCEPTIONS: dict[str, str] = {
     "MLFLOW_TRACKING_USERNAME=": "logs in to a team server (tests/teamserver/test_team_server_auth.py runs one)",
     "xaitk-exp dataset=image_folder dataset.path=/data/": "needs the user's image folder",
     "xaitk-exp -m hydra/launcher=slurm": "needs a SLURM cluster (the submitit_local line runs the same locally)",
+    "xaitk-exp model=onnx model.path=": "needs the user's model file and photos (tests/models/ run the same on models they make)",
+    "xaitk-exp model=torch": "needs the user's model file (tests/models/ run the same on a TorchScript file they make)",
+    "xaitk-exp model=maite": "needs the user's MAITE factory (tests/models/ run the same on a MAITE model they make)",
 }
 
 #: programs the project's environment provides: a fresh shell finds them only as ``.venv/bin/<name>``

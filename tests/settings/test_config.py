@@ -11,7 +11,7 @@ from xaitk_exp.security.targets import instantiate
 from xaitk_exp.settings.nodes import estimator_node
 
 SALIENCY = group_options("saliency")
-MODELS = [m for m in group_options("model") if m != "pretrained"]
+MODELS = [m for m in group_options("model") if m not in ("pretrained", "onnx", "torch", "maite")]  # estimators
 
 
 def test_groups_list_the_shipped_options():

@@ -6,6 +6,7 @@ Pixel values are floats in ``[0, 1]``. ``Image_id`` in the tracking store is the
 from xaitk_exp.data.base import ImageSplit, split_arrays
 from xaitk_exp.data.digits import Digits
 from xaitk_exp.data.image_folder import ImageFolder
+from xaitk_exp.data.maite_dataset import MaiteDataset
 from xaitk_exp.data.openml import OpenML
 
-__all__ = ["Digits", "ImageFolder", "ImageSplit", "OpenML", "split_arrays"]
+__all__ = ["Digits", "ImageFolder", "ImageSplit", "MaiteDataset", "OpenML", "split_arrays"]

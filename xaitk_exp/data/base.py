@@ -23,6 +23,10 @@ class ImageSplit:
     test_labels: np.ndarray
     test_paths: list[str] | None = None
     class_names: list[str] = field(default_factory=list)
+    #: False for images without ground truth (a folder without class sub-folders): labels are all -1
+    has_labels: bool = True
+    #: the ``dataset.class_map`` that renamed ``class_names`` (for error messages)
+    class_map: dict[str, str] | None = None
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -52,6 +56,7 @@ def split_arrays(
     seed: int,
     paths: list[str] | None = None,
     class_names: list[str] | None = None,
+    has_labels: bool = True,
 ) -> ImageSplit:
     """Split stratified by label with a seeded shuffle (scikit-learn's ``train_test_split``)."""
     from sklearn.model_selection import train_test_split
@@ -62,7 +67,10 @@ def split_arrays(
         raise ConfigError("dataset.test_size", test_size, "a fraction strictly between 0 and 1")
     idx = np.arange(len(images))
     counts = np.unique(labels, return_counts=True)[1]
-    stratify = labels if counts.min() >= 2 else None
+    n_test = int(np.ceil(float(test_size) * len(idx)))
+    # stratified where scikit-learn can (every class twice, each split at least one image per class), else shuffled
+    fits = counts.min() >= 2 and min(n_test, len(idx) - n_test) >= len(counts)
+    stratify = labels if fits else None
     train_idx, test_idx = train_test_split(idx, test_size=test_size, random_state=seed, stratify=stratify)
     train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
     return ImageSplit(
@@ -72,5 +80,6 @@ def split_arrays(
         test_images=images[test_idx],
         test_labels=labels[test_idx],
         test_paths=[paths[i] for i in test_idx] if paths is not None else None,
-        class_names=class_names or [str(c) for c in np.unique(labels)],
+        class_names=class_names if class_names is not None else [str(c) for c in np.unique(labels)],
+        has_labels=has_labels,
     )

@@ -1,4 +1,4 @@
-"""A folder of PNG/JPEG images with one sub-folder per class."""
+"""A folder of PNG/JPEG images with one sub-folder per class, or a flat folder of images without ground truth."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class ImageFolder:
-    """Images under ``path/<class>/*.png|jpg``, resized to ``shape`` ``[H, W]``, ``grayscale`` or RGB.
+    """Images under ``path/<class>/*.png|jpg``, resized to ``shape`` ``[H, W]``, ``grayscale`` (``[N, H, W]``) or
+    RGB (``[N, H, W, 3]``), values in ``[0, 1]``.
 
-    With ``resize=False`` every image must already have ``shape``; mixed sizes are refused.
+    With ``resize=False`` every image must already have ``shape``; mixed sizes are refused. A folder with images and
+    no class sub-folders is loaded without ground truth (labels -1, ``has_labels=False``). ``class_map`` renames
+    folder classes (``{folder name: model class name}``) where they differ from a pretrained model's class names.
     """
 
     def __init__(
@@ -27,9 +30,15 @@ class ImageFolder:
         resize: bool = True,
         test_size: float = 0.25,
         seed: int = 0,
+        class_map: dict[str, str] | None = None,
     ) -> None:
         self.path, self.name, self.shape, self.grayscale = path, name, tuple(shape), bool(grayscale)
         self.resize, self.test_size, self.seed = bool(resize), test_size, seed
+        if class_map is not None and not (
+            isinstance(class_map, dict) and all(isinstance(v, (str, int)) for v in class_map.values())
+        ):
+            raise ConfigError("dataset.class_map", class_map, "null or a map {folder name: model class name}")
+        self.class_map = {str(k): str(v) for k, v in (class_map or {}).items()}
 
     def load(self) -> ImageSplit:
         from PIL import Image, UnidentifiedImageError
@@ -41,12 +50,23 @@ class ImageFolder:
             raise ConfigError("dataset.path", self.path, "an existing folder with one sub-folder per class")
         classes = sorted(d.name for d in root.iterdir() if d.is_dir())
         files = [(c, f) for c in classes for f in sorted((root / c).iterdir()) if f.suffix.lower() in SUFFIXES]
+        has_labels = bool(files)
+        if not files:  # no class sub-folders with images: the folder's own images, without ground truth
+            classes = [""]
+            files = [("", f) for f in sorted(root.iterdir()) if f.is_file() and f.suffix.lower() in SUFFIXES]
         if not files:
             raise ConfigError(
-                "dataset.path", self.path, f"a folder whose class sub-folders hold {', '.join(SUFFIXES)} files"
+                "dataset.path", self.path,
+                f"a folder whose class sub-folders hold {', '.join(SUFFIXES)} files (or that holds them directly: "
+                "images without ground truth)",
             )
-        if len({c for c, _ in files}) < 2:
-            raise ConfigError("dataset.path", self.path, "at least two class sub-folders with images")
+        if len(files) < 2:
+            raise ConfigError("dataset.path", self.path, "a folder with at least two images (one per split)")
+        unknown = sorted(set(self.class_map) - set(classes))
+        if has_labels and unknown:
+            raise ConfigError(
+                "dataset.class_map", self.class_map, f"keys among the folder's class sub-folders ({unknown[0]!r} is not)"
+            )
         if len(self.shape) != 2 or min(self.shape) < 1:
             raise ConfigError("dataset.shape", list(self.shape), "[height, width] with positive integers")
         mode = "L" if self.grayscale else "RGB"
@@ -69,9 +89,17 @@ class ImageFolder:
             raise ConfigError(
                 "dataset.resize", False, f"true, or images of one size (found {sorted(sizes)[:3]}...)"
             )
+        if not has_labels:
+            split = split_arrays(
+                self.name or root.name, np.stack(images), np.full(len(images), -1), self.test_size, self.seed,
+                paths, [], has_labels=False,
+            )
+            return split
         present = sorted(set(labels))
-        names = [classes[i] for i in present]
+        names = [self.class_map.get(classes[i], classes[i]) for i in present]
         label_arr = np.searchsorted(present, labels)
-        return split_arrays(
+        split = split_arrays(
             self.name or root.name, np.stack(images), label_arr, self.test_size, self.seed, paths, names
         )
+        split.class_map = dict(self.class_map) or None
+        return split

@@ -32,7 +32,9 @@ def trusted_types(model: Any) -> list[str]:
 
     Only scikit-learn's own types are listed; anything else is refused with :class:`UnsafeConfigError`.
     """
-    import skops.io as sio
+    from xaitk_exp.models.lazy import import_skops
+
+    sio = import_skops()  # not `import skops.io`: that pulls PyTorch in wherever it is installed
 
     untrusted = sio.get_untrusted_types(data=sio.dumps(model))
     bad = [t for t in untrusted if not is_trusted_type(t)]

@@ -121,4 +121,7 @@ def validate(cfg: DictConfig) -> None:
     from xaitk_exp.tracking.lineage import parse_register
 
     settings_from_config(cfg.get("metrics"))
+    from xaitk_exp.models.sources import top_k_setting
+
+    top_k_setting(OmegaConf.select(cfg, "maps.top_k", default="auto"))
     parse_register(OmegaConf.select(cfg, "model.register", default=None))

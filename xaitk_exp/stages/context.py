@@ -55,14 +55,15 @@ class Context:
 
     @property
     def dataset_name(self) -> str:
-        """``dataset.name``, else the name of the dataset's folder (``dataset.path``), else the loader's class."""
+        """``dataset.name``, else the name of the dataset's folder (``dataset.path``), else the loaded split's name
+        (a MAITE dataset's metadata id)."""
         name = self.cfg.dataset.get("name")
         if name:
             return str(name)
         path = self.cfg.dataset.get("path")
         if path:
             return Path(str(path)).name or str(path)
-        return str(self.cfg.dataset.get("_target_", "dataset")).rsplit(".", 1)[-1]
+        return self.split.name
 
     # ----- model ---------------------------------------------------------------------------------------------
     @property
@@ -71,6 +72,12 @@ class Context:
 
     def build_model(self) -> Any:
         from xaitk_exp.models.sklearn import check_classifier, check_params
+        from xaitk_exp.models.sources import is_image_model
+
+        if is_image_model(self.cfg.model):  # model=onnx|torch|maite: loaded from its file or factory
+            from xaitk_exp.models.pipeline import build
+
+            return build(self)
 
         node = estimator_node(self.cfg.model)  # without name and register
         model = instantiate(node, "model", self.extra_allowed)
@@ -80,6 +87,10 @@ class Context:
 
     @property
     def model_class(self) -> str:
+        from xaitk_exp.models.sources import display_name, is_image_model
+
+        if is_image_model(self.cfg.model):  # model.name, else the file's stem (e.g. 'resnet18 - Train')
+            return display_name(self.cfg.model)
         if self.model is not None:
             return type(self.model).__name__
         if self.pretrained_uri:
@@ -122,9 +133,11 @@ class Context:
         evaluation = config_hash(train, c.evaluation)
         if stage == "evaluation":
             return evaluation
+        maps = [c.maps] if c.get("maps") and str(c.maps.get("top_k", "auto")) != "auto" else []  # old hashes stay
         if stage == "saliency_work":  # what was done to an image, whichever query selected it
-            return config_hash(evaluation, c.saliency, c.get("metrics"), c.chunk_size)
-        return config_hash(evaluation, c.saliency, c.query, c.get("metrics"), c.chunk_size)  # chunking changes float bits
+            return config_hash(evaluation, c.saliency, c.get("metrics"), c.chunk_size, *maps)
+        # chunking changes float bits
+        return config_hash(evaluation, c.saliency, c.query, c.get("metrics"), c.chunk_size, *maps)
 
     def find_latest(self, stage_experiment: str, stage: str, extra_filter: str = "") -> Any:
         """The latest FINISHED run of ``stage`` whose recorded config hash equals this config's."""
@@ -185,6 +198,12 @@ class Context:
         return config_texts(self.cfg, self.overrides)
 
     def check_image_shape(self, model: Any) -> None:
+        from xaitk_exp.models.sources import is_image_model
+
+        if is_image_model(model):  # one black image through the model; class names against the dataset's
+            from xaitk_exp.models.pipeline import check
+
+            return check(self, model)
         expected = getattr(model, "n_features_in_", None)
         shape = self.split.image_shape
         size = 1

@@ -17,7 +17,8 @@ from xaitk_exp.stages.upstream import ensure_model
 def run_evaluation(ctx: Context) -> str:
     from tqdm import tqdm
 
-    from xaitk_exp.models.blackbox import SklearnBlackbox
+    from xaitk_exp.models.blackbox import blackbox_for
+    from xaitk_exp.models.pipeline import class_view
     from xaitk_exp.viz.figures import confusion_figure
 
     cfg, tracker, split = ctx.cfg, ctx.tracker, ctx.split
@@ -35,10 +36,13 @@ def run_evaluation(ctx: Context) -> str:
     split_name = str(cfg.evaluation.split)
     images, labels = split.images(split_name), split.labels(split_name)
     n = min(int(cfg.evaluation.num_images), len(images))
-    blackbox = SklearnBlackbox(model, int(cfg.chunk_size))
+    blackbox = blackbox_for(model, int(cfg.chunk_size))
     probs = blackbox.predict(images)  # the whole split, for the summary; chunked
     names = [str(c) for c in split.class_names]
     class_labels = [label_name(c, names) for c in blackbox.get_labels()]
+    # tags and metrics per class: image models tag indices (names in *_label), top 5 above 20 classes, no ground truth
+    view = class_view(split, model, split_name, class_labels)
+    class_labels = view.labels
     exp_id = tracker.experiment(ctx.experiment_name(schema.EVALUATION))
     model_id, version_tags = evaluated_model(ctx)  # the logged model, and the registered version it came from
     base_tags = {
@@ -62,49 +66,43 @@ def run_evaluation(ctx: Context) -> str:
 
         def image_runs():  # (run name, tags, metrics) per image, made as the tracker asks for them
             for k in tqdm(range(n), desc="evaluation runs", unit="img", disable=not cfg.progress):
+                tags = {**base_tags, schema.RUN_TYPE: "image", schema.IMAGE_ID: k, **view.tags(k, probs[k], labels[k])}
                 top = int(np.argmax(probs[k]))
-                tags = {
-                    **base_tags,
-                    schema.RUN_TYPE: "image",
-                    schema.IMAGE_ID: k,
-                    schema.GT_CLASS: names[int(labels[k])],
-                    schema.PREDICTED_CLASS: class_labels[top],
-                    schema.NOTE: evaluation_image_note(
-                        ctx, split_name, k, class_labels[top], float(probs[k, top]), names[int(labels[k])]
-                    ),
-                }
+                tags[schema.NOTE] = evaluation_image_note(
+                    ctx, split_name, k, str(tags.get(schema.PREDICTED_LABEL) or tags[schema.PREDICTED_CLASS]),
+                    float(probs[k, top]), str(tags.get(schema.GT_LABEL) or tags.get(schema.GT_CLASS) or "unknown"),
+                )
                 if split.test_paths is not None and split_name == "test":
                     tags[schema.IMAGE_PATH] = split.test_paths[k]
-                metrics = {schema.PREDICTED_CLASS_CONF: float(probs[k, top])}
-                metrics.update({schema.class_conf(c): float(p) for c, p in zip(class_labels, probs[k], strict=True)})
-                yield schema.evaluation_image_run(k), tags, metrics
+                yield schema.evaluation_image_run(k), tags, view.metrics(probs[k])
 
         # one run per image, few store calls each; with n_jobs > 1 the low level spreads them over processes
         tracker.log_runs(exp_id, image_runs(), parent_run_id=parent, processes=ctx.processes)
         predicted = np.asarray(blackbox.get_labels())[probs.argmax(axis=1)]
-        truth = labels
-        matrix = _confusion(truth, predicted, list(model.classes_))
+        truth = view.truth
         top_conf = probs.max(axis=1)
         summary = {
-            schema.ACCURACY: float(np.mean(predicted == truth)),
-            "Accuracy_evaluated": float(np.mean(predicted[:n] == truth[:n])),
             "Mean_predicted_class_conf": float(top_conf.mean()),
             "Evaluated_images": n,
             "Split_images": len(images),
         }
+        if truth is not None:  # a folder without class sub-folders has no ground truth: no accuracy
+            summary[schema.ACCURACY] = float(np.mean(predicted == truth))
+            summary["Accuracy_evaluated"] = float(np.mean(predicted[:n] == truth[:n]))
         if model_id:  # also on the logged model's page, measured on this dataset
             tracker.log_model_metrics(parent, model_id, summary, dataset)
         else:
             tracker.log(parent, metrics=summary)
-        with tempfile.TemporaryDirectory() as tmp:
-            confusion_figure(matrix, class_labels, Path(tmp, "confusion_matrix.png"), f"{split_name} split, {len(images)} images")
-            tracker.log_artifact(parent, str(Path(tmp, "confusion_matrix.png")))
-        tracker.log_dict(parent, {"labels": class_labels, "matrix": matrix.tolist()}, "confusion_matrix.json")
+        if view.show_confusion:  # with ground truth, and at most 20 classes for an image model
+            matrix = _confusion(truth, predicted, list(model.classes_))
+            with tempfile.TemporaryDirectory() as tmp:
+                figure = Path(tmp, schema.CONFUSION_FIGURE)
+                confusion_figure(matrix, class_labels, figure, f"{split_name} split, {len(images)} images")
+                tracker.log_artifact(parent, str(figure))
+            tracker.log_dict(parent, {"labels": class_labels, "matrix": matrix.tolist()}, "confusion_matrix.json")
     ctx.evaluation_run_id = parent
-    print(
-        f"[evaluation] {n} image runs + summary {parent} in '{ctx.experiment_name(schema.EVALUATION)}' "
-        f"(accuracy on {split_name}: {np.mean(predicted == truth):.3f})"
-    )
+    accuracy = f"accuracy on {split_name}: {np.mean(predicted == truth):.3f}" if truth is not None else "no ground truth"
+    print(f"[evaluation] {n} image runs + summary {parent} in '{ctx.experiment_name(schema.EVALUATION)}' ({accuracy})")
     print_where(ctx, "evaluation", exp_id, [parent], order_by=f"metrics.{schema.PREDICTED_CLASS_CONF} DESC")
     return parent
 

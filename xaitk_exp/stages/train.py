@@ -12,6 +12,12 @@ from xaitk_exp.stages.lineage import record_trained_model, split_dataset
 
 
 def run_train(ctx: Context) -> str | None:
+    from xaitk_exp.models.sources import is_image_model
+
+    if is_image_model(ctx.cfg.model):  # model=onnx|torch|maite: recorded with its hash, not trained
+        from xaitk_exp.models.pipeline import record
+
+        return record(ctx)
     if ctx.pretrained_uri:
         ctx.load_pretrained()
         print(f"[train] model=pretrained: using {ctx.pretrained_uri}, nothing to train")

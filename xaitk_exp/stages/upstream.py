@@ -12,8 +12,13 @@ from xaitk_exp.stages.context import Context
 def ensure_model(ctx: Context) -> Any:
     """The model to evaluate or explain: in memory after train, else ``train_run_id``, else the latest FINISHED
     train run with this model and dataset config, else ``model.uri`` for ``model=pretrained``."""
+    from xaitk_exp.models.sources import is_image_model
     from xaitk_exp.tracking.model_io import load_model
 
+    if is_image_model(ctx.cfg.model):  # model=onnx|torch|maite: the config's file, linked to its train run
+        from xaitk_exp.models.pipeline import ensure
+
+        return ensure(ctx)
     if ctx.model is not None and (ctx.train_run_id or ctx.pretrained_uri):
         return ctx.model
     if ctx.pretrained_uri:

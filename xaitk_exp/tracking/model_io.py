@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from xaitk_exp.errors import ConfigError, TrackingError
+from xaitk_exp.models.lazy import import_skops
 from xaitk_exp.security.trust import check_model_types, trusted_types
 from xaitk_exp.tracking.stores import use_tracking_uri
 
@@ -23,6 +24,7 @@ def save_sklearn_model(model: Any, path: Path, input_example: Any) -> Path:
     """An MLflow sklearn model folder (MLmodel, env files, ``model.skops``) with a signature from the example."""
     import mlflow.sklearn
 
+    import_skops()  # before MLflow imports skops itself: skops.io would pull PyTorch in wherever it is installed
     mlflow.sklearn.save_model(
         model,
         str(path),
@@ -40,6 +42,7 @@ def load_model(uri: str, tracking_uri: str, allow_pickle: bool = False) -> Any:
     from mlflow.exceptions import MlflowException
 
 
+    import_skops()
     use_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:

@@ -49,6 +49,7 @@ class ExplainSpec:
     labels: list[str]  #: display names, in the order of ``model.classes_``
     metrics: MetricSettings | None = None  #: the parsed ``metrics:`` block; None: no quality metrics
     permuted_model: Any = None  #: the permuted-label model of ``metrics.sanity``
+    top_k: int | None = None  #: ``maps.top_k``: None (auto: every class up to 20, else 5), 0 (every class), k
 
 
 @dataclass
@@ -88,6 +89,7 @@ class Explained:
     predicted_index: int
     metrics: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
+    map_classes: list[str] = field(default_factory=list)  #: the class of each map in the ``.npy``, in order
 
 
 #: per process: the last algorithm built (a seeded RISE keeps its masks between images and batches)
@@ -160,10 +162,10 @@ def iter_explained(spec: ExplainSpec, tasks: Sequence[ImageTask]) -> Iterator[Ex
     """Each task's files and metrics, in order, one image at a time."""
     from threadpoolctl import threadpool_limits
 
-    from xaitk_exp.models.blackbox import SklearnBlackbox
+    from xaitk_exp.models.blackbox import blackbox_for
 
     algo = algorithm_for(spec)
-    blackbox = SklearnBlackbox(spec.model, spec.chunk_size)
+    blackbox = blackbox_for(spec.model, spec.chunk_size)
     for task in tasks:
         # BLAS on one thread: the black box's small products run about 1.4x faster so, with the same bits; cores
         # are better spent on images in parallel
@@ -174,12 +176,15 @@ def iter_explained(spec: ExplainSpec, tasks: Sequence[ImageTask]) -> Iterator[Ex
 def explain(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask) -> Explained:
     """One image: ``saliency_map_np_arrays/`` (maps and image), the maps' picture and, with metrics, the curves'
     picture, all in ``task.folder``; the metrics' values come back."""
+    from xaitk_exp.models.pipeline import restrict_to_top
     from xaitk_exp.stages.saliency.algorithm import class_maps
     from xaitk_exp.viz.figures import saliency_figure
 
+    # maps.top_k: the black box reports only the kept classes (predicted first), so only their maps are made
+    blackbox, kept = restrict_to_top(blackbox, task.image, spec.top_k)
     maps = algo.compute(task.image, blackbox)
     shown = class_maps(maps)
-    labels = spec.labels
+    labels = spec.labels if kept is None else [spec.labels[i] for i in kept]
     # an evaluation recorded with other class names: the class the maps favour most
     pred_idx = labels.index(task.predicted) if task.predicted in labels else int(np.argmax(shown.sum(axis=(-1, -2))))
     root = Path(task.folder)
@@ -205,7 +210,7 @@ def explain(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask) -> Exp
                 quality.curves, quality.values, root / CURVES_FIGURE,
                 f"{algo.name} | image {task.image_id} | class {task.predicted}",
             )
-    return Explained(task.image_id, task.folder, pred_idx, values)
+    return Explained(task.image_id, task.folder, pred_idx, values, map_classes=[str(c) for c in labels])
 
 
 def record(tracker: Any, rspec: RecordSpec, task: ImageTask, result: Explained) -> str:
@@ -220,9 +225,13 @@ def record(tracker: Any, rspec: RecordSpec, task: ImageTask, result: Explained) 
         schema.IMAGE_ID: task.image_id,
         schema.PREDICTED_CLASS: task.predicted,
         schema.PREDICTED_CLASS_INDEX: result.predicted_index,
-        schema.GT_CLASS: ev_tags.get(schema.GT_CLASS, ""),
+        schema.MAP_CLASSES: ",".join(result.map_classes),
     }
-    if "Image_path" in ev_tags:
+    # no GT_* without ground truth; class names beside indices for image models
+    for key in (schema.GT_CLASS, schema.PREDICTED_LABEL, schema.GT_LABEL):
+        if key in ev_tags:
+            tags[key] = ev_tags[key]
+    if schema.IMAGE_PATH in ev_tags:
         tags[schema.IMAGE_PATH] = ev_tags[schema.IMAGE_PATH]
     if rspec.update_run_id:
         tags[schema.MODIFIED_RUN] = "True"

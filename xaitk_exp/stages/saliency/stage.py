@@ -85,7 +85,9 @@ def run_saliency(ctx: Context) -> list[str]:
     if update:
         _check_update(ctx, str(update), exp_id, algo)
     names = [str(c) for c in split.class_names]
-    labels = [label_name(c, names) for c in model.classes_]
+    from xaitk_exp.models.pipeline import display_labels
+
+    labels = display_labels(model, [label_name(c, names) for c in model.classes_])  # image models: class indices
     from tqdm import tqdm
 
     done = {} if cfg.force or update else _finished_runs(ctx, exp_id)
@@ -154,6 +156,7 @@ def _explain_and_record(
     import os
     import shutil
 
+    from xaitk_exp.models.sources import top_k_setting
     from xaitk_exp.settings.metrics import settings_from_config
     from xaitk_exp.settings.nodes import to_dict
     from xaitk_exp.stages.saliency.image import (
@@ -181,6 +184,7 @@ def _explain_and_record(
         labels=labels,
         metrics=settings if settings.enabled else None,
         permuted_model=permuted,
+        top_k=top_k_setting(ctx.cfg.get("maps", {}).get("top_k", "auto")),
     )
     rspec = RecordSpec(
         tracker=ctx.tracker.reopen_args(),

@@ -1,0 +1,53 @@
+"""Keep heavy optional libraries out of processes that do not use them.
+
+skops (which stores scikit-learn models) lists scikit-learn's estimators when it is imported; scikit-learn walks
+every one of its sub-packages for that, including ``sklearn.externals.array_api_compat.torch``, which imports
+PyTorch whenever it is installed (about 1-2 s and a few hundred MB for a digits MLP that never touches it).
+:func:`import_skops` imports skops once with ``torch`` hidden unless this process already uses it; the walk
+skips the package it cannot import, and nothing of skops depends on it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+HIDDEN = ("torch",)
+
+
+class _Hide:
+    """A meta-path finder that refuses the hidden top-level packages (an ImportError, as if not installed)."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name.split(".", 1)[0] in self.names:
+            raise ImportError(f"{name} is not imported by xaitk-exp while it loads skops", name=name)
+        return None
+
+
+@contextmanager
+def hidden(names: tuple[str, ...] = HIDDEN) -> Iterator[None]:
+    """Within the block, importing ``names`` fails unless they are imported already."""
+    todo = tuple(n for n in names if n not in sys.modules)
+    if not todo:
+        yield
+        return
+    finder = _Hide(todo)
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+
+
+def import_skops() -> Any:
+    """``skops.io``, imported without pulling PyTorch in (see the module's docstring)."""
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    with hidden():
+        return importlib.import_module("skops.io")
