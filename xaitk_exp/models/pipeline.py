@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from xaitk_exp import schema
 from xaitk_exp.errors import ConfigError, TrackingError
 from xaitk_exp.models.image_model import ImageModel
 from xaitk_exp.models.sources import (
@@ -67,7 +68,7 @@ def record(ctx: Any) -> str:
             print(f"[train] reusing run {previous.info.run_id} (same config and model file; force=true re-records)")
             return previous.info.run_id
     tracker = ctx.tracker
-    exp_id = tracker.experiment(ctx.experiment_name("Train"))
+    exp_id = tracker.experiment(ctx.experiment_name(schema.TRAIN), framework=ctx.framework)
     info = model.info()
     tags = {
         "Dataset": ctx.dataset_name,

@@ -120,6 +120,18 @@ class Context:
         run = self.tracker.get_run(run_id)
         return run_id, run.info.experiment_id
 
+    @property
+    def framework(self) -> tuple[str, str]:
+        """The model's library and its version, for the experiments' ``framework`` and ``version`` tags."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        source = self.cfg.model.get("source")
+        name = {"onnx": "onnxruntime", "torch": "torch", "maite": "maite"}.get(str(source), "scikit-learn")
+        try:
+            return name, version(name)
+        except PackageNotFoundError:
+            return name, "unknown"
+
     def experiment_name(self, suffix: str) -> str:
         """``<Model class> - <suffix>``, e.g. ``MLPClassifier - Train``."""
         return schema.experiment_name(self.model_class, suffix)

@@ -29,8 +29,8 @@ def train_note(ctx: Context, n_images: int) -> str:
 
 def evaluation_summary_note(ctx: Context, split: str, n_runs: int, n_split: int) -> str:
     return (
-        f"Evaluation of **{ctx.model_class}** on **{ctx.dataset_name}** / {split}: {n_runs} image runs under this run, "
-        f"accuracy over all {n_split} images of the split.  \n"
+        f"Evaluation of **{ctx.model_class}** on **{ctx.dataset_name}** / {split}: {n_runs} image runs under this run; "
+        f"its metrics cover all {n_split} images of the split.  \n"
         f"Model: {run_link('train run', ctx.train_exp_id, ctx.train_run_id)}."
     )
 

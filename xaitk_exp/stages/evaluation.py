@@ -43,7 +43,7 @@ def run_evaluation(ctx: Context) -> str:
     # tags and metrics per class: image models tag indices (names in *_label), top 5 above 20 classes, no ground truth
     view = class_view(split, model, split_name, class_labels)
     class_labels = view.labels
-    exp_id = tracker.experiment(ctx.experiment_name(schema.EVALUATION))
+    exp_id = tracker.experiment(ctx.experiment_name(schema.EVALUATION), framework=ctx.framework)
     model_id, version_tags = evaluated_model(ctx)  # the logged model, and the registered version it came from
     base_tags = {
         schema.DATASET: ctx.dataset_name,

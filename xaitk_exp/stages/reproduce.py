@@ -92,6 +92,8 @@ def replay_config(stored: dict[str, Any], current: DictConfig, original: Any, st
     tags = original.data.tags
     cfg.stage, cfg.force = stage, True
     cfg.run_id = cfg.update_run_id = cfg.sweep_run_id = None
+    if cfg.get("sweep") is not None and "trial" in cfg.sweep:  # a replayed optuna trial is no trial of its study
+        cfg.sweep.trial = None
     cfg.reproduced_from = original.info.run_id
     cfg.tracking, cfg.logging = current.tracking, current.logging
     cfg.allow_targets = list(current.get("allow_targets") or [])

@@ -31,7 +31,7 @@ def run_train(ctx: Context) -> str | None:
             return ctx.train_run_id
     X = split.train_images.reshape(len(split.train_images), -1)
     tracker = ctx.tracker
-    exp_id = tracker.experiment(ctx.experiment_name(schema.TRAIN))
+    exp_id = tracker.experiment(ctx.experiment_name(schema.TRAIN), framework=ctx.framework)
     tags = {schema.DATASET: ctx.dataset_name, **ctx.provenance_tags("train"), schema.NOTE: train_note(ctx, len(X))}
     with tracker.run(exp_id, schema.TRAIN_RUN, tags=tags) as run_id:
         tracker.log(run_id, params=_params(model))

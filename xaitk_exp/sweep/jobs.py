@@ -23,6 +23,12 @@ UPSTREAM = {"all": ("train", "evaluation"), "evaluation": ("train",)}
 
 # ----- before the jobs ---------------------------------------------------------------------------------------------
 def model_class(cfg: DictConfig) -> str | None:
+    """The model's name in its experiments' names, without building it (None for a stored model: its class is
+    known once loaded)."""
+    from xaitk_exp.models.sources import display_name, is_image_model
+
+    if is_image_model(cfg.get("model") or {}):
+        return display_name(cfg.model)
     target = OmegaConf.select(cfg, "model._target_", default=None)
     return str(target).rsplit(".", 1)[-1] if target and not OmegaConf.select(cfg, "model.uri") else None
 

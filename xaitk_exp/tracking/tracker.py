@@ -64,21 +64,24 @@ class Tracker(StoreReader, ABC):
         return self.level, self.uri, self.artifact_root, self.sqlite_journal
 
     # ----- experiments -------------------------------------------------------------------------------------------
-    def experiment(self, name: str, create: bool = True) -> str | None:
-        """The id of experiment ``name``, created with tags ``framework``, ``version``, ``Experiment`` if missing."""
+    def experiment(self, name: str, create: bool = True, framework: tuple[str, str] | None = None) -> str | None:
+        """The id of experiment ``name``, created if missing with tags ``framework`` and ``version`` (the model's
+        library: ``framework``, default scikit-learn) and ``Experiment``."""
         if name in self._experiments:
             return self._experiments[name]
         from mlflow.exceptions import MlflowException
 
         exp = self._get_experiment(name)
         if exp is None and create:
-            import sklearn
+            if framework is None:
+                import sklearn
 
+                framework = ("scikit-learn", sklearn.__version__)
             location = None
             if self.artifact_root:
                 safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
                 location = Path(self.artifact_root, safe).as_uri()
-            tags = {"framework": "scikit-learn", "version": sklearn.__version__, "Experiment": name}
+            tags = {"framework": framework[0], "version": framework[1], "Experiment": name}
             try:
                 self.client.create_experiment(name, artifact_location=location, tags=tags)
             except MlflowException:  # created meanwhile by a parallel job

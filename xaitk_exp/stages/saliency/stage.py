@@ -81,7 +81,7 @@ def run_saliency(ctx: Context) -> list[str]:
                 f"evaluation run {run.info.run_id} names Image_id={k}, outside the {split_name} split "
                 f"({len(images)} images): the dataset config differs from the evaluation's"
             )
-    exp_id = tracker.experiment(ctx.experiment_name(schema.SALIENCY))
+    exp_id = tracker.experiment(ctx.experiment_name(schema.SALIENCY), framework=ctx.framework)
     if update:
         _check_update(ctx, str(update), exp_id, algo)
     names = [str(c) for c in split.class_names]
