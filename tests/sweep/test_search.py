@@ -82,7 +82,7 @@ def test_objectives_and_directions() -> None:
 
 def test_default_storage_is_beside_the_tracking_store(tmp_path: Path) -> None:
     from xaitk_exp.app import compose_config
-    from xaitk_exp.sweep.search import resolve_storage
+    from xaitk_exp.sweep.study import resolve_storage
 
     cfg = compose_config([f"tracking.uri=sqlite:///{tmp_path}/db/mlflow.db"])
     assert resolve_storage(cfg, None) == f"sqlite:///{tmp_path}/db/optuna.db"

@@ -13,7 +13,6 @@ import json
 import math
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,11 @@ from xaitk_exp.errors import ConfigError
 from xaitk_exp.sweep.jobs import compose_probes
 from xaitk_exp.sweep.records import JOB_RECORD, SWEEP_KEY, read_json
 from xaitk_exp.sweep.space import Param, check_objectives, directions, objectives, parse_space
+from xaitk_exp.sweep.study import open_study, resolve_storage, sweep_dir_of
 
 TRIAL_KEY = "sweep.trial"
 PARENT_ATTR = "parent_run_id"
-OPTUNA_DB = "optuna.db"
-OPTUNA_SCHEMA = "optuna"
 #: parameter importances need a few finished trials to mean anything
-MIN_TRIALS_FOR_IMPORTANCE = 4
 _ACTIVE: dict[str, Search] = {}  # sweep dir -> the search of this process
 
 
@@ -210,47 +207,9 @@ class Search:
 
     def pictures(self, folder: Path) -> list[Path]:
         """Optimisation history (per objective), parameter importances (enough trials), Pareto front (several)."""
-        import matplotlib
+        from xaitk_exp.viz.study import study_pictures
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from optuna.trial import TrialState
-        from optuna.visualization import matplotlib as ovm
-
-        complete = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-        if not complete:
-            return []
-        out: list[Path] = []
-        folder.mkdir(parents=True, exist_ok=True)
-
-        def save(ax: Any, name: str) -> None:
-            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-            fig.set_size_inches(8, 5)
-            fig.tight_layout()
-            fig.savefig(folder / name, dpi=100)
-            plt.close(fig)
-            out.append(folder / name)
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # optuna's matplotlib plots are marked experimental
-            for i, name in enumerate(self.objectives):
-                target = None if len(self.objectives) == 1 else (lambda t, i=i: t.values[i])
-                suffix = "" if len(self.objectives) == 1 else "_" + _file_part(name)
-                save(ovm.plot_optimization_history(self.study, target=target, target_name=name),
-                     f"optimization_history{suffix}.png")
-            searched = {k for t in complete for k in t.params}
-            if len(complete) >= MIN_TRIALS_FOR_IMPORTANCE and searched:
-                try:
-                    for i, name in enumerate(self.objectives):
-                        target = None if len(self.objectives) == 1 else (lambda t, i=i: t.values[i])
-                        suffix = "" if len(self.objectives) == 1 else "_" + _file_part(name)
-                        save(ovm.plot_param_importances(self.study, target=target, target_name=name),
-                             f"param_importances{suffix}.png")
-                except (RuntimeError, ValueError, ZeroDivisionError) as exc:  # e.g. every trial had one value
-                    print(f"xaitk-exp: warning: no parameter importances: {exc}", file=sys.stderr)
-            if len(self.objectives) in (2, 3):
-                save(ovm.plot_pareto_front(self.study, target_names=self.objectives), "pareto_front.png")
-        return out
+        return study_pictures(self.study, self.objectives, folder)
 
     def record(self, tracker: Any, parent: str, sweep_dir: Path) -> list[dict[str, Any]]:
         """The study's trials table, best trial and pictures in the parent run; returns the table's rows."""
@@ -304,135 +263,21 @@ def open_search(config: DictConfig) -> Search:
         check_objectives(names, job)
     dirs = directions(names, sweeper.get("direction"))
     storage = resolve_storage(config, sweeper.get("storage"))
-    study = _open_study(config, storage, sweeper, names, dirs)
+    study = open_study(config, storage, sweeper, names, dirs)
     search = Search(config, fixed, space, names, dirs, storage, study, probes)
-    _ACTIVE[_sweep_dir(config)] = search
+    _ACTIVE[sweep_dir_of(config)] = search
     return search
 
 
 def active(config: DictConfig) -> Search | None:
     """The search the callback opened for this multirun, if any."""
-    return _ACTIVE.get(_sweep_dir(config))
+    return _ACTIVE.get(sweep_dir_of(config))
 
 
 def forget(config: DictConfig) -> None:
-    _ACTIVE.pop(_sweep_dir(config), None)
+    _ACTIVE.pop(sweep_dir_of(config), None)
 
 
-def _sweep_dir(config: DictConfig) -> str:
-    return str(Path(str(config.hydra.sweep.dir)).resolve())
-
-
-def resolve_storage(config: DictConfig, given: Any) -> str:
-    """``hydra.sweeper.storage`` if given, else beside the tracking store: ``optuna.db`` next to a SQLite store,
-    the same database server for a database URI, ``outputs/optuna.db`` for a tracking server."""
-    if given:
-        return str(given)
-    from xaitk_exp.tracking.stores import resolve_tracking
-
-    uri, _ = resolve_tracking(config)
-    if uri.startswith("sqlite:"):
-        path = Path(uri.split("sqlite:///", 1)[-1].split("?", 1)[0])
-        return f"sqlite:///{path.resolve().parent / OPTUNA_DB}"
-    if uri.startswith("postgresql"):  # same database, own schema: Optuna and MLflow both keep an alembic_version
-        return _postgres_schema(uri, OPTUNA_SCHEMA)
-    return f"sqlite:///{(Path('outputs') / OPTUNA_DB).resolve()}"
-
-
-def _postgres_schema(uri: str, schema: str) -> str:
-    """``uri`` with psycopg 3 as the driver (the one installed) and ``schema`` first on the search path."""
-    import importlib.util
-
-    scheme, rest = uri.split("://", 1)
-    if scheme == "postgresql" and importlib.util.find_spec("psycopg2") is None:
-        scheme = "postgresql+psycopg"
-    sep = "&" if "?" in rest else "?"
-    return f"{scheme}://{rest}{sep}options=-csearch_path%3D{schema}"
-
-
-def _ensure_schema(storage: str) -> None:
-    """Create the schema a PostgreSQL storage URL puts first on its search path, if it is not there yet."""
-    import re
-
-    found = re.search(r"options=-csearch_path%3D(\w+)", storage)
-    if not storage.startswith("postgresql") or not found:
-        return
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(storage)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sqlalchemy.text(f'CREATE SCHEMA IF NOT EXISTS "{found.group(1)}"'))
-    finally:
-        engine.dispose()
-
-
-def _open_study(config: DictConfig, storage: str, sweeper: Any, names: list[str], dirs: list[str]) -> Any:
-    import logging
-
-    import optuna
-
-    from xaitk_exp.security.redact import redact_uri
-
-    optuna.logging.set_verbosity(logging.WARNING)  # our own one line per trial instead
-    if storage.startswith("sqlite:///"):
-        Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    name = sweeper.get("study_name") or f"xaitk-exp {Path(_sweep_dir(config)).name}"
-    try:
-        if storage == "memory":  # not kept: the study ends with this launch
-            rdb = None
-        else:
-            _ensure_schema(storage)
-            rdb = optuna.storages.RDBStorage(storage)
-    except Exception as exc:
-        raise ConfigError("hydra.sweeper.storage", redact_uri(storage),
-                          f"a database URL Optuna can open ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    existing = None
-    try:
-        existing = optuna.load_study(study_name=name, storage=rdb) if rdb is not None else None
-    except KeyError:
-        pass
-    if existing is not None:
-        old_names = existing.user_attrs.get("objectives")
-        old_dirs = [d.name.lower() for d in existing.directions]
-        if old_names and old_names != names or old_dirs != dirs:
-            raise ConfigError("hydra.sweeper.study_name", name,
-                              f"a new name, or the same objective as the stored study ({','.join(old_names or [])} "
-                              f"{','.join(old_dirs)}; this launch: {','.join(names)} {','.join(dirs)})")
-    sampler = _sampler(sweeper.get("sampler"), 0 if existing is None else len(existing.trials))
-    study = optuna.create_study(study_name=name, storage=rdb, sampler=sampler, directions=dirs, load_if_exists=True)
-    study.set_user_attr("objectives", names)
-    where = redact_uri(storage) if "://" in storage else "memory (not kept)"
-    verb = f"continuing ({len(study.trials)} trials so far)" if existing is not None else "new"
-    print(f"[search] study '{name}' {verb} in {where}; objective {', '.join(f'{n} ({d})' for n, d in zip(names, dirs, strict=True))}")
-    return study
-
-
-def _sampler(cfg: Any, offset: int) -> Any:
-    """``hydra.sweeper.sampler`` (an ``optuna.samplers`` class); a seeded sampler continuing a study is seeded
-    ``seed + trials so far``, so that it proposes new points instead of replaying the first launch's."""
-    import importlib
-
-    if not cfg:
-        return None
-    node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    target = str(node.pop("_target_", ""))
-    module, _, cls = target.rpartition(".")
-    if not module.startswith("optuna.samplers"):
-        raise ConfigError("hydra.sweeper.sampler._target_", target, "a class of optuna.samplers, e.g. "
-                          "optuna.samplers.TPESampler")
-    try:
-        klass = getattr(importlib.import_module(module), cls)
-    except (ImportError, AttributeError):
-        raise ConfigError("hydra.sweeper.sampler._target_", target, "a class of optuna.samplers") from None
-    if node.get("seed") is not None:
-        node["seed"] = int(node["seed"]) + offset
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # some samplers' options are marked experimental
-            return klass(**node)
-    except TypeError as exc:
-        raise ConfigError("hydra.sweeper.sampler", node, f"arguments {cls} accepts ({exc})") from None
 
 
 def _job_record(ret: Any, number: int, overrides: list[str], elapsed: float) -> dict[str, Any]:
@@ -455,11 +300,6 @@ def _job_record(ret: Any, number: int, overrides: list[str], elapsed: float) -> 
     return record
 
 
-def _file_part(name: str) -> str:
-    """``train.Train loss`` -> ``train_Train_loss``: a metric name as part of a file name."""
-    import re
-
-    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
 
 
 def _searched(overrides: list[str], space: list[Param]) -> list[str]:
