@@ -36,8 +36,6 @@ import ipaddress
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,12 +46,18 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from xaitk_exp.errors import XaitkExpError
+from xaitk_exp.teamserver.postgres import (
+    AUTH_DB_NAME,
+    DB_USER,
+    Postgres,
+    TeamServerError,
+    free_port,
+    postgres_missing_reason,
+    stop_group,
+    tail_file,
+)
 
-PG_BINARIES = ("initdb", "pg_ctl", "postgres")
 FRONTENDS = ("gunicorn", "uvicorn")
-DB_USER, DB_NAME, AUTH_DB_NAME = "mlflow", "mlflow", "mlflow_auth"
-PG_RUN_AS = "postgres"  # the unprivileged user PostgreSQL runs as when we are root
 ADMIN_USER = "admin"
 ADMIN_PASSWORD_FILE = "admin-password"
 LOOPBACK_HOSTS = "localhost,localhost:*,127.0.0.1,127.0.0.1:*"  # Host headers always answered
@@ -61,10 +65,6 @@ URL_FILE = "url"  # the running server's URL, for the ``user`` commands given on
 #: MLflow's basic-auth app checks a PBKDF2 hash on every request unless it caches good credentials this long
 #: (per worker). 60 s: see benchmarks/bench_auth.py for the cost, docs/team-server.md for the staleness it buys.
 DEFAULT_AUTH_CACHE_TTL = 60
-
-
-class TeamServerError(XaitkExpError):
-    """PostgreSQL or ``mlflow server`` could not be started; the message ends with the tail of its log."""
 
 
 class ServerURL(str):
@@ -128,49 +128,6 @@ def _local_address(host: str) -> str:
     return host
 
 
-def postgres_bindir() -> Path | None:
-    """The folder holding ``initdb``, ``pg_ctl`` and ``postgres`` (``$PG_BINDIR``, else ``PATH``), or None."""
-    candidates = [os.environ.get("PG_BINDIR")] if os.environ.get("PG_BINDIR") else []
-    found = shutil.which("pg_ctl")
-    if found:
-        candidates.append(str(Path(found).parent))
-    for folder in candidates:
-        if all(Path(folder, b).is_file() and os.access(Path(folder, b), os.X_OK) for b in PG_BINARIES):
-            return Path(folder)
-    return None
-
-
-def postgres_missing_reason() -> str | None:
-    """Why a private PostgreSQL cannot be started here (for ``pytest.skip``), or None when it can."""
-    if postgres_bindir() is None:
-        return f"PostgreSQL server binaries ({', '.join(PG_BINARIES)}) not found on PATH or in $PG_BINDIR"
-    if os.geteuid() == 0 and not _user_exists(PG_RUN_AS):
-        return f"running as root, and PostgreSQL refuses root: no {PG_RUN_AS!r} user to run it as"
-    return None
-
-
-def postgres_available() -> bool:
-    """True when :func:`team_server` can start its own PostgreSQL here."""
-    return postgres_missing_reason() is None
-
-
-def _user_exists(name: str) -> bool:
-    import pwd
-
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def team_server(
     workers: int = 4,
@@ -214,7 +171,7 @@ def team_server(
         else:
             root = Path(workdir).expanduser().resolve()
             root.mkdir(parents=True, exist_ok=True)
-        pg = _Postgres(root, startup_timeout)
+        pg = Postgres(root, startup_timeout)
         stack.callback(pg.stop)
         pg.start()
         settings = _Auth(root, auth_cache_ttl) if auth else None
@@ -244,7 +201,7 @@ class _Auth:
         self.admin_password = pw.read_text().strip()
         self.secret_key = key.read_text().strip()
 
-    def server_env(self, pg: _Postgres) -> dict[str, str]:
+    def server_env(self, pg: Postgres) -> dict[str, str]:
         """Write the ini for this start (the database port changes per start) and return the server's env."""
         self.ini.write_text(
             "# written by python -m xaitk_exp.teamserver on every start; edits are overwritten\n"
@@ -262,93 +219,9 @@ class _Auth:
         }
 
 
-# ----- PostgreSQL ----------------------------------------------------------------------------------------------
-class _Postgres:
-    """One PostgreSQL cluster under ``root/pgdata``, socket and log in ``root``, listening on 127.0.0.1 only."""
-
-    def __init__(self, root: Path, timeout: float) -> None:
-        self.root, self.timeout = root, timeout
-        self.data, self.log = root / "pgdata", root / "postgres.log"
-        self.bindir = postgres_bindir()
-        self.port = 0
-        self.started = False
-        pw_file = root / "pgpassword"
-        if not pw_file.exists():
-            pw_file.write_text(secrets.token_urlsafe(24))
-            pw_file.chmod(0o600)
-        self.password = pw_file.read_text().strip()
-
-    @property
-    def uri(self) -> str:
-        """The backend store URI, without the password (``mlflow server`` gets it through ``PGPASSWORD``)."""
-        return f"postgresql://{DB_USER}@127.0.0.1:{self.port}/{DB_NAME}"
-
-    def start(self) -> None:
-        self._hand_over(self.root)
-        if not (self.data / "PG_VERSION").exists():
-            pw = self.root / ".initdb-pw"
-            pw.write_text(self.password + "\n")
-            self._hand_over(pw)
-            try:
-                self._pg("initdb", "-D", str(self.data), "-U", DB_USER, "--auth=scram-sha-256",
-                         f"--pwfile={pw}", "-E", "UTF8", "--no-sync")
-            finally:
-                pw.unlink(missing_ok=True)
-        self.port = free_port()
-        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
-        self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w",
-                 "-t", str(int(self.timeout)), "start")
-        self.started = True
-        self._create_database()
-
-    def stop(self) -> None:
-        if not self.started:
-            return
-        self.started = False
-        try:
-            self._pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
-        except TeamServerError:
-            pid_file = self.data / "postmaster.pid"
-            if pid_file.exists():  # last resort: the postmaster's pid is the file's first line
-                try:
-                    os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
-                except (OSError, ValueError):
-                    pass
-
-    def _create_database(self) -> None:
-        import psycopg
-
-        conninfo = dict(host="127.0.0.1", port=self.port, user=DB_USER, password=self.password, dbname="postgres")
-        with psycopg.connect(**conninfo, autocommit=True, connect_timeout=30) as conn:
-            for name in (DB_NAME, AUTH_DB_NAME):  # tracking data, and MLflow's users and permissions
-                exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-                if not exists:
-                    conn.execute(f"CREATE DATABASE {name}")
-
-    def _pg(self, binary: str, *args: str) -> None:
-        cmd = [str(self.bindir / binary), *args]
-        if os.geteuid() == 0:
-            cmd = ["runuser", "-u", PG_RUN_AS, "--", *cmd]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout + 30, check=False,
-                              cwd=self.root)
-        if proc.returncode != 0:
-            raise TeamServerError(
-                f"{binary} failed (exit {proc.returncode}): {_tail(proc.stderr + proc.stdout)}{_tail_file(self.log)}"
-            )
-
-    @staticmethod
-    def _hand_over(path: Path) -> None:
-        """As root, give ``path`` to the ``postgres`` user (PostgreSQL will not run as root)."""
-        if os.geteuid() == 0:
-            import pwd
-
-            entry = pwd.getpwnam(PG_RUN_AS)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-
-
 # ----- mlflow server -------------------------------------------------------------------------------------------
 def _start_mlflow(
-    stack: ExitStack, root: Path, pg: _Postgres, workers: int, frontend: str, port: int, timeout: float,
+    stack: ExitStack, root: Path, pg: Postgres, workers: int, frontend: str, port: int, timeout: float,
     host: str = "127.0.0.1", auth: _Auth | None = None, allowed_hosts: str | None = None,
 ) -> str:
     artifacts = root / "artifacts"
@@ -381,17 +254,17 @@ def _start_mlflow(
     log = open(log_path, "ab")  # noqa: SIM115 - closed by the stack
     stack.callback(log.close)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
-    stack.callback(_stop_group, proc)
+    stack.callback(stop_group, proc)
     url = f"http://{_local_address(host)}:{port}"
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise TeamServerError(f"mlflow server exited with {proc.returncode} while starting:{_tail_file(log_path)}")
+            raise TeamServerError(f"mlflow server exited with {proc.returncode} while starting:{tail_file(log_path)}")
         if _healthy(url):
             return url
         if time.monotonic() > deadline:
             raise TeamServerError(f"mlflow server did not answer {url}/health within {timeout:.0f} s:"
-                                  f"{_tail_file(log_path)}")
+                                  f"{tail_file(log_path)}")
         time.sleep(0.5)
 
 
@@ -401,36 +274,5 @@ def _healthy(url: str) -> bool:
             return resp.status == 200
     except (urllib.error.URLError, OSError):
         return False
-
-
-def _stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
-    """SIGTERM ``mlflow server`` and its front-end workers (one process group), SIGKILL after ``grace`` s."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-    try:  # workers may outlive the parent; the group id is the parent's pid
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    if proc.poll() is None:
-        proc.wait(10)
-
-
-def _tail(text: str, lines: int = 5) -> str:
-    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
-
-
-def _tail_file(path: Path, lines: int = 8) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return f" [{path.name}: {_tail(text, lines)}]" if text.strip() else ""
 
 
