@@ -46,10 +46,10 @@ def test_default_pipeline_as_a_user_runs_it(tmp_path):
 def test_readme_seed_query_line_works_in_a_shell(tmp_path):
     assert run_cli(["stage=train"], tmp_path).returncode == 0
     assert run_cli(["stage=evaluation", "evaluation.num_images=100"], tmp_path).returncode == 0
-    line = _readme_line(".venv/bin/xaitk-exp stage=saliency 'query.filter=")
+    line = _readme_line("xaitk-exp stage=saliency 'query.filter=")
     words = shlex.split(line)
     assert words[2] == "query.filter=\"metrics.Predicted_class_conf >= 0.9 and tags.Predicted_class = '4'\""
-    command = shlex.join(exe()) + line[len(".venv/bin/xaitk-exp"):] + " evaluation.num_images=100"
+    command = shlex.join(exe()) + line[len("xaitk-exp"):] + " evaluation.num_images=100"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the default store, as for a user
     proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
