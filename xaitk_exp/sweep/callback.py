@@ -38,6 +38,7 @@ from xaitk_exp.sweep.records import (
     JOB_RECORD,
     SWEEP_KEY,
     end_leaked_fluent_runs,
+    job_value,
     read_job_records,
     read_json,
     write_record,
@@ -186,7 +187,7 @@ class SweepCallback(Callback):
             "job": int(config.hydra.job.num), SWEEP_KEY: config.get(SWEEP_KEY), "started": time.time()
         }
         record["runtime_s"] = round(time.time() - float(record["started"]), 3)
-        value = job_return._return_value
+        value = job_value(job_return)
         if job_return.status == JobStatus.COMPLETED:
             record["status"] = "COMPLETED"
             record["runs"] = value if isinstance(value, dict) else {}

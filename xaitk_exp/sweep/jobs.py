@@ -37,6 +37,7 @@ def job_configs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
     """Every job's overrides and composed config, as Hydra's basic sweeper will build them ([] for other sweepers)."""
     if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return []
+    # private, with a reason: Hydra has no public way to expand a sweep's overrides into its jobs as its sweeper does
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -143,6 +144,7 @@ def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, outp
             print(f"xaitk-exp: warning: shared upstream failed ({type(exc).__name__}: {exc})", file=sys.stderr)
 
 
+#: Hydra's own in-process launcher (a config target: Hydra names it so; nothing of it is imported here)
 IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 #: per job stage: (experiment, hash stage, extra filter) of the runs that make the job's result
 FINAL_RUNS = {"train": (schema.TRAIN, "train", ""), "evaluation": (schema.EVALUATION, "evaluation", "tags.Run_type = 'summary'"),

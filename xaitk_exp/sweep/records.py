@@ -33,6 +33,15 @@ def read_job_records(sweep_dir: Path, sweep_run_id: str | None = None) -> list[d
     return sorted(records, key=lambda r: int(r.get("job", 0)))
 
 
+def job_value(job_return: Any) -> Any:
+    """What a finished job returned, or the exception a failed one raised (Hydra's public ``return_value`` raises
+    it again for a failed job)."""
+    try:
+        return job_return.return_value
+    except Exception as exc:  # the job's own error
+        return exc
+
+
 def end_leaked_fluent_runs() -> None:
     """The joblib launcher reuses worker processes: close any fluent run a previous job left on this thread."""
     mlflow = sys.modules.get("mlflow")

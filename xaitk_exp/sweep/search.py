@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xaitk_exp.errors import ConfigError
 from xaitk_exp.sweep.jobs import compose_probes
-from xaitk_exp.sweep.records import JOB_RECORD, SWEEP_KEY, read_json
+from xaitk_exp.sweep.records import JOB_RECORD, SWEEP_KEY, job_value, read_json
 from xaitk_exp.sweep.space import Param, check_objectives, directions, objectives, parse_space
 from xaitk_exp.sweep.study import open_study, resolve_storage, sweep_dir_of
 
@@ -290,9 +290,10 @@ def _job_record(ret: Any, number: int, overrides: list[str], elapsed: float) -> 
         record = {"overrides": [o for o in overrides if not o.startswith(f"{SWEEP_KEY}=")],
                   "runtime_s": round(elapsed, 3)}
         if ret.status == JobStatus.COMPLETED:
-            record.update(status="COMPLETED", runs=ret._return_value if isinstance(ret._return_value, dict) else {})
+            value = job_value(ret)
+            record.update(status="COMPLETED", runs=value if isinstance(value, dict) else {})
         else:
-            value = ret._return_value
+            value = job_value(ret)
             text = str(value).strip().splitlines()
             record.update(status="FAILED", error=f"{type(value).__name__}: {text[0] if text else ''}"[:500])
     record["job"] = number
