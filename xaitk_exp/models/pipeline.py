@@ -86,7 +86,7 @@ def record(ctx: Any) -> str:
         "n_classes": model.n_outputs,
         "target": info["target"],
     }
-    with tracker.run(exp_id, "train_info", tags=tags) as run_id:
+    with tracker.run(exp_id, schema.TRAIN_RUN, tags=tags) as run_id:
         tracker.log(run_id, params=params)
         ctx.record_config(run_id)
         if model.file:
