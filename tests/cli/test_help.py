@@ -24,7 +24,7 @@ def test_help_opens_with_our_text_and_lists_stages_groups_and_options(tmp_path):
     proc = run_cli(["--help"], tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    assert out.startswith("xaitk-exp: train a scikit-learn image classifier"), out[:300]
+    assert out.startswith("xaitk-exp: train a scikit-learn classifier (or load an ONNX, PyTorch or MAITE one)"), out[:300]
     assert "powered by Hydra" not in out and "== Config ==" not in out  # Hydra's banner and config dump
     for stage in STAGES:
         assert f"\n{stage} " in out, stage

@@ -122,7 +122,8 @@ def test_parallel_sweep_against_the_team_server(server, pipeline, tmp_path):
             [exp.experiment_id], f"tags.Saliency_algorithm = '{algo}' and attributes.run_name LIKE 'ImageID-%' "
             f"and tags.Evaluation_summary_run_id = '{pipeline.evaluation_run_id}'",
         )
-        assert len({r.data.tags["Image_id"] for r in runs}) == per_job == len(runs), (algo, [r.info.run_name for r in runs])
+        names = [r.info.run_name for r in runs]
+        assert len({r.data.tags["Image_id"] for r in runs}) == per_job == len(runs), (algo, names)
         assert sum(r.info.start_time >= started for r in runs) == (per_job - 1 if algo == "sliding_window" else per_job)
         for run in runs:
             assert run.info.status == "FINISHED"
