@@ -109,3 +109,25 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600, env: dict | None =
     return subprocess.run(
         [*exe(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env, check=False
     )
+
+
+def local_client(cwd: Path):
+    """A client on the default store a command run in ``cwd`` writes (``cwd/outputs/mlflow.db``)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'outputs' / 'mlflow.db'}")
+
+
+def experiment_runs(client, experiment: str) -> list:
+    """Every run of ``experiment`` (none when it does not exist)."""
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def sweep_table(client, parent_id: str, tmp: Path) -> list[dict[str, str]]:
+    """The rows of a sweep's ``sweep_summary.csv``, from its parent run."""
+    import csv
+    import io
+
+    local = client.download_artifacts(parent_id, "sweep_summary.csv", str(tmp))
+    return list(csv.DictReader(io.StringIO(Path(local).read_text())))

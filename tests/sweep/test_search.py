@@ -3,34 +3,16 @@ command on a fresh SQLite store, continued by a relaunch; a saliency search on a
 
 from __future__ import annotations
 
-import csv
-import io
 import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import experiment_runs, local_client, run_cli, sweep_table
 
 from xaitk_exp.errors import ConfigError
 from xaitk_exp.sweep.space import check_objectives, directions, objectives, parse_space
 
 OPTUNA = ["-m", "hydra/sweeper=optuna", "progress=false"]
-
-
-def _client(cwd: Path):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'outputs' / 'mlflow.db'}")
-
-
-def _runs(client, experiment: str) -> list:
-    exp = client.get_experiment_by_name(experiment)
-    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
-
-
-def _table(client, run_id: str, tmp: Path) -> list[dict[str, str]]:
-    local = client.download_artifacts(run_id, "sweep_summary.csv", str(tmp))
-    return list(csv.DictReader(io.StringIO(Path(local).read_text())))
 
 
 # ----- the space and the objective (no study) ------------------------------------------------------------------------
@@ -108,8 +90,8 @@ def test_bad_spaces_fail_with_one_line_before_any_trial(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip() == ("xaitk-exp: error: sweep.objective='saliency.Deletion_AUC' is invalid: a metric "
                                      "that stage=train logs: train.Train accuracy, train.Train loss")
-    client = _client(tmp_path)  # nothing was started
-    assert not (tmp_path / "outputs" / "mlflow.db").exists() or not _runs(client, "MLPClassifier - Train")
+    client = local_client(tmp_path)  # nothing was started
+    assert not (tmp_path / "outputs" / "mlflow.db").exists() or not experiment_runs(client, "MLPClassifier - Train")
 
 
 @pytest.mark.slow
@@ -120,8 +102,8 @@ def test_model_search_runs_end_to_end_and_a_relaunch_continues_the_study(tmp_pat
             "hydra.sweeper.sampler.seed=1"]
     first = run_cli([*args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], tmp_path, timeout=400)
     assert first.returncode == 0, first.stderr[-3000:]
-    client = _client(tmp_path)
-    saliency = _runs(client, "MLPClassifier - Saliency Map Generation")
+    client = local_client(tmp_path)
+    saliency = experiment_runs(client, "MLPClassifier - Saliency Map Generation")
     parents = [r for r in saliency if r.data.tags.get("Run_type") == "sweep"]
     assert len(parents) == 1
     parent = parents[0]
@@ -130,8 +112,8 @@ def test_model_search_runs_end_to_end_and_a_relaunch_continues_the_study(tmp_pat
     maps = [r for r in saliency if r is not parent]
     assert sorted(r.data.tags["Trial_number"] for r in maps) == ["0", "1", "2", "3"]
     assert all(r.data.tags["Sweep_run_id"] == pid and r.data.tags["mlflow.parentRunId"] == pid for r in maps)
-    summaries = [r for r in _runs(client, "MLPClassifier - Evaluation") if r.data.tags.get("Run_type") == "summary"]
-    train = _runs(client, "MLPClassifier - Train")
+    summaries = [r for r in experiment_runs(client, "MLPClassifier - Evaluation") if r.data.tags.get("Run_type") == "summary"]
+    train = experiment_runs(client, "MLPClassifier - Train")
     for runs in (summaries, train):
         assert sorted(r.data.tags["Trial_number"] for r in runs) == ["0", "1", "2", "3"]
         assert all(r.data.tags["Sweep_run_id"] == pid for r in runs)
@@ -143,7 +125,7 @@ def test_model_search_runs_end_to_end_and_a_relaunch_continues_the_study(tmp_pat
     artifacts = {a.path for a in client.list_artifacts(pid)} | {a.path for a in client.list_artifacts(pid, "study")}
     assert {"sweep_summary.csv", "sweep_summary.json", "study/optimization_history.png",
             "study/param_importances.png"} <= artifacts
-    rows = _table(client, pid, tmp_path / "t1")
+    rows = sweep_table(client, pid, tmp_path / "t1")
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4"] and rows[0]["trial"] == best
     assert all(r["status"] == "FINISHED" and r["evaluation.Accuracy"] for r in rows)
     assert (tmp_path / "outputs" / "optuna.db").exists()
@@ -151,11 +133,11 @@ def test_model_search_runs_end_to_end_and_a_relaunch_continues_the_study(tmp_pat
     again = run_cli(args, tmp_path, timeout=400)  # the same command: the study goes on, in the same parent run
     assert again.returncode == 0, again.stderr[-3000:]
     assert "continuing (4 trials so far)" in again.stdout
-    saliency = _runs(client, "MLPClassifier - Saliency Map Generation")
+    saliency = experiment_runs(client, "MLPClassifier - Saliency Map Generation")
     parents = [r for r in saliency if r.data.tags.get("Run_type") == "sweep"]
     assert [p.info.run_id for p in parents] == [pid] and parents[0].info.status == "FINISHED"
     assert parents[0].data.metrics["trials"] == 8.0
-    rows = _table(client, pid, tmp_path / "t2")
+    rows = sweep_table(client, pid, tmp_path / "t2")
     assert sorted(int(r["trial"]) for r in rows) == list(range(8))
     new = {r.data.tags["Trial_number"] for r in saliency if r.data.tags.get("Run_type") != "sweep"}
     reused = {r["trial"] for r in rows if r["status"] == "REUSED"}
@@ -171,11 +153,11 @@ def test_saliency_search_on_a_fixed_model_trains_and_evaluates_once(tmp_path: Pa
             "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=3", "hydra.sweeper.sampler.seed=0"]
     result = run_cli(args, tmp_path, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
-    client = _client(tmp_path)
-    assert len(_runs(client, "MLPClassifier - Train")) == 1, "the fixed model is trained once"
-    evaluations = [r for r in _runs(client, "MLPClassifier - Evaluation") if r.data.tags.get("Run_type") == "summary"]
+    client = local_client(tmp_path)
+    assert len(experiment_runs(client, "MLPClassifier - Train")) == 1, "the fixed model is trained once"
+    evaluations = [r for r in experiment_runs(client, "MLPClassifier - Evaluation") if r.data.tags.get("Run_type") == "summary"]
     assert len(evaluations) == 1
-    saliency = _runs(client, "MLPClassifier - Saliency Map Generation")
+    saliency = experiment_runs(client, "MLPClassifier - Saliency Map Generation")
     parent = next(r for r in saliency if r.data.tags.get("Run_type") == "sweep")
     maps = [r for r in saliency if r is not parent]
     assert sorted(r.data.tags["Trial_number"] for r in maps) == ["0", "1", "2"]
@@ -193,20 +175,20 @@ def test_failed_trials_do_not_stop_a_study_with_two_objectives(tmp_path: Path) -
     result = run_cli(args, tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[search] trial" in result.stderr and "FAILED" in result.stderr
-    client = _client(tmp_path)
-    runs = _runs(client, "MLPClassifier - Train")
+    client = local_client(tmp_path)
+    runs = experiment_runs(client, "MLPClassifier - Train")
     parent = next(r for r in runs if r.data.tags.get("Run_type") == "sweep")
     assert parent.info.status == "FINISHED", "a failed trial is a FAIL trial, not a failed study"
     assert parent.data.metrics["trials_failed"] == 1.0 and parent.data.metrics["trials_complete"] == 2.0
     assert parent.data.tags["Sweep_direction"] == "maximize,minimize"
     assert {"Best_value.train.Train accuracy", "Best_value.train.Train loss"} <= set(parent.data.metrics)
     assert "study/pareto_front.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
-    rows = {r["param.model.max_iter"]: r for r in _table(client, parent.info.run_id, tmp_path / "t")}
+    rows = {r["param.model.max_iter"]: r for r in sweep_table(client, parent.info.run_id, tmp_path / "t")}
     assert rows["-1"]["status"] == "FAILED" and "max_iter" in rows["-1"]["error"]
     assert {r.info.status for r in runs} <= {"FINISHED", "FAILED"}, "no run left RUNNING"
 
     every = run_cli([*OPTUNA, "stage=train", "model.max_iter=choice(-1, -2)", "sweep.objective=train.Train accuracy",
                      "hydra.sweeper.n_trials=2"], tmp_path, timeout=300)
     assert every.returncode == 1, "a launch whose trials all failed exits non-zero"
-    parents = [r for r in _runs(client, "MLPClassifier - Train") if r.data.tags.get("Run_type") == "sweep"]
+    parents = [r for r in experiment_runs(client, "MLPClassifier - Train") if r.data.tags.get("Run_type") == "sweep"]
     assert sorted(p.info.status for p in parents) == ["FAILED", "FINISHED"]

@@ -3,14 +3,12 @@ on a fresh SQLite store; the summary helpers; parallel saliency inside a job."""
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import experiment_runs, local_client, run_cli, sweep_table
 
 from xaitk_exp.errors import ConfigError
 from xaitk_exp.sweep.summary import rank_rows
@@ -19,23 +17,8 @@ SMALL = ["progress=false", "evaluation.num_images=2"]
 MAPS = "saliency_map_np_arrays/saliency_maps.npy"
 
 
-def _client(cwd: Path):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'outputs' / 'mlflow.db'}")
-
-
-def _runs(client, experiment: str) -> list:
-    exp = client.get_experiment_by_name(experiment)
-    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
-
-
-def _summary(client, parent_id: str, tmp: Path) -> list[dict[str, str]]:
-    local = client.download_artifacts(parent_id, "sweep_summary.csv", str(tmp))
-    return list(csv.DictReader(io.StringIO(Path(local).read_text())))
-
-
-def parent_dir(runs: list) -> list:
+def sweep_parents(runs: list) -> list:
+    """The sweeps' parent runs among ``runs``."""
     return [r for r in runs if r.data.tags.get("Run_type") == "sweep"]
 
 
@@ -46,12 +29,12 @@ def test_parallel_saliency_sweep_on_fresh_store_then_relaunch_skips_finished_job
     first = run_cli(args, tmp_path, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "duplicate column" not in first.stderr and "database is locked" not in first.stderr
-    client = _client(tmp_path)
+    client = local_client(tmp_path)
 
-    train = _runs(client, "MLPClassifier - Train")
-    summaries = [r for r in _runs(client, "MLPClassifier - Evaluation") if r.data.tags.get("Run_type") == "summary"]
-    saliency_exp = _runs(client, "MLPClassifier - Saliency Map Generation")
-    parents = parent_dir(saliency_exp)
+    train = experiment_runs(client, "MLPClassifier - Train")
+    summaries = [r for r in experiment_runs(client, "MLPClassifier - Evaluation") if r.data.tags.get("Run_type") == "summary"]
+    saliency_exp = experiment_runs(client, "MLPClassifier - Saliency Map Generation")
+    parents = sweep_parents(saliency_exp)
     maps = [r for r in saliency_exp if r not in parents]
     assert len(train) == 1 and len(summaries) == 1, "jobs sharing an upstream must train and evaluate once"
     assert len(parents) == 1 and len(maps) == 2
@@ -64,7 +47,7 @@ def test_parallel_saliency_sweep_on_fresh_store_then_relaunch_skips_finished_job
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"sweep_summary.json", "sweep_summary.csv", "sweep_montage.png"} <= artifacts
-    rows = _summary(client, parent.info.run_id, tmp_path / "s1")
+    rows = sweep_table(client, parent.info.run_id, tmp_path / "s1")
     assert [r["status"] for r in rows] == ["FINISHED", "FINISHED"]
     assert sorted(r["algorithm"] for r in rows) == ["mc_rise", "rise"]
     assert all("saliency=" in r["overrides"] and float(r["runtime_s"]) > 0 for r in rows)
@@ -82,13 +65,13 @@ def test_parallel_saliency_sweep_on_fresh_store_then_relaunch_skips_finished_job
     assert second.returncode == 0, second.stderr[-3000:]
     assert "all 2 job(s) have FINISHED runs with the same config: looking them up here" in second.stdout
     assert second.stdout.count("reusing 1 FINISHED run(s)") == 2
-    saliency_exp = _runs(client, "MLPClassifier - Saliency Map Generation")
-    assert len(parent_dir(saliency_exp)) == 2
+    saliency_exp = experiment_runs(client, "MLPClassifier - Saliency Map Generation")
+    assert len(sweep_parents(saliency_exp)) == 2
     assert len([r for r in saliency_exp if r.data.tags.get("Run_type") != "sweep"]) == 2, "nothing recomputed"
-    assert len(_runs(client, "MLPClassifier - Train")) == 1
-    new_parent = next(r for r in parent_dir(saliency_exp) if r.info.run_id != parent.info.run_id)
+    assert len(experiment_runs(client, "MLPClassifier - Train")) == 1
+    new_parent = next(r for r in sweep_parents(saliency_exp) if r.info.run_id != parent.info.run_id)
     assert new_parent.info.status == "FINISHED"
-    rows = _summary(client, new_parent.info.run_id, tmp_path / "s2")
+    rows = sweep_table(client, new_parent.info.run_id, tmp_path / "s2")
     assert [r["status"] for r in rows] == ["REUSED", "REUSED"]
     assert {r["saliency_run_ids"] for r in rows} == {r.info.run_id for r in maps}
 
@@ -99,9 +82,9 @@ def test_hyperparameter_sweep_trains_once_per_combination_and_lists_a_failed_job
             "model.max_iter=3", *SMALL]
     result = run_cli(args, tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    client = _client(tmp_path)
-    runs = _runs(client, "MLPClassifier - Train")
-    parent = parent_dir(runs)[0]
+    client = local_client(tmp_path)
+    runs = experiment_runs(client, "MLPClassifier - Train")
+    parent = sweep_parents(runs)[0]
     train = [r for r in runs if r is not parent]
     combos = {(r.data.params["hidden_layer_sizes"], r.data.params["learning_rate_init"]) for r in train}
     assert len(train) == 4 and len(combos) == 4
@@ -111,10 +94,10 @@ def test_hyperparameter_sweep_trains_once_per_combination_and_lists_a_failed_job
              "model.max_iter=3,-1"]
     failing = run_cli([*again, *SMALL], tmp_path, timeout=300)
     assert failing.returncode != 0
-    parent = next(r for r in parent_dir(_runs(client, "MLPClassifier - Train")) if r.info.run_id != parent.info.run_id)
+    parent = next(r for r in sweep_parents(experiment_runs(client, "MLPClassifier - Train")) if r.info.run_id != parent.info.run_id)
     assert parent.info.status == "FAILED"
     assert "1 of 2 job(s) failed" in parent.data.tags["error"]
-    rows = {r["overrides"]: r for r in _summary(client, parent.info.run_id, tmp_path / "s")}
+    rows = {r["overrides"]: r for r in sweep_table(client, parent.info.run_id, tmp_path / "s")}
     bad = next(r for k, r in rows.items() if "max_iter=-1" in k)
     good = next(r for k, r in rows.items() if "max_iter=3" in k)
     assert bad["status"] == "FAILED" and "max_iter" in bad["error"]
@@ -128,8 +111,8 @@ def test_submitit_local_sweep(tmp_path: Path) -> None:
             "model.max_iter=3", *SMALL]
     result = run_cli(args, tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = _runs(_client(tmp_path), "MLPClassifier - Train")
-    parent = parent_dir(runs)[0]
+    runs = experiment_runs(local_client(tmp_path), "MLPClassifier - Train")
+    parent = sweep_parents(runs)[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["Sweep_launcher"] == "LocalLauncher"
     assert len([r for r in runs if r.data.tags.get("Sweep_run_id") == parent.info.run_id]) == 2
 
