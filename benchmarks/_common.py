@@ -179,3 +179,27 @@ def machine() -> str:
     import platform
 
     return f"Python {platform.python_version()}, {os.cpu_count()} cores, {platform.machine()}"
+
+
+def timed_saliency(ctx: Any, images: int) -> float:
+    """Seconds the saliency stage takes on ``ctx``; refuses a run that explained another number of images."""
+    import time
+
+    from xaitk_exp.stages.saliency.stage import run_saliency
+
+    t0 = time.perf_counter()
+    ids = run_saliency(ctx)
+    dt = time.perf_counter() - t0
+    if len(ids) != images:
+        raise RuntimeError(f"the stage explained {len(ids)} images, expected {images}")
+    return dt
+
+
+def postgres_ready() -> bool:
+    """True when PostgreSQL's server binaries are here; else says why the benchmark is skipped."""
+    from xaitk_exp.teamserver import postgres_missing_reason
+
+    reason = postgres_missing_reason()
+    if reason:
+        print(f"skipped: {reason}")
+    return reason is None

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import interleave, machine, median, quiet, table  # noqa: E402
+from _common import interleave, machine, median, postgres_ready, quiet, table  # noqa: E402
 
 USER, USER_PASSWORD = "bench-user", "bench-user-password-1"
 TTLS = (0, 60)
@@ -91,12 +91,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="gunicorn workers per server")
     args = ap.parse_args()
     quiet()
-    from xaitk_exp.teamserver import postgres_missing_reason, team_server
-
-    reason = postgres_missing_reason()
-    if reason:
-        print(f"skipped: {reason}")
+    if not postgres_ready():
         return
+    from xaitk_exp.teamserver import team_server
+
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         os.environ.pop(key, None)
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"  # no "View run ... at" line per run

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "models"))
 
-from _common import TrainedStore, interleave, machine, median, quiet, table, temp_root, verdict  # noqa: E402
+from _common import TrainedStore, interleave, machine, median, quiet, table, temp_root, timed_saliency, verdict  # noqa: E402
 
 CHUNK = 64
 
@@ -92,16 +92,9 @@ def prepare(root: Path, base: list[str], images: int) -> TrainedStore:
 
 
 def stage(store: TrainedStore, folder: Path, images: int, algo: list[str]) -> float:
-    from xaitk_exp.stages.saliency.stage import run_saliency
-
     ctx = store.context(folder, "mid", "stage=saliency", f"query.max_results={images}", "metrics.enabled=false",
                         *algo)
-    t0 = time.perf_counter()
-    ids = run_saliency(ctx)
-    dt = time.perf_counter() - t0
-    if len(ids) != images:
-        raise RuntimeError(f"the stage explained {len(ids)} images, expected {images}")
-    return dt
+    return timed_saliency(ctx, images)
 
 
 def bare(store: TrainedStore, images: int, algo_name: str, size: int, masks: int) -> float:

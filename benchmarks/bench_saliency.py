@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import TrainedStore, interleave, machine, median, quiet, table, temp_root, verdict  # noqa: E402
+from _common import TrainedStore, interleave, machine, median, quiet, table, temp_root, timed_saliency, verdict  # noqa: E402
 
 
 def prepare(root: Path, images: int) -> TrainedStore:
@@ -52,15 +52,8 @@ def stage_overrides(images: int, masks: int, n_jobs: int) -> list[str]:
 
 
 def stage(store: TrainedStore, folder: Path, level: str, images: int, masks: int, n_jobs: int) -> float:
-    from xaitk_exp.stages.saliency.stage import run_saliency
-
     ctx = store.context(folder, level, *stage_overrides(images, masks, n_jobs))
-    t0 = time.perf_counter()
-    ids = run_saliency(ctx)
-    dt = time.perf_counter() - t0
-    if len(ids) != images:
-        raise RuntimeError(f"the stage explained {len(ids)} images, expected {images}")
-    return dt
+    return timed_saliency(ctx, images)
 
 
 def bare(store: TrainedStore, images: int, masks: int, out: dict | None = None) -> float:

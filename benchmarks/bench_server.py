@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import compose, interleave, machine, median, quiet, table, verdict  # noqa: E402
+from _common import compose, interleave, machine, median, postgres_ready, quiet, table, verdict  # noqa: E402
 
 LEVELS = ("high", "mid", "low")
 
@@ -90,11 +90,7 @@ def main() -> None:
     ap.add_argument("--frontends", nargs="+", default=["uvicorn", "gunicorn"], choices=["uvicorn", "gunicorn"])
     args = ap.parse_args()
     quiet()
-    from xaitk_exp.teamserver import postgres_missing_reason
-
-    reason = postgres_missing_reason()
-    if reason:
-        print(f"skipped: {reason}")
+    if not postgres_ready():
         return
     n = args.images
     all_rows, verdicts, best = [], [], {}
