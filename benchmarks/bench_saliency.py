@@ -46,6 +46,7 @@ def stage_overrides(images: int, masks: int, n_jobs: int) -> list[str]:
         "saliency=rise",
         f"saliency.n={masks}",
         f"query.max_results={images}",
+        f"evaluation.num_images={images}",  # the template's evaluation (its config hash) is of these images
         "metrics.enabled=false",
         f"n_jobs={n_jobs}",
     ]
