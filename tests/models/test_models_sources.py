@@ -94,6 +94,20 @@ def test_every_source_scores_like_the_network_itself(zoo, make_cfg, source):
         assert model.class_names == [f"digit-{i}" for i in range(10)]  # from metadata index2label
 
 
+@pytest.mark.parametrize("source", ["onnx", "torch", "torch-class"])
+def test_the_runtime_reports_where_the_model_runs(zoo, make_cfg, source):
+    """``device=auto`` takes a GPU where the runtime has one, else the CPU; ``runtime_device()`` asks the loaded
+    session / module itself (benchmarks/check_gpu.py uses it to check ``device=cuda`` on a GPU machine)."""
+    import onnxruntime
+    import torch
+
+    has_cuda = torch.cuda.is_available() if source != "onnx" else (
+        "CUDAExecutionProvider" in onnxruntime.get_available_providers())
+    assert image_model(make_cfg, *source_overrides(zoo, source), "model.device=cpu").runtime_device() == "cpu"
+    auto = image_model(make_cfg, *source_overrides(zoo, source), "model.device=auto").runtime_device()
+    assert auto.startswith("cuda") == has_cuda, auto
+
+
 def test_layout_and_normalisation_apply_after_the_perturbation():
     from xaitk_exp.models.preprocess import Preprocess
 

@@ -93,6 +93,10 @@ class ImageModel:
     def device(self) -> str:
         return "cpu"
 
+    def runtime_device(self) -> str:
+        """Where the loaded runtime itself says the model runs (``cpu``, ``cuda:0``, ...): a check on ``device``."""
+        return "cpu"
+
     @property
     def file(self) -> str | None:
         """The file that holds the model (recorded by the train stage), if there is one."""

@@ -34,6 +34,10 @@ class OnnxModel(ImageModel):
     def device(self) -> str:
         return "cuda" if "CUDAExecutionProvider" in self._providers() else "cpu"
 
+    def runtime_device(self) -> str:
+        self.load()
+        return "cuda" if self._runtime.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
     def _providers(self) -> list[str]:
         import onnxruntime as ort
 
@@ -60,6 +64,9 @@ class OnnxModel(ImageModel):
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise ConfigError("model.path", str(self.path), f"an ONNX model ONNX Runtime can load ({first})") from exc
+        if self.device_setting == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+            # onnxruntime-gpu without its CUDA libraries falls back to the CPU without a word
+            raise ConfigError("model.device", "cuda", "cpu or auto: ONNX Runtime could not start its CUDA provider")
         inputs = session.get_inputs()
         if not inputs or not session.get_outputs():
             raise ConfigError("model.path", str(self.path), "an ONNX model with an image input and a score output")

@@ -69,6 +69,11 @@ class TorchModel(ImageModel):
             raise ConfigError("model.device", "cuda", "cpu or auto: torch sees no CUDA device here")
         return self.device_setting
 
+    def runtime_device(self) -> str:
+        self.load()
+        params = list(self._runtime.parameters()) if hasattr(self._runtime, "parameters") else []
+        return str(params[0].device) if params else self.device
+
     @property
     def display_name(self) -> str:
         if self.node.get("name"):
