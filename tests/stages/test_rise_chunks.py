@@ -86,6 +86,20 @@ def test_rise_built_from_its_parts_and_not_debiased(make_cfg, digits_model):
                                   direct(images[0], SklearnBlackbox(model, 33)))
 
 
+def test_threads_give_the_single_threaded_maps(make_cfg, digits_model):
+    """xaitk-saliency's threads draw the shifts in whichever order they run; here always in mask order."""
+    from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.rise import RISEStack
+
+    from xaitk_exp.models.blackbox import SklearnBlackbox
+
+    model, images = digits_model
+    algo = _algorithm(make_cfg, "saliency=rise", "saliency.n=120", "saliency.threads=2", "seed=9")
+    direct = RISEStack(n=120, s=4, p1=0.5, seed=9, threads=0)
+    direct.fill = 0
+    np.testing.assert_array_equal(algo.compute(images[1], SklearnBlackbox(model, 50)),
+                                  direct(images[1], SklearnBlackbox(model, 50)))
+
+
 @pytest.mark.parametrize("colours", [[[0], [1]], [[0], [1], [0.5]]])
 def test_mc_rise_maps_equal_mc_rise_stack_bit_for_bit(make_cfg, digits_model, colours):
     from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.mc_rise import MCRISEStack

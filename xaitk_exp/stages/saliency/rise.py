@@ -58,15 +58,18 @@ class Upsampler:
     ``dtype`` is the grids' (RISE float32, MC-RISE float64); masks come back in it, values in ``[0, 1]``.
     """
 
-    def __init__(self, s: int, image_hw: tuple[int, int], dtype: np.dtype, first: np.ndarray, shifts: np.ndarray):
+    def __init__(
+        self, s: int, image_hw: tuple[int, int], dtype: np.dtype, first: np.ndarray, shifts: np.ndarray
+    ) -> None:
+        """``first``: a few ``[m, s, s]`` grids and their ``[m, 2]`` ``shifts`` to check the lookup on."""
         self.s, self.hw, self.dtype = int(s), tuple(image_hw), np.dtype(dtype)
         self.cell = np.ceil(np.array(image_hw) / s)  # xaitk-saliency's expressions, float64
         self.up_size = (s + 1) * self.cell
         self.up = tuple(int(u) for u in self.up_size)
         self.table: np.ndarray | None = None
-        axes = [_influence(self.s, u) for u in self.up]
-        if None not in axes:
-            (self.re, self.ro, self.rows), (self.ce, self.co, self.cols) = axes  # type: ignore[misc]
+        rows, cols = (_influence(self.s, u) for u in self.up)
+        if rows is not None and cols is not None:
+            (self.re, self.ro, self.rows), (self.ce, self.co, self.cols) = rows, cols
             self.table = self._table()
             if not np.array_equal(self.draw(first, shifts), self._resized(first, shifts)):
                 self.table = None  # a skimage whose bilinear upsampling is not local: resize mask by mask
