@@ -16,9 +16,9 @@ Variants, side by side for each size, algorithm and runtime (every repeat runs e
   through the same black box (``ImageModelBlackbox``, ``chunk_size`` images per model call).
 
 Algorithms: RISE with ``--masks`` masks (s=8, p1=0.5) and a sliding window (window S/4, stride S/8).
-Peak memory: the stage (RISE, ONNX Runtime) run alone in a fresh process per mask count (``run(cfg)``: store, data,
-model, stage), read from its ``VmHWM`` (peak resident set; ``ru_maxrss`` would keep the forking parent's), beside
-the same process doing nothing but loading the libraries.
+Peak memory: the stage (RISE, ONNX Runtime) run alone in a fresh process per mask count and ``chunk_size``
+(``--memory-chunks``; ``run(cfg)``: store, data, model, stage), read from its ``VmHWM`` (peak resident set;
+``ru_maxrss`` would keep the forking parent's), beside the same process doing nothing but loading the libraries.
 """
 
 from __future__ import annotations
@@ -141,12 +141,14 @@ print(json.dumps({{"base_mb": base, "peak_mb": hwm_mb(), "seconds": time.perf_co
 """
 
 
-def memory(store: TrainedStore, images: int, masks: int, do_stage: bool) -> dict:
-    """Peak RSS of a fresh process running the RISE saliency stage on a copy of ``store`` (or only its imports)."""
+def memory(store: TrainedStore, images: int, masks: int, do_stage: bool, chunk: int = CHUNK) -> dict:
+    """Peak RSS of a fresh process running the RISE saliency stage on a copy of ``store`` (or only its imports),
+    ``chunk`` images per model call (and masks per chunk)."""
     from _common import sqlite_uri
 
-    folder = store.fresh(f"mem{masks}")
-    ov = [f"tracking.uri={sqlite_uri(folder)}", "progress=false", *store.overrides, "stage=saliency",
+    folder = store.fresh(f"mem{masks}-{chunk}")
+    own = [o for o in store.overrides if not o.startswith("chunk_size=")]
+    ov = [f"tracking.uri={sqlite_uri(folder)}", "progress=false", *own, f"chunk_size={chunk}", "stage=saliency",
           f"query.max_results={images}", "metrics.enabled=false", "logging=mid", "force=true",
           *algorithm("rise", 0, masks)]
     code = MEMORY_CHILD.format(bench=str(Path(__file__).resolve().parent), overrides=ov, do_stage=do_stage,
@@ -155,6 +157,39 @@ def memory(store: TrainedStore, images: int, masks: int, do_stage: bool) -> dict
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def rise_peak(size: int, masks: int, chunk: int, chunked: bool) -> tuple[float, float]:
+    """Peak MB of numpy's arrays (``tracemalloc``) and seconds of one RISE map (s=8) of a grayscale ``size`` image
+    through a scikit-learn logistic regression (10 classes): the chunked RISE of the stage, or xaitk-saliency's
+    ``RISEStack`` itself. The model's own memory is not in it."""
+    import tracemalloc
+
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from xaitk_saliency.impls.gen_image_classifier_blackbox_sal.rise import RISEStack
+
+    from xaitk_exp.models.blackbox import SklearnBlackbox
+    from xaitk_exp.stages.saliency.rise import chunked_for
+
+    x = np.random.default_rng(0).uniform(size=(20, size * size)).astype(np.float32)
+    model = LogisticRegression(max_iter=30).fit(x, np.arange(20) % 10)
+    image = x[0].reshape(size, size)
+    gen = RISEStack(n=masks, s=8, p1=0.5, seed=0, threads=0)
+    gen.fill = 0
+    run = chunked_for(gen) if chunked else None
+    if run is not None:
+        run(image, SklearnBlackbox(model, chunk), chunk)  # the per-size lookup table, outside the measurement
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    if run is not None:
+        run(image, SklearnBlackbox(model, chunk), chunk)
+    else:
+        gen(image, SklearnBlackbox(model, chunk))
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return peak, seconds
 
 
 def main() -> None:
@@ -167,6 +202,7 @@ def main() -> None:
     ap.add_argument("--sources", default="onnx,torch")
     ap.add_argument("--memory-masks", default="1000,4000", help="mask counts for the peak-memory rows ('' skips)")
     ap.add_argument("--memory-size", type=int, default=224)
+    ap.add_argument("--memory-chunks", default=str(CHUNK), help="chunk_size values for the peak-memory rows")
     args = ap.parse_args()
     quiet()
     root = temp_root("models")
@@ -217,14 +253,20 @@ def main() -> None:
             stores[key] = prepare(root / f"{sources[0]}{size}m", overrides(
                 sources[0], files[sources[0]], folder, size, args.images), args.images)
         base = memory(stores[key], args.images, masks[0], do_stage=False)
-        mem_rows = [["libraries and model only", "-", base["peak_mb"], 0.0, "-"]]
-        for m in masks:
-            got = memory(stores[key], args.images, m, do_stage=True)
-            mem_rows.append([f"stage, RISE {m} masks", m, got["peak_mb"], got["peak_mb"] - base["peak_mb"],
-                             got["seconds"]])
-        print(f"\n## Peak memory: saliency stage, {sources[0]}, {size}x{size}, {args.images} images, chunk_size "
-              f"{CHUNK}, fresh process each\n")
-        print(table(["run", "masks", "peak RSS MB", "above baseline MB", "process s"], mem_rows))
+        mem_rows = [["libraries and model only", "-", "-", base["peak_mb"], 0.0, "-"]]
+        for chunk in [int(c) for c in args.memory_chunks.split(",") if c]:
+            for m in masks:
+                got = memory(stores[key], args.images, m, do_stage=True, chunk=chunk)
+                mem_rows.append([f"stage, RISE {m} masks", m, chunk, got["peak_mb"], got["peak_mb"] - base["peak_mb"],
+                                 got["seconds"]])
+        print(f"\n## Peak memory: saliency stage, {sources[0]}, {size}x{size}, {args.images} images, fresh process "
+              "each\n")
+        print(table(["run", "masks", "chunk_size", "peak RSS MB", "above baseline MB", "process s"], mem_rows))
+        rows = [["xaitk-saliency RISEStack", masks[0], CHUNK, *rise_peak(size, masks[0], CHUNK, chunked=False)]]
+        for chunk in [int(c) for c in args.memory_chunks.split(",") if c]:
+            rows += [["chunked RISE", m, chunk, *rise_peak(size, m, chunk, chunked=True)] for m in masks]
+        print(f"\n## RISE alone: numpy's peak (tracemalloc), {size}x{size} grayscale, logistic regression\n")
+        print(table(["algorithm", "masks", "chunk_size", "peak MB", "s"], rows))
     print(f"\nstores kept in {root}")
 
 

@@ -24,6 +24,10 @@ class Algorithm:
 
     ``needs_channels``: MC-RISE wants ``[H, W, C]`` input even for grayscale; maps come back
     ``[k_colors, n_classes, H, W]`` for it and ``[n_classes, H, W]`` otherwise.
+
+    RISE and MC-RISE (``RISEStack``, ``PerturbationOcclusion(RISEGrid, RISEScoring)``, ``MCRISEStack``) are computed
+    a chunk of masks at a time (:mod:`.rise`, the black box's ``chunk_size`` masks), with the same maps bit for bit
+    and memory bounded by the chunk; the generator itself is kept untouched for ``get_config()``.
     """
 
     def __init__(self, cfg: Any, image_shape: tuple[int, ...], extra_allowed: Iterable[str] = ()) -> None:
@@ -39,7 +43,9 @@ class Algorithm:
         if self.fill is not None and hasattr(self.generator, "fill"):
             self.generator.fill = self.fill
         self.needs_channels = type(self.generator).__name__ == "MCRISEStack"
-        reuse_seeded_masks(self.generator)
+        from xaitk_exp.stages.saliency.rise import chunked_for
+
+        self._chunked = chunked_for(self.generator)
 
     def config(self) -> dict[str, Any]:
         """What ran: the generator's ``get_config()``, its class, and ``fill`` (which ``get_config`` omits)."""
@@ -57,35 +63,14 @@ class Algorithm:
     def compute(self, image: np.ndarray, blackbox: Any) -> np.ndarray:
         """Maps for every class of ``blackbox``: ``[n_classes, H, W]`` (MC-RISE: ``[k, n_classes, H, W]``), in
         ``[-1, 1]``, positive = evidence for the class (see the class docstring)."""
-        maps = np.asarray(self.generator(self.prepare(image), blackbox))
+        image = self.prepare(image)
+        if self._chunked is not None:
+            from xaitk_exp.stages.saliency.rise import DEFAULT_CHUNK
+
+            maps = self._chunked(image, blackbox, int(getattr(blackbox, "chunk_size", DEFAULT_CHUNK)))
+        else:
+            maps = np.asarray(self.generator(image, blackbox))
         return -maps if self.sign == -1 else maps
-
-
-def reuse_seeded_masks(generator: Any) -> None:
-    """Draw a seeded RISE / MC-RISE generator's masks once per image size instead of once per image.
-
-    xaitk-saliency draws the masks again on every call (about 0.13 s per 1000 masks at 32x32, 1.6 s at 224x224),
-    yet with a seed they depend on the image size alone: the same masks, so the same maps bit for bit. The last
-    size's masks are kept, read-only (memory: one call's masks, which every call allocates anyway). Without a seed,
-    or for other perturbers, nothing changes.
-    """
-    holder = getattr(generator, "_po", generator)  # RISEStack wraps a PerturbationOcclusion; MCRISEStack does not
-    perturber = getattr(holder, "_perturber", None)
-    if type(perturber).__name__ not in ("RISEGrid", "MCRISEGrid") or getattr(perturber, "seed", None) is None:
-        return
-    draw = perturber.perturb
-    kept: dict[tuple[int, ...], np.ndarray] = {}
-
-    def perturb(ref_image: np.ndarray) -> np.ndarray:
-        size = tuple(np.shape(ref_image)[:2])
-        if size not in kept:
-            kept.clear()
-            masks = draw(ref_image)
-            masks.setflags(write=False)
-            kept[size] = masks
-        return kept[size]
-
-    perturber.perturb = perturb  # an instance attribute: get_config() and the class are untouched
 
 
 def class_maps(maps: np.ndarray) -> np.ndarray:
