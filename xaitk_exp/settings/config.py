@@ -29,7 +29,7 @@ SWEEP_MODES = ("auto", "max", "min")
 _ORDER_BY = re.compile(r"[\w.`' ]+?( (ASC|DESC))?", re.IGNORECASE)
 
 
-# ----- checks shared by the records ------------------------------------------------------------------------------------
+# ----- checks shared by the records -----------------------------------------------------------------------------------
 def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -75,7 +75,7 @@ def from_node(cls: type, node: Any, key: str, **given: Any) -> Any:
     return cls(**kwargs)
 
 
-# ----- the blocks of conf/config.yaml ----------------------------------------------------------------------------------
+# ----- the blocks of conf/config.yaml ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EvaluationSettings:
     num_images: int = 20  # one run per image, the first N of the split (>= 1)
@@ -187,7 +187,8 @@ class LoggingSettings:
 @dataclass(frozen=True)
 class Settings:
     """Everything a run reads from its config besides the constructor nodes (dataset, model, saliency's arguments),
-    checked. Built by :func:`xaitk_exp.settings.validate.validate`; stages read it as ``ctx.settings``."""
+    checked. Built by :func:`xaitk_exp.settings.validate.validate`; stages read it as ``ctx.settings``. The run ids
+    are the ones configured: the runs a job finds or makes are handed on in the context (``ctx.train_run_id``)."""
 
     stage: str = "all"  # all | train | evaluation | saliency | reproduce
     seed: int = 0  # seeds the data split and every saliency algorithm (>= 0)
