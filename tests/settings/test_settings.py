@@ -149,6 +149,6 @@ def test_config_hashes_are_pinned(overrides):
     from xaitk_exp.stages import Context
 
     ctx = Context(cfg=compose_config(list(overrides)), tracker=None, output_dir=Path("."))
-    ctx.settings  # checking the config changes nothing that is hashed
+    _ = ctx.settings  # checking the config changes nothing that is hashed
     stages = ("train", "evaluation", "saliency", "saliency_work")
     assert tuple(ctx.hash_for(s) for s in stages) == PINNED[overrides]

@@ -53,7 +53,7 @@ def run_reproduce(ctx: Context) -> str:
         raise UnsafeConfigError(f"run {run_id}: the stored config is refused: {exc}") from None
     cfg = replay_config(stored, ctx.cfg, original, stage)
     replay = Context(cfg=cfg, tracker=tracker, output_dir=ctx.output_dir, overrides=[str(o) for o in overrides])
-    replay.settings  # the stored config, checked as this version reads it, before anything reruns
+    _ = replay.settings  # the stored config, checked as this version reads it, before anything reruns
     warnings = environment_warnings(environment, original, replay)
     for w in warnings:
         print(f"xaitk-exp: warning: {w}", file=sys.stderr)
