@@ -45,7 +45,7 @@ from _common import (  # noqa: E402
     verdict,
 )
 
-LEVELS = ("high", "mid", "low")
+from xaitk_exp.schema import LEVELS  # noqa: E402
 
 
 def image_records(store: TrainedStore, n: int) -> list[tuple[str, dict[str, float], dict[str, str]]]:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import compose, interleave, machine, median, postgres_ready, quiet, table, verdict  # noqa: E402
 
-LEVELS = ("high", "mid", "low")
+from xaitk_exp.schema import LEVELS  # noqa: E402
 
 
 class ServerStore:

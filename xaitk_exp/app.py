@@ -16,9 +16,8 @@ CONFIG_PACKAGE = "xaitk_exp.conf"
 
 
 def run(cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | Path | None = None) -> object:
-    """Validate ``cfg``, open the tracker for its logging level and run ``cfg.stage``. Returns the stage context."""
-    from xaitk_exp.errors import ConfigError
-    from xaitk_exp.settings.validate import validate
+    """Check ``cfg`` into typed settings (once: stages read ``ctx.settings``), open the tracker for its logging
+    level and run ``cfg.stage``. Returns the stage context."""
     from xaitk_exp.stages import STAGES, Context
     from xaitk_exp.stages.describe import print_ui_hint
     from xaitk_exp.tracking.access import check_access
@@ -26,35 +25,27 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | P
     from xaitk_exp.tracking.stores import resolve_tracking
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reused runs: no download bars
-    validate(cfg)
-    http_settings(cfg)
+    ctx = Context(cfg=cfg, tracker=None, output_dir=Path(output_dir or "."), overrides=list(overrides or []))
+    settings = ctx.settings  # the one check of the config: a ConfigError here leaves nothing behind
+    os.environ.update(settings.tracking.http.environment())  # bounds for a tracking server that does not answer
     uri, artifact_root = resolve_tracking(cfg)
-    tracker = make_tracker(str(cfg.logging.level), uri, artifact_root, str(cfg.tracking.get("sqlite_journal", "wal")))
-    check_access(cfg, tracker)  # 401/403 of an authenticating server: one line, before any run opens
-    ctx = Context(cfg=cfg, tracker=tracker, output_dir=Path(output_dir or "."), overrides=list(overrides or []))
-    if cfg.stage == "reproduce":
+    ctx.tracker = make_tracker(settings.logging.level, uri, artifact_root, settings.tracking.sqlite_journal)
+    check_access(cfg, ctx.tracker)  # 401/403 of an authenticating server: one line, before any run opens
+    if settings.stage == "reproduce":
         from xaitk_exp.stages.reproduce import run_reproduce
 
         run_reproduce(ctx)
         return ctx
-    runner = STAGES.get(str(cfg.stage))
-    if runner is None:
-        raise ConfigError("stage", cfg.stage, f"one of {', '.join([*STAGES, 'reproduce'])}")
-    runner(ctx)
+    STAGES[settings.stage](ctx)
     print_ui_hint(uri)
     return ctx
 
 
 def http_settings(cfg: DictConfig) -> None:
     """Bound how long an unreachable tracking server can stall a job (MLflow retries for minutes by default)."""
-    http = cfg.tracking.get("http") or {}
-    for key, env in (
-        ("timeout", "MLFLOW_HTTP_REQUEST_TIMEOUT"),
-        ("max_retries", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"),
-        ("backoff_factor", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"),
-    ):
-        if http.get(key) is not None:
-            os.environ[env] = str(http[key])
+    from xaitk_exp.settings.config import tracking_settings
+
+    os.environ.update(tracking_settings(cfg).http.environment())
 
 
 def compose_config(overrides: list[str]) -> DictConfig:

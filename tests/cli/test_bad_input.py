@@ -209,6 +209,7 @@ def test_unknown_tracking_uri_scheme(tmp_path, uri):
 CLI_CASES = [
     ("unknown-group-option", ["saliency=no_such_saliency"], r"saliency='no_such_saliency' is invalid: one of "),
     ("window-zero", ["saliency.window_size=[0,2]"], r"saliency\.window_size=\[0, 2\] is invalid: two positive"),
+    ("n-jobs-text", ["n_jobs=abc"], r"n_jobs='abc' is invalid: an integer$"),
     ("unknown-scheme", ["tracking.uri=ftp://127.0.0.1/x"], r"tracking\.uri='ftp://127\.0\.0\.1/x' is invalid"),
     ("folder-missing", ["dataset=image_folder", "dataset.path=nowhere"], r"dataset\.path='nowhere' is invalid"),
 ]

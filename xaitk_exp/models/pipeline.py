@@ -32,8 +32,8 @@ def build(ctx: Any) -> ImageModel:
     from xaitk_exp.settings.nodes import to_dict
 
     node = to_dict(ctx.cfg.model)
-    metrics = ctx.cfg.get("metrics") or {}
-    if metrics.get("enabled", True) and metrics.get("sanity"):
+    metrics = ctx.settings.metrics
+    if metrics.enabled and metrics.sanity:
         raise ConfigError(
             "metrics.sanity", True,
             f"false for model={node.get('source')}: its permuted-label check retrains the model, which only "

@@ -1,2 +1,2 @@
-"""Settings: the config validated before anything runs (``validate``), the ``metrics:`` block (``metrics``),
-config nodes as plain data and their hashes (``nodes``)."""
+"""Settings: the config checked once into typed records (``validate`` -> ``config.Settings``), the ``saliency`` node's
+checks (``saliency``), the ``metrics:`` block (``metrics``), config nodes as plain data and their hashes (``nodes``)."""

@@ -1,4 +1,4 @@
-"""The ``metrics:`` config block, validated into a small frozen record."""
+"""The ``metrics:`` config block as a small frozen record that checks itself."""
 
 from __future__ import annotations
 
@@ -14,17 +14,43 @@ AUTO_STEPS = 100  # step=auto: about this many deletion/insertion steps per curv
 
 @dataclass(frozen=True)
 class MetricSettings:
-    """What ``metrics:`` asks for. ``step=None`` means auto: ``ceil(H*W / 100)`` pixels per step."""
+    """What ``metrics:`` asks for (``mufidelity``'s two keys sit flat here). Raises :class:`ConfigError` for a bad
+    value, naming its key in the config."""
 
-    enabled: bool = True
-    step: int | None = None
-    substrate: str | float = "auto"
-    blur_sigma: float = 2.0
-    subsets: int = 128
-    fraction: float = 0.25
-    complexity: bool = True
-    sanity: bool = False
-    seed: int = 0
+    enabled: bool = True  # false: no metrics, no curves picture, no summary in the evaluation run
+    step: int | None = None  # pixels switched per deletion/insertion step; None (auto): ceil(H*W / 100)
+    substrate: str | float = "auto"  # auto (zeros if grayscale, else the mean colour) | zeros | mean | blur | a number
+    blur_sigma: float = 2.0  # Gaussian sigma in pixels, for substrate=blur (> 0)
+    subsets: int = 128  # mufidelity.subsets: random pixel subsets (>= 3: a rank correlation needs 3 points)
+    fraction: float = 0.25  # mufidelity.fraction: share of the pixels in each subset, in (0, 1)
+    complexity: bool = True  # also log Complexity (entropy of |S| / sum|S|)
+    sanity: bool = False  # also log the xcorr sanity checks (another class's map, a permuted-label model's map)
+    seed: int = 0  # seeds tie-breaks, random orders, subsets, the other class and the label permutation (>= 0)
+
+    def __post_init__(self) -> None:
+        for key in ("enabled", "complexity", "sanity"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"metrics.{key}", getattr(self, key), "true or false")
+        step = self.step
+        if step == "auto" or step is None:
+            object.__setattr__(self, "step", None)
+        elif not _is_int(step) or step < 1:
+            raise ConfigError("metrics.step", step, "a positive integer (pixels per step) or auto")
+        if not (self.substrate in SUBSTRATES or _is_num(self.substrate)):
+            raise ConfigError("metrics.substrate", self.substrate, f"one of {', '.join(SUBSTRATES)} or a number")
+        if not isinstance(self.substrate, str):
+            object.__setattr__(self, "substrate", float(self.substrate))
+        if not _is_num(self.blur_sigma) or self.blur_sigma <= 0:
+            raise ConfigError("metrics.blur_sigma", self.blur_sigma, "a positive number of pixels")
+        if not _is_int(self.subsets) or self.subsets < 3:
+            raise ConfigError("metrics.mufidelity.subsets", self.subsets,
+                              "an integer >= 3 (a rank correlation needs 3 points)")
+        if not _is_num(self.fraction) or not 0 < self.fraction < 1:
+            raise ConfigError("metrics.mufidelity.fraction", self.fraction, "a fraction strictly between 0 and 1")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ConfigError("metrics.seed", self.seed, "a non-negative integer")
+        object.__setattr__(self, "blur_sigma", float(self.blur_sigma))
+        object.__setattr__(self, "fraction", float(self.fraction))
 
     def step_for(self, n_pixels: int) -> int:
         return self.step if self.step is not None else max(1, math.ceil(n_pixels / AUTO_STEPS))
@@ -38,16 +64,13 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _flag(node: Any, key: str, default: bool) -> bool:
-    v = node.get(key, default)
-    if not isinstance(v, bool):
-        raise ConfigError(f"metrics.{key}", v, "true or false")
-    return v
+_FIELDS = ("enabled", "step", "substrate", "blur_sigma", "complexity", "sanity", "seed")
 
 
 def settings_from_config(node: Any) -> MetricSettings:
-    """Validate a ``metrics:`` node (DictConfig or dict; None = disabled). Raises :class:`ConfigError` naming the
-    key, the value and what is allowed."""
+    """The record of a ``metrics:`` node (DictConfig or dict; None = disabled: configs saved before metrics
+    existed). Missing keys take their defaults; raises :class:`ConfigError` naming the key, the value and what is
+    allowed."""
     from xaitk_exp.settings.nodes import to_dict
 
     node = to_dict(node)
@@ -55,38 +78,9 @@ def settings_from_config(node: Any) -> MetricSettings:
         return MetricSettings(enabled=False)
     if not isinstance(node, dict):
         raise ConfigError("metrics", node, "a mapping with keys enabled, step, substrate, mufidelity, sanity, seed")
-    enabled = _flag(node, "enabled", True)
-    step = node.get("step", "auto")
-    if step == "auto" or step is None:
-        step = None
-    elif not _is_int(step) or step < 1:
-        raise ConfigError("metrics.step", step, "a positive integer (pixels per step) or auto")
-    substrate = node.get("substrate", "auto")
-    if not (substrate in SUBSTRATES or _is_num(substrate)):
-        raise ConfigError("metrics.substrate", substrate, f"one of {', '.join(SUBSTRATES)} or a number")
-    sigma = node.get("blur_sigma", 2.0)
-    if not _is_num(sigma) or sigma <= 0:
-        raise ConfigError("metrics.blur_sigma", sigma, "a positive number of pixels")
     mu = node.get("mufidelity") or {}
     if not isinstance(mu, dict):
         raise ConfigError("metrics.mufidelity", mu, "a mapping with keys subsets and fraction")
-    subsets = mu.get("subsets", 128)
-    if not _is_int(subsets) or subsets < 3:
-        raise ConfigError("metrics.mufidelity.subsets", subsets, "an integer >= 3 (a rank correlation needs 3 points)")
-    fraction = mu.get("fraction", 0.25)
-    if not _is_num(fraction) or not 0 < fraction < 1:
-        raise ConfigError("metrics.mufidelity.fraction", fraction, "a fraction strictly between 0 and 1")
-    seed = node.get("seed", 0)
-    if not _is_int(seed) or seed < 0:
-        raise ConfigError("metrics.seed", seed, "a non-negative integer")
-    return MetricSettings(
-        enabled=enabled,
-        step=step,
-        substrate=substrate if isinstance(substrate, str) else float(substrate),
-        blur_sigma=float(sigma),
-        subsets=subsets,
-        fraction=float(fraction),
-        complexity=_flag(node, "complexity", True),
-        sanity=_flag(node, "sanity", False),
-        seed=seed,
-    )
+    given = {k: node[k] for k in _FIELDS if k in node}
+    given.update({k: mu[k] for k in ("subsets", "fraction") if k in mu})
+    return MetricSettings(**given)

@@ -22,21 +22,18 @@ def _evaluation(ctx: Context) -> None:
 def _saliency(ctx: Context) -> None:
     from xaitk_exp.stages.saliency.stage import run_saliency
 
+    ctx.check_saliency_fits()
     run_saliency(ctx)
 
 
 def _all(ctx: Context) -> None:
-    from xaitk_exp.settings.nodes import to_dict
-    from xaitk_exp.settings.validate import SALIENCY_RESERVED, validate_saliency
-
-    # sizes that only the data can check (a window larger than the image) are refused before the train run opens
-    node = {k: v for k, v in to_dict(ctx.cfg.saliency).items() if k not in SALIENCY_RESERVED}
-    validate_saliency(node, tuple(ctx.split.image_shape[:2]))
+    ctx.check_saliency_fits()  # a window larger than the images is refused before the train run opens
     _train(ctx)
     _evaluation(ctx)
     _saliency(ctx)
 
 
+#: stage name -> runner, for every name in ``schema.STAGES`` but ``reproduce`` (``app.run`` dispatches that one)
 STAGES: dict[str, Callable[[Context], None]] = {
     "all": _all,
     "train": _train,

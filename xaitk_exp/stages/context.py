@@ -14,7 +14,9 @@ from xaitk_exp import schema
 from xaitk_exp.data import ImageSplit
 from xaitk_exp.errors import ConfigError, DataError, TrackingError
 from xaitk_exp.security.targets import instantiate
+from xaitk_exp.settings.config import Settings
 from xaitk_exp.settings.nodes import config_hash, estimator_node, to_dict
+from xaitk_exp.settings.validate import validate
 from xaitk_exp.stages.provenance import config_texts, git_commit
 from xaitk_exp.tracking.tracker import Tracker
 
@@ -33,19 +35,25 @@ class Context:
     evaluation_run_id: str | None = None
     results: dict[str, Any] = field(default_factory=dict)
 
+    @cached_property
+    def settings(self) -> Settings:
+        """``cfg`` checked into typed settings, on first use (``app.run`` asks first, before anything opens)."""
+        return validate(self.cfg)
+
     @property
     def extra_allowed(self) -> list[str]:
-        return list(self.cfg.get("allow_targets") or [])
+        return list(self.settings.allow_targets)
 
     @property
     def processes(self) -> int:
         """``n_jobs`` as a number of processes (-1: every core)."""
-        n_jobs = int(self.cfg.get("n_jobs", 1))
-        if n_jobs > 0:
-            return n_jobs
-        from joblib import cpu_count
+        return self.settings.processes
 
-        return max(1, cpu_count() + 1 + n_jobs)  # joblib's convention: -1 every core, -2 all but one
+    def check_saliency_fits(self) -> None:
+        """Refuse a saliency window or grid larger than the images, once per job (before the first run opens)."""
+        if not self.__dict__.get("_saliency_fits") and self.settings.saliency is not None:
+            self.settings.saliency.check_fits(tuple(self.split.image_shape[:2]))
+            self.__dict__["_saliency_fits"] = True
 
     # ----- data ----------------------------------------------------------------------------------------------
     @cached_property

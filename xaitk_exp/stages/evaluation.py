@@ -21,10 +21,10 @@ def run_evaluation(ctx: Context) -> str:
     from xaitk_exp.models.pipeline import class_view
     from xaitk_exp.viz.figures import confusion_figure
 
-    cfg, tracker, split = ctx.cfg, ctx.tracker, ctx.split
+    settings, tracker, split = ctx.settings, ctx.tracker, ctx.split
     model = ensure_model(ctx)
     ctx.check_image_shape(model)
-    if not cfg.force:
+    if not settings.force:
         flt = f"tags.Run_type = 'summary' and tags.Train_run_id = '{ctx.train_run_id or ''}'"
         previous = ctx.find_latest(schema.EVALUATION, "evaluation", flt)
         if previous is not None:
@@ -33,10 +33,10 @@ def run_evaluation(ctx: Context) -> str:
             print_where(ctx, "evaluation", previous.info.experiment_id, [previous.info.run_id],
                         order_by=f"metrics.{schema.PREDICTED_CLASS_CONF} DESC")
             return previous.info.run_id
-    split_name = str(cfg.evaluation.split)
+    split_name = settings.evaluation.split
     images, labels = split.images(split_name), split.labels(split_name)
-    n = min(int(cfg.evaluation.num_images), len(images))
-    blackbox = blackbox_for(model, int(cfg.chunk_size))
+    n = min(settings.evaluation.num_images, len(images))
+    blackbox = blackbox_for(model, settings.chunk_size)
     probs = blackbox.predict(images)  # the whole split, for the summary; chunked
     names = [str(c) for c in split.class_names]
     class_labels = [label_name(c, names) for c in blackbox.get_labels()]
@@ -65,7 +65,7 @@ def run_evaluation(ctx: Context) -> str:
         ctx.record_config(parent)
 
         def image_runs():  # (run name, tags, metrics) per image, made as the tracker asks for them
-            for k in tqdm(range(n), desc="evaluation runs", unit="img", disable=not cfg.progress):
+            for k in tqdm(range(n), desc="evaluation runs", unit="img", disable=not settings.progress):
                 tags = {**base_tags, schema.RUN_TYPE: "image", schema.IMAGE_ID: k, **view.tags(k, probs[k], labels[k])}
                 top = int(np.argmax(probs[k]))
                 tags[schema.NOTE] = evaluation_image_note(

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xaitk_exp import schema
-from xaitk_exp.tracking.lineage import DatasetRecord, ModelRef, parse_register
+from xaitk_exp.tracking.lineage import DatasetRecord, ModelRef
 
 if TYPE_CHECKING:  # the context calls into this module: the type only, for annotations
     from xaitk_exp.stages.context import Context
@@ -56,7 +56,7 @@ def record_trained_model(ctx: Context, run_id: str, model_id: str | None) -> Non
     """After a train run (new or reused): remember its logged model and, with ``model.register``, register it as a
     version of that name (and point the alias at it); the train run gets ``Registered_model`` / ``Model_version``."""
     ctx.results[LOGGED_MODEL_ID] = model_id
-    register = parse_register(ctx.cfg.model.get("register"))
+    register = ctx.settings.register
     if register is None:
         return
     name, alias = register

@@ -21,7 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 from xaitk_exp import schema
 from xaitk_exp.errors import ConfigError, TrackingError, UnsafeConfigError
 from xaitk_exp.security.targets import check_targets
-from xaitk_exp.settings.validate import validate
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.provenance import git_commit, package_versions
 
@@ -54,6 +53,7 @@ def run_reproduce(ctx: Context) -> str:
         raise UnsafeConfigError(f"run {run_id}: the stored config is refused: {exc}") from None
     cfg = replay_config(stored, ctx.cfg, original, stage)
     replay = Context(cfg=cfg, tracker=tracker, output_dir=ctx.output_dir, overrides=[str(o) for o in overrides])
+    _ = replay.settings  # the stored config, checked as this version reads it, before anything reruns
     warnings = environment_warnings(environment, original, replay)
     for w in warnings:
         print(f"xaitk-exp: warning: {w}", file=sys.stderr)
@@ -84,7 +84,8 @@ def _fetch(tracker: Any, run_id: str, path: str, tmp: str, required: bool = True
 
 
 def replay_config(stored: dict[str, Any], current: DictConfig, original: Any, stage: str) -> DictConfig:
-    """The recorded config, rerun as ``stage`` on this command's store, with the recorded upstream runs, forced.
+    """The recorded config, rerun as ``stage`` on this command's store, with the recorded upstream runs, forced
+    (unchecked: the replay's context checks it).
 
     Trust settings come from this command, never from the store: ``allow_targets`` and ``model.allow_pickle``.
     """
@@ -106,7 +107,6 @@ def replay_config(stored: dict[str, Any], current: DictConfig, original: Any, st
         cfg.train_run_id = tags.get(schema.TRAIN_RUN_ID) or None
     if stage == "saliency":
         cfg.evaluation_run_id = tags.get("Evaluation_summary_run_id") or None
-    validate(cfg)
     return cfg
 
 

@@ -66,6 +66,7 @@ class SweepCallback(Callback):
     # ----- launcher process ------------------------------------------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from xaitk_exp.app import http_settings
+        from xaitk_exp.settings.config import tracking_settings
         from xaitk_exp.tracking.stores import resolve_tracking
 
         http_settings(config)
@@ -73,7 +74,7 @@ class SweepCallback(Callback):
         uri, artifact_root = resolve_tracking(config)
         from xaitk_exp.tracking.factory import make_tracker
 
-        journal = str(config.tracking.get("sqlite_journal", "wal"))
+        journal = tracking_settings(config).sqlite_journal
         search = _open_search(config)  # optuna sweeper: check the space, open or continue the study
         tracker = make_tracker("low", uri, artifact_root, journal)  # no fluent run stack in the launcher process
         jobs = job_configs(config)

@@ -145,11 +145,13 @@ class Search:
     def _reader(self) -> Any:
         """The tracker that reads the trials' runs (the callback's; one of our own without the sweep callback)."""
         if self.tracker is None:
+            from xaitk_exp.settings.config import tracking_settings
             from xaitk_exp.tracking.factory import make_tracker
             from xaitk_exp.tracking.stores import resolve_tracking
 
             uri, artifact_root = resolve_tracking(self.config)
-            self.tracker = make_tracker("low", uri, artifact_root, str(self.config.tracking.get("sqlite_journal", "wal")))
+            journal = tracking_settings(self.config).sqlite_journal
+            self.tracker = make_tracker("low", uri, artifact_root, journal)
         return self.tracker
 
     # ----- the end of the study -----------------------------------------------------------------------------------

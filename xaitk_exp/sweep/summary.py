@@ -78,11 +78,12 @@ def rank_rows(rows: list[dict[str, Any]], metric: str | None, mode: str = "auto"
     """Rows best first by ``metric`` (a column, or a column's last part such as ``Deletion_AUC``); rows without
     it (failed jobs among them) last. ``mode``: ``max``, ``min`` or ``auto`` (the metric's known direction)."""
     from xaitk_exp.errors import ConfigError
+    from xaitk_exp.settings.config import SWEEP_MODES
 
     if not metric:
         return rows
-    if mode not in ("auto", "max", "min"):
-        raise ConfigError("sweep.mode", mode, "one of auto, max, min")
+    if mode not in SWEEP_MODES:
+        raise ConfigError("sweep.mode", mode, f"one of {', '.join(SWEEP_MODES)}")
     columns = sorted({k for r in rows for k in r})
     column = metric if metric in columns else next((c for c in columns if c.split(".", 1)[-1] == metric), None)
     if column is None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from xaitk_exp.security.targets import instantiate
 from xaitk_exp.settings.nodes import to_dict
-from xaitk_exp.settings.validate import SALIENCY_RESERVED, saliency_sign, validate_saliency
+from xaitk_exp.settings.saliency import SALIENCY_RESERVED, saliency_sign
 
 
 class Algorithm:
@@ -36,8 +36,7 @@ class Algorithm:
         self.fill = node.get("fill")
         self.sign = saliency_sign(node)
         self._sign_given = "sign" in node  # recorded as a param only when configured: old runs reproduce as they were
-        ctor = {k: v for k, v in node.items() if k not in SALIENCY_RESERVED}
-        validate_saliency(ctor, tuple(image_shape[:2]))
+        ctor = {k: v for k, v in node.items() if k not in SALIENCY_RESERVED}  # checked once per job (ctx.settings)
         self.target: str = ctor["_target_"]
         self.generator = instantiate(ctor, "saliency", extra_allowed)
         if self.fill is not None and hasattr(self.generator, "fill"):

@@ -16,12 +16,11 @@ PERMUTED_KEY = "metrics_permuted_label_model"  # ctx.results cache: trained once
 def permuted_model_for(ctx: Any) -> Any:
     """The permuted-label model of ``metrics.sanity``, trained once per job (cached in ``ctx.results``)."""
     from xaitk_exp.metrics.sanity import permuted_label_model
-    from xaitk_exp.settings.metrics import settings_from_config
 
     permuted = ctx.results.get(PERMUTED_KEY)
     if permuted is None:
         split = ctx.split
-        seed = settings_from_config(ctx.cfg.get("metrics")).seed
+        seed = ctx.settings.metrics.seed
         permuted = permuted_label_model(ctx.model, split.train_images, split.train_labels, seed)
         ctx.results[PERMUTED_KEY] = permuted
     return permuted

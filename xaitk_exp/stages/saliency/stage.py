@@ -156,8 +156,6 @@ def _explain_and_record(
     import os
     import shutil
 
-    from xaitk_exp.models.sources import top_k_setting
-    from xaitk_exp.settings.metrics import settings_from_config
     from xaitk_exp.settings.nodes import to_dict
     from xaitk_exp.stages.saliency.image import (
         WORKER_ENV,
@@ -169,7 +167,7 @@ def _explain_and_record(
         explain_and_record_parallel,
     )
 
-    settings = settings_from_config(ctx.cfg.get("metrics"))
+    settings = ctx.settings.metrics
     permuted = None
     if settings.enabled and settings.sanity:
         from xaitk_exp.stages.saliency.quality import permuted_model_for
@@ -184,7 +182,7 @@ def _explain_and_record(
         labels=labels,
         metrics=settings if settings.enabled else None,
         permuted_model=permuted,
-        top_k=top_k_setting(ctx.cfg.get("maps", {}).get("top_k", "auto")),
+        top_k=ctx.settings.maps.top_k,
     )
     rspec = RecordSpec(
         tracker=ctx.tracker.reopen_args(),

@@ -10,7 +10,6 @@ from typing import Any
 
 from xaitk_exp.metrics.names import METRICS, RANKED
 from xaitk_exp.metrics.summary import aggregate, flat_metrics
-from xaitk_exp.settings.metrics import settings_from_config
 from xaitk_exp.viz.curves import comparison_figure
 
 SUMMARY_DIR = "saliency_metrics"
@@ -29,7 +28,7 @@ def log_evaluation_summary(ctx: Any, saliency_exp_id: str) -> list[dict[str, Any
 
     Returns the rows (empty, logging nothing, when metrics are off or no run has metrics).
     """
-    if not settings_from_config(ctx.cfg.get("metrics")).enabled or not ctx.evaluation_run_id:
+    if not ctx.settings.metrics.enabled or not ctx.evaluation_run_id:
         return []
     flt = f"tags.Evaluation_summary_run_id = '{ctx.evaluation_run_id}' and attributes.status = 'FINISHED'"
     runs = ctx.tracker.search([saliency_exp_id], flt, None, 50000)
