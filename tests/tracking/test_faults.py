@@ -210,6 +210,41 @@ def test_exception_inside_a_stage_fails_the_run_with_its_traceback(run_stage, cl
     assert "in fit" in text
 
 
+def _fails_on_second_call(monkeypatch, owner, name: str) -> None:
+    real, calls = getattr(owner, name), []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected fault")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+@pytest.mark.with_upstream
+@pytest.mark.parametrize("where", ["explain", "record"])
+@pytest.mark.parametrize("level", ["mid", "low"])
+def test_a_fault_while_runs_are_written_in_the_background_leaves_no_run_open(
+    run_stage, client, monkeypatch, where, level
+):
+    """With n_jobs=1 each saliency run is written by a thread while the next image is explained: a fault in the
+    second image's maps or in its run stops the stage; the first run ends FINISHED, no run stays RUNNING."""
+    from xaitk_exp.stages.saliency import image
+    from xaitk_exp.tracking.tracker import Tracker
+
+    if where == "explain":
+        _fails_on_second_call(monkeypatch, image, "explain")
+    else:
+        _fails_on_second_call(monkeypatch, Tracker, "log_image")
+    with pytest.raises(RuntimeError, match="injected fault"):
+        run_stage("stage=saliency", "query.max_results=3", f"logging={level}")
+    runs = sorted(_runs(client, "MLPClassifier - Saliency Map Generation"), key=lambda r: r.info.start_time)
+    assert [r.info.status for r in runs] == (["FINISHED"] if where == "explain" else ["FINISHED", "FAILED"])
+    if where == "record":
+        assert "injected fault" in runs[1].data.tags["error"]
+
+
 # ----- parallel jobs on a fresh SQLite store -------------------------------------------------------------------
 @pytest.mark.slow
 def test_eight_jobs_four_in_parallel_on_a_fresh_sqlite_store(tmp_path):
