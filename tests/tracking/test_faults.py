@@ -87,10 +87,12 @@ SALIENCY_EXP = "MLPClassifier - Saliency Map Generation"
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("n_jobs", [1, 2])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_killed_parallel_saliency_leaves_no_run_open(tmp_path, sig):
-    """``n_jobs=2``: the worker processes record the runs. SIGTERM reaches the stage's process alone, Ctrl-C the
-    whole process group; either way the job stops, and every run is FINISHED or closed KILLED/FAILED."""
+def test_killed_saliency_leaves_no_run_open(tmp_path, sig, n_jobs):
+    """``n_jobs=2``: the worker processes record the runs; ``n_jobs=1``: a thread records each run while the next
+    image is explained. SIGTERM reaches the stage's process alone, Ctrl-C the whole process group; either way the
+    job stops, and every run is FINISHED or closed KILLED/FAILED."""
     import os
 
     db = tmp_path / "outputs" / "mlflow.db"
@@ -98,7 +100,7 @@ def test_killed_parallel_saliency_leaves_no_run_open(tmp_path, sig):
     for stage in ("stage=train", "stage=evaluation"):
         first = run_cli([stage, "progress=false", "evaluation.num_images=60"], cwd=tmp_path, timeout=300)
         assert first.returncode == 0, first.stderr[-2000:]
-    slow = ["stage=saliency", "progress=false", "evaluation.num_images=60", "n_jobs=2", "saliency=rise",
+    slow = ["stage=saliency", "progress=false", "evaluation.num_images=60", f"n_jobs={n_jobs}", "saliency=rise",
             "saliency.n=6000", "query.max_results=60"]
     proc = subprocess.Popen([*exe(), *slow], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True,
