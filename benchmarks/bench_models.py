@@ -2,6 +2,7 @@
 
     python benchmarks/bench_models.py                        # 64x64 and 224x224, 2 images, 3 repeats (~8 min here)
     python benchmarks/bench_models.py --sizes 64 --images 3 --repeats 5 --memory-masks 1000,4000
+    python benchmarks/bench_models.py --algorithms sliding_window --images 2 --more-images 8 --memory-masks ""
 
 The network is ``tests/models/model_zoo.SmallCNN`` (two 3x3 convolutions, seeded random weights: timing does not need a
 trained model), saved as TorchScript (``model=torch``) and written as ONNX (``model=onnx``, the same weights). The
@@ -16,6 +17,9 @@ Variants, side by side for each size, algorithm and runtime (every repeat runs e
   through the same black box (``ImageModelBlackbox``, ``chunk_size`` images per model call).
 
 Algorithms: RISE with ``--masks`` masks (s=8, p1=0.5) and a sliding window (window S/4, stride S/8).
+``--more-images N`` times every variant on N images too and splits each time into a fixed cost per stage and a
+cost per image (the line through the two points): the per-image ratio is what remains once the stage's own start
+(store lookups, config files) is spread over many images.
 Peak memory: the stage (RISE, ONNX Runtime) run alone in a fresh process per mask count and ``chunk_size``
 (``--memory-chunks``; ``run(cfg)``: store, data, model, stage), read from its ``VmHWM`` (peak resident set;
 ``ru_maxrss`` would keep the forking parent's), beside the same process doing nothing but loading the libraries.
@@ -117,6 +121,12 @@ def bare(store: TrainedStore, images: int, algo_name: str, size: int, masks: int
     return time.perf_counter() - t0
 
 
+def fixed_and_per_image(counts: list[int], seconds: list[float]) -> tuple[float, float]:
+    """The line through ``(count, seconds)`` for two counts: (seconds at zero images, seconds per image)."""
+    per_image = (seconds[1] - seconds[0]) / (counts[1] - counts[0])
+    return seconds[0] - counts[0] * per_image, per_image
+
+
 MEMORY_CHILD = r"""
 import json, sys, time
 sys.path.insert(0, {bench!r})
@@ -196,6 +206,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="64,224", help="image sizes to time ('' skips the timing tables)")
     ap.add_argument("--images", type=int, default=2)
+    ap.add_argument("--more-images", type=int, default=0, help="also time this many images; split fixed vs per image")
     ap.add_argument("--masks", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--algorithms", default="rise,sliding_window")
@@ -209,40 +220,53 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     algos = [a for a in args.algorithms.split(",") if a]
     sources = [s for s in args.sources.split(",") if s]
-    rows, checks = [], []
+    counts = [args.images] + ([args.more_images] if args.more_images > args.images else [])
+    rows, checks, splits = [], [], []
     stores: dict[tuple[int, str], TrainedStore] = {}
     for size in sizes:
         files = make_models(root, size)
-        folder = make_folder(root, size, 2 * args.images)
+        folder = make_folder(root, size, 2 * counts[-1])
         for source in sources:
             print(f"preparing {source} at {size}x{size} ...", file=sys.stderr)
             stores[size, source] = prepare(root / f"{source}{size}", overrides(
-                source, files[source], folder, size, args.images), args.images)
+                source, files[source], folder, size, counts[-1]), counts[-1])
         for algo_name in algos:
             algo = algorithm(algo_name, size, args.masks)
             variants = {}
-            for source in sources:
-                st = stores[size, source]
-                variants[f"{source} stage"] = (lambda st=st, a=algo: stage(st, st.fresh("stage"), args.images, a))
-                variants[f"{source} bare"] = (lambda st=st, n=algo_name: bare(st, args.images, n, size, args.masks))
+            for n in counts:
+                for source in sources:
+                    st = stores[size, source]
+                    variants[f"{source} stage {n}"] = (lambda st=st, a=algo, n=n: stage(st, st.fresh("stage"), n, a))
+                    variants[f"{source} bare {n}"] = (
+                        lambda st=st, a=algo_name, n=n: bare(st, n, a, size, args.masks))
             times = interleave(variants, args.repeats, warmup=True)
             med = {k: median(v) for k, v in times.items()}
             label = f"RISE {args.masks}" if algo_name == "rise" else "sliding window"
-            for source in sources:
-                for kind in ("stage", "bare"):
-                    key = f"{source} {kind}"
-                    rows.append([f"{size}x{size}", label, source, kind, med[key], args.images / med[key],
-                                 med[key] / med[f"{source} bare"], med[key] / med[f"{sources[0]} {kind}"]])
-                ratio = med[f"{source} stage"] / med[f"{source} bare"]
-                checks.append([f"{size}x{size} {label} {source}: stage / bare <= 1.15", f"{ratio:.2f}",
-                               verdict(ratio <= 1.15)])
+            for n in counts:
+                for source in sources:
+                    for kind in ("stage", "bare"):
+                        key, bare_key = f"{source} {kind} {n}", f"{source} bare {n}"
+                        rows.append([f"{size}x{size}", label, n, source, kind, med[key], n / med[key],
+                                     med[key] / med[bare_key], med[key] / med[f"{sources[0]} {kind} {n}"]])
+                    ratio = med[f"{source} stage {n}"] / med[f"{source} bare {n}"]
+                    checks.append([f"{size}x{size} {label} {source}, {n} images: stage / bare <= 1.15",
+                                   f"{ratio:.2f}", verdict(ratio <= 1.15)])
+            if len(counts) == 2:
+                for source in sources:
+                    fit = {kind: fixed_and_per_image(counts, [med[f"{source} {kind} {n}"] for n in counts])
+                           for kind in ("stage", "bare")}
+                    splits.append([f"{size}x{size}", label, source, *fit["stage"], *fit["bare"],
+                                   fit["stage"][1] / fit["bare"][1], verdict(fit["stage"][1] / fit["bare"][1] <= 1.15)])
     if rows:
-        print(f"\n## Saliency stage on a small CNN: {args.images} images per variant, {args.repeats} repeats, "
-              f"chunk_size {CHUNK} ({machine()})\n")
-        print(table(["size", "algorithm", "runtime", "variant", "median s", "images / s", "this / bare",
+        print(f"\n## Saliency stage on a small CNN: {args.repeats} repeats, chunk_size {CHUNK} ({machine()})\n")
+        print(table(["size", "algorithm", "images", "runtime", "variant", "median s", "images / s", "this / bare",
                      f"this / {sources[0]}"], rows))
         print()
         print(table(["target", "measured", "status"], checks))
+    if splits:
+        print(f"\n## Fixed and per-image cost: the line through {counts[0]} and {counts[1]} images\n")
+        print(table(["size", "algorithm", "runtime", "stage fixed s", "stage s / image", "bare fixed s",
+                     "bare s / image", "per image stage / bare", "<= 1.15"], splits))
     masks = [int(m) for m in args.memory_masks.split(",") if m]
     if masks:
         size = args.memory_size

@@ -87,10 +87,12 @@ SALIENCY_EXP = "MLPClassifier - Saliency Map Generation"
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("n_jobs", [1, 2])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_killed_parallel_saliency_leaves_no_run_open(tmp_path, sig):
-    """``n_jobs=2``: the worker processes record the runs. SIGTERM reaches the stage's process alone, Ctrl-C the
-    whole process group; either way the job stops, and every run is FINISHED or closed KILLED/FAILED."""
+def test_killed_saliency_leaves_no_run_open(tmp_path, sig, n_jobs):
+    """``n_jobs=2``: the worker processes record the runs; ``n_jobs=1``: a thread records each run while the next
+    image is explained. SIGTERM reaches the stage's process alone, Ctrl-C the whole process group; either way the
+    job stops, and every run is FINISHED or closed KILLED/FAILED."""
     import os
 
     db = tmp_path / "outputs" / "mlflow.db"
@@ -98,7 +100,7 @@ def test_killed_parallel_saliency_leaves_no_run_open(tmp_path, sig):
     for stage in ("stage=train", "stage=evaluation"):
         first = run_cli([stage, "progress=false", "evaluation.num_images=60"], cwd=tmp_path, timeout=300)
         assert first.returncode == 0, first.stderr[-2000:]
-    slow = ["stage=saliency", "progress=false", "evaluation.num_images=60", "n_jobs=2", "saliency=rise",
+    slow = ["stage=saliency", "progress=false", "evaluation.num_images=60", f"n_jobs={n_jobs}", "saliency=rise",
             "saliency.n=6000", "query.max_results=60"]
     proc = subprocess.Popen([*exe(), *slow], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True,
@@ -208,6 +210,41 @@ def test_exception_inside_a_stage_fails_the_run_with_its_traceback(run_stage, cl
     text = Path(client.download_artifacts(run.info.run_id, "traceback.txt", str(tmp_path))).read_text()
     assert "Traceback (most recent call last)" in text and "RuntimeError: injected fault" in text
     assert "in fit" in text
+
+
+def _fails_on_second_call(monkeypatch, owner, name: str) -> None:
+    real, calls = getattr(owner, name), []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected fault")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+@pytest.mark.with_upstream
+@pytest.mark.parametrize("where", ["explain", "record"])
+@pytest.mark.parametrize("level", ["mid", "low"])
+def test_a_fault_while_runs_are_written_in_the_background_leaves_no_run_open(
+    run_stage, client, monkeypatch, where, level
+):
+    """With n_jobs=1 each saliency run is written by a thread while the next image is explained: a fault in the
+    second image's maps or in its run stops the stage; the first run ends FINISHED, no run stays RUNNING."""
+    from xaitk_exp.stages.saliency import image
+    from xaitk_exp.tracking.tracker import Tracker
+
+    if where == "explain":
+        _fails_on_second_call(monkeypatch, image, "explain")
+    else:
+        _fails_on_second_call(monkeypatch, Tracker, "log_image")
+    with pytest.raises(RuntimeError, match="injected fault"):
+        run_stage("stage=saliency", "query.max_results=3", f"logging={level}")
+    runs = sorted(_runs(client, "MLPClassifier - Saliency Map Generation"), key=lambda r: r.info.start_time)
+    assert [r.info.status for r in runs] == (["FINISHED"] if where == "explain" else ["FINISHED", "FAILED"])
+    if where == "record":
+        assert "injected fault" in runs[1].data.tags["error"]
 
 
 # ----- parallel jobs on a fresh SQLite store -------------------------------------------------------------------

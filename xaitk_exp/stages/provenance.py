@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -35,6 +36,12 @@ def git_commit() -> str | None:
 
 
 def package_versions() -> dict[str, str]:
+    """Python's and :data:`PACKAGES`' versions, read once per process (every stage records them)."""
+    return dict(_package_versions())
+
+
+@functools.cache
+def _package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": os.sys.version.split()[0]}

@@ -25,6 +25,9 @@ class MidTracker(Tracker):
         self._mlflow = mlflow
         self._model_runs: set[str] = set()  # runs a model was logged into (see _log_metrics)
 
+    def thread_bound(self) -> bool:
+        return self._mlflow.active_run() is not None  # MLflow's active-run stack is per thread
+
     def _start_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
         # the parent, if any, is passed as the tag itself so the record matches the other levels
         nested = self._mlflow.active_run() is not None

@@ -55,7 +55,13 @@ class Tracker(StoreReader, ModelRecords, ABC):
             open_sqlite_store(uri, sqlite_journal) if uri.startswith("sqlite:") else MlflowClient(tracking_uri=uri)
         )
         self._experiments: dict[str, str] = {}
+        self._created: set[str] = set()
         self._sweep_experiments: dict[str, str | None] = {}
+
+    def thread_bound(self) -> bool:
+        """True when a run opened from another thread would be recorded differently than from this one (a fluent
+        level with an active run here, which would become the new run's parent)."""
+        return False
 
     def reopen_args(self) -> tuple[str, str, str | None, str]:
         """What :func:`xaitk_exp.tracking.make_tracker` needs to open the same tracker in another process."""
@@ -81,7 +87,8 @@ class Tracker(StoreReader, ModelRecords, ABC):
                 location = Path(self.artifact_root, safe).as_uri()
             tags = {"framework": framework[0], "version": framework[1], "Experiment": name}
             try:
-                self.client.create_experiment(name, artifact_location=location, tags=tags)
+                new_id = self.client.create_experiment(name, artifact_location=location, tags=tags)
+                self._created.add(new_id)
             except MlflowException:  # created meanwhile by a parallel job
                 pass
             exp = self._get_experiment(name)
@@ -89,6 +96,10 @@ class Tracker(StoreReader, ModelRecords, ABC):
             return None
         self._experiments[name] = exp.experiment_id
         return exp.experiment_id
+
+    def created_here(self, experiment_id: str) -> bool:
+        """True when this tracker created the experiment, so it holds no run from an earlier job."""
+        return experiment_id in self._created
 
     def _get_experiment(self, name: str) -> Any:
         try:

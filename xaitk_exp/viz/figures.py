@@ -5,6 +5,7 @@ Saliency maps use a diverging palette: blue for negative, white for zero, red fo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +42,25 @@ def overlay(image: np.ndarray, sal: np.ndarray, alpha: float = 0.55) -> np.ndarr
     base = to_rgb(image).astype(float)
     heat = diverging(sal).astype(float)
     return (base * (1 - alpha) + heat * alpha).astype(np.uint8)
+
+
+@functools.cache
+def _nearest(h: int, w: int) -> np.ndarray:
+    """``[PANEL, PANEL]`` flat indices of the ``[h, w]`` pixels that Pillow's nearest-neighbour resize picks."""
+    from PIL import Image
+
+    index = Image.fromarray(np.arange(h * w, dtype=np.int32).reshape(h, w))
+    return np.asarray(index.resize((PANEL, PANEL), Image.NEAREST), dtype=np.intp)
+
+
+def at_panel_size(values: np.ndarray, batch: bool = False) -> np.ndarray:
+    """``values`` (``[H, W, ...]``, or ``[n, H, W]`` with ``batch``) sampled onto a panel's ``PANEL x PANEL`` pixels
+    exactly as :func:`_panel`'s resize would sample them."""
+    if batch:
+        n, h, w = values.shape[:3]
+        return values.reshape(n, h * w, *values.shape[3:])[:, _nearest(h, w)]
+    h, w = values.shape[:2]
+    return values.reshape(h * w, *values.shape[2:])[_nearest(h, w)]
 
 
 def _panel(rgb: np.ndarray, label: str):
@@ -92,6 +112,11 @@ def saliency_figure(
 ) -> Path:
     """The image, an overlay of the predicted class's map, then every class's map (``maps``: ``[n, H, W]``), with
     the legend :data:`LEGEND` under them."""
+    image, maps = np.asarray(image), np.asarray(maps)
+    if image.shape[0] * image.shape[1] > PANEL * PANEL:
+        # colours are per pixel: sampling first, then colouring the panel's pixels, draws the same picture with
+        # fewer pixels to colour (a 224x224 map has 5x more pixels than its panel)
+        image, maps = at_panel_size(image), at_panel_size(maps, batch=True)
     panels = [(to_rgb(image), "image"), (overlay(image, maps[predicted]), f"overlay {labels[predicted]}")]
     panels += [(diverging(m), f"class {lab}") for m, lab in zip(maps, labels, strict=True)]
     return grid(panels, path, columns=6, title=title, legend=LEGEND)

@@ -3,9 +3,10 @@
 :func:`explain` makes one image's files in a folder and :func:`record` turns them into its saliency run, through
 a :class:`~xaitk_exp.tracking.tracker.Tracker`. :func:`explain_and_record` does both, in the stage's own process or in
 worker processes (:func:`explain_and_record_parallel`), each of which opens its own tracker on the same store:
-with the recording spread over the workers too, nothing serial is left in the stage's process. The
-same functions run on both paths, under the same BLAS thread limit, so ``n_jobs`` changes no bit of the maps or the
-metrics.
+with the recording spread over the workers too, nothing serial is left in the stage's process. Alone, the stage's
+process writes each run in a background thread while it explains the next image
+(:func:`explain_and_record_overlapped`). The same functions run on every path, under the same BLAS thread limit,
+so ``n_jobs`` changes no bit of the maps or the metrics.
 
 A worker writes the id of each run it opens beside the image's folder (``<folder>.run_id``) before anything else,
 so that the stage can close, as KILLED, a run whose worker died: no run is left RUNNING.
@@ -92,7 +93,7 @@ class Explained:
     map_classes: list[str] = field(default_factory=list)  #: the class of each map in the ``.npy``, in order
 
 
-#: per process: the last algorithm built (a seeded RISE keeps its masks between images and batches)
+#: per process: the last algorithm built (a seeded RISE keeps its shifts and mask lookup between images and batches)
 _ALGORITHMS: dict[str, Any] = {}
 
 
@@ -131,6 +132,41 @@ def explain_and_record(
     return out
 
 
+def explain_and_record_overlapped(
+    spec: ExplainSpec, rspec: RecordSpec, tasks: Sequence[ImageTask], tracker: Any
+) -> Iterator[Explained]:
+    """As :func:`explain_and_record`, yielding each image once recorded, with the run of image i written by a
+    background thread while image i + 1 is explained (writing a run is mostly waiting on the store's commits).
+
+    One image is recorded at a time, in order, so the runs and their start times are those of the serial loop. On
+    an error, Ctrl-C or SIGTERM (raised here as :class:`~xaitk_exp.errors.RunKilled`) the run being written is
+    finished before the exception leaves; a failed write closes its run FAILED (:meth:`Tracker.run`) and is raised
+    here. The caller checks that the tracker may write from another thread (:meth:`Tracker.thread_bound`).
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from xaitk_exp.tracking.signals import sigterm_raises
+
+    def recorded(job: tuple[Future, Explained]) -> Explained:
+        job[1].run_id = job[0].result()
+        return job[1]
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="xaitk-exp-record")
+    pending: tuple[Future, Explained] | None = None
+    try:
+        with sigterm_raises():
+            for result, task in zip(iter_explained(spec, tasks), tasks, strict=True):
+                done = recorded(pending) if pending is not None else None
+                pending = (pool.submit(record, tracker, rspec, task, result), result)
+                if done is not None:
+                    yield done
+            if pending is not None:
+                job, pending = pending, None
+                yield recorded(job)
+    finally:
+        pool.shutdown(wait=True)  # the run in flight ends FINISHED (or FAILED) before anything leaves
+
+
 def explain_and_record_parallel(
     tracker: Any, spec: ExplainSpec, rspec: RecordSpec, tasks: Sequence[ImageTask], processes: int
 ) -> Iterator[Explained]:
@@ -153,7 +189,7 @@ def explain_and_record_parallel(
 
 
 def warm_up(spec: ExplainSpec, rspec: RecordSpec) -> None:
-    """A worker's start: its imports, the algorithm (a seeded RISE's masks) and its tracker on the store."""
+    """A worker's start: its imports, the algorithm (a seeded RISE's shifts and mask lookup) and its tracker on the store."""
     algorithm_for(spec)
     tracker_for(rspec)
 

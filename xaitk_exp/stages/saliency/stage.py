@@ -90,7 +90,7 @@ def run_saliency(ctx: Context) -> list[str]:
     labels = display_labels(model, [label_name(c, names) for c in model.classes_])  # image models: class indices
     from tqdm import tqdm
 
-    done = {} if cfg.force or update else _finished_runs(ctx, exp_id)
+    done = {} if cfg.force or update or tracker.created_here(exp_id) else _finished_runs(ctx, exp_id)
     todo = [r for r in selected if r.data.tags[schema.IMAGE_ID] not in done]
     if len(todo) < len(selected):
         reused = len(selected) - len(todo)
@@ -151,7 +151,8 @@ def _explain_and_record(
 
     With ``n_jobs`` > 1, ``n_jobs - 1`` worker processes (joblib's reusable executor) take images beside this
     process; each makes the maps, the metrics and the pictures and records the runs through its own tracker on the
-    same store, so recording runs in parallel too. Runs a stopped worker left open are closed KILLED.
+    same store, so recording runs in parallel too. Runs a stopped worker left open are closed KILLED. Alone, this
+    process writes each run in a background thread while it explains the next image.
     """
     import os
     import shutil
@@ -164,6 +165,7 @@ def _explain_and_record(
         RecordSpec,
         close_orphans,
         explain_and_record,
+        explain_and_record_overlapped,
         explain_and_record_parallel,
     )
 
@@ -216,11 +218,13 @@ def _explain_and_record(
         tasks.append(ImageTask(k, images[k], evaluation, str(root / f"{i:06d}"), own))
     finished = False
     try:
-        if ctx.processes == 1 or len(tasks) < 2:
+        if ctx.processes > 1 and len(tasks) > 1:
+            yield from explain_and_record_parallel(ctx.tracker, spec, rspec, tasks, ctx.processes)
+        elif ctx.tracker.thread_bound():
             for task in tasks:  # one at a time: the progress bar moves per image
                 yield from explain_and_record(spec, rspec, [task], ctx.tracker)
-        else:
-            yield from explain_and_record_parallel(ctx.tracker, spec, rspec, tasks, ctx.processes)
+        else:  # each image's run written while the next image is explained
+            yield from explain_and_record_overlapped(spec, rspec, tasks, ctx.tracker)
         finished = True
     finally:
         if not finished:
