@@ -189,7 +189,7 @@ def explain_and_record_parallel(
 
 
 def warm_up(spec: ExplainSpec, rspec: RecordSpec) -> None:
-    """A worker's start: its imports, the algorithm (a seeded RISE's shifts and mask lookup) and its tracker on the store."""
+    """A worker's start: its imports, the algorithm (a seeded RISE's shifts and mask lookup) and its tracker."""
     algorithm_for(spec)
     tracker_for(rspec)
 
