@@ -94,6 +94,9 @@ PREVIOUS_IMAGE_ID = "Previous_image_id"  # an edited saliency run: the image it 
 PREVIOUS_EVALUATION_RUN_ID = "Previous_evaluation_run_id"
 
 # ----- lineage MLflow shows natively (datasets, logged models, the registry, images) ---------------------------------
+MODEL_SHA256 = "Model_sha256"  # an ONNX / PyTorch / MAITE model's identity: its file's SHA-256 (or its factory's)
+MODEL_FORMAT = "Model_format"  # how the train run stored it: mlflow.onnx, mlflow.pytorch/torchscript|pt2, file, none
+IMAGE_MODEL_DIR = "model"  # the train run's folder for an ONNX / PyTorch / MAITE model (an MLflow model when flavoured)
 MODEL_VERSION = "Model_version"  # the registered model version a run used or registered
 REGISTERED_MODEL = "Registered_model"  # the name of that registered model
 

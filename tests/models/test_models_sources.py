@@ -171,6 +171,18 @@ def test_maps_equal_direct_xaitk_calls(zoo, make_cfg, source):
 
 
 # ----- the stages end to end ----------------------------------------------------------------------------------------
+def _flavours(client, run_id: str) -> set[str]:
+    import yaml
+
+    text = Path(client.download_artifacts(run_id, "model/MLmodel")).read_text()
+    return set(yaml.safe_load(text)["flavors"])
+
+
+def _logged_model(client, run):
+    models = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+    return models[0] if models else None
+
+
 def _exp_runs(client, name, flt=""):
     exp = client.get_experiment_by_name(name)
     assert exp is not None, f"missing experiment {name!r}"
@@ -195,11 +207,11 @@ def test_pipeline_records_links_and_explains(zoo, run_stage, client, source):
     assert train.data.tags["Model_sha256"] == model.sha256 and train.data.params["sha256"] == model.sha256
     arts = {f.path for f in client.list_artifacts(train.info.run_id, "model")}
     assert "model/model_info.json" in arts
-    if source != "maite":
-        recorded = Path(client.download_artifacts(train.info.run_id, f"model/{Path(model.file).name}"))
-        import hashlib
-
-        assert hashlib.sha256(recorded.read_bytes()).hexdigest() == model.sha256
+    fmt = {"onnx": "mlflow.onnx", "torch-class": "mlflow.pytorch/pt2", "maite": "none"}[source]
+    assert train.data.tags["Model_format"] == fmt
+    if source != "maite":  # an MLflow model of its flavour, and the run's logged model
+        assert {"onnx": "onnx", "torch-class": "pytorch"}[source] in _flavours(client, train.info.run_id)
+        assert _logged_model(client, train) is not None
     info = json.loads(Path(client.download_artifacts(train.info.run_id, "model/model_info.json")).read_text())
     assert info["n_classes"] == 10 and len(info["class_names"]) == 10
     images = _exp_runs(client, f"{name} - Evaluation", "tags.Run_type = 'image'")
@@ -230,6 +242,75 @@ def test_pipeline_records_links_and_explains(zoo, run_stage, client, source):
         ctx3 = run_stage("stage=reproduce", f"run_id={sal[0].info.run_id}", "allow_targets=[model_zoo.]")
         new = client.get_run(ctx3.results["reproduce_run_id"])
         assert new.data.tags["reproduced_match"] == "True", new.data.tags.get("reproduced_differs")
+
+
+FLAVOUR_CASES = {  # source: (config key of its file, zoo file, format tag, MLflow flavour, experiment prefix)
+    "onnx": ("path", "onnx", "mlflow.onnx", "onnx", "small_cnn"),
+    "torch": ("path", "ts", "mlflow.pytorch/torchscript", "pytorch", "small_cnn"),
+    "torch-class": ("weights", "sd", "mlflow.pytorch/pt2", "pytorch", "SmallCNN"),
+}
+
+
+@pytest.mark.parametrize("source", list(FLAVOUR_CASES))
+def test_evaluation_runs_the_recorded_flavour_without_the_file(zoo, run_stage, client, make_cfg, tmp_path, source):
+    """stage=train stores an MLflow model of the model's flavour (the run's logged model); evaluation with the
+    train run's id loads it from the store after the config's file is gone, its confidences equal the file's, and
+    the evaluation reproduces."""
+    import shutil
+
+    key, zoo_key, fmt, flavour, name = FLAVOUR_CASES[source]
+    copy = tmp_path / Path(zoo[zoo_key]).name
+    shutil.copyfile(zoo[zoo_key], copy)
+    ov = [o.replace(zoo[zoo_key], str(copy)) for o in source_overrides(zoo, source)]
+    ov += [*FOLDER, f"dataset.path={zoo['flat']}", "evaluation.num_images=5", "metrics.enabled=false"]
+    file_model = image_model(make_cfg, *ov)
+    ctx = run_stage(*ov, "stage=train")
+    train = client.get_run(ctx.train_run_id)
+    assert train.data.tags["Model_format"] == fmt and train.data.tags["Model_sha256"] == file_model.sha256
+    assert flavour in _flavours(client, train.info.run_id)
+    logged = _logged_model(client, train)
+    assert logged is not None and str(logged.status).endswith("READY")
+    copy.unlink()
+    ctx2 = run_stage(*ov, "stage=evaluation", f"train_run_id={train.info.run_id}")
+    assert ctx2.model.sha256 == file_model.sha256 and Path(ctx2.model.file).parent != copy.parent
+    runs = _exp_runs(client, f"{name} - Evaluation", "tags.Run_type = 'image'")
+    assert len(runs) >= 3
+    for run in runs:
+        k = int(run.data.tags["Image_id"])
+        expected = file_model.predict_proba(ctx2.split.test_images[k : k + 1])[0]
+        got = [run.data.metrics[f"Class_{c}_conf"] for c in range(10)]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    ctx3 = run_stage("stage=reproduce", f"run_id={ctx2.evaluation_run_id}", "allow_targets=[model_zoo.]")
+    new = client.get_run(ctx3.results["reproduce_run_id"])
+    assert new.data.tags["reproduced_match"] == "True", new.data.tags.get("reproduced_differs")
+
+
+def test_a_train_run_recorded_as_a_file_still_evaluates_and_reproduces(zoo, run_stage, client):
+    """A train run in the layout written before flavours (``model/<file>`` and ``model_info.json``, no MLmodel, no
+    logged model, no ``Model_format`` tag): evaluation runs the config's file as before, and reproduces."""
+    import shutil
+
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    ov = [*source_overrides(zoo, "onnx"), *FOLDER, f"dataset.path={zoo['flat']}", "evaluation.num_images=3",
+          "metrics.enabled=false"]
+    ctx = run_stage(*ov, "stage=train")
+    run = client.get_run(ctx.train_run_id)
+    folder = Path(local_file_uri_to_path(run.info.artifact_uri), "model")
+    info = json.loads((folder / "model_info.json").read_text())
+    info.pop("format")
+    shutil.rmtree(folder)
+    folder.mkdir()
+    shutil.copyfile(zoo["onnx"], folder / "small_cnn.onnx")
+    (folder / "model_info.json").write_text(json.dumps(info))
+    client.delete_tag(run.info.run_id, "Model_format")
+    client.delete_logged_model(_logged_model(client, run).model_id)
+    ctx2 = run_stage(*ov, "stage=evaluation")
+    assert ctx2.train_run_id == run.info.run_id and ctx2.model.file == zoo["onnx"]
+    ctx3 = run_stage("stage=reproduce", f"run_id={ctx2.evaluation_run_id}")
+    new = client.get_run(ctx3.results["reproduce_run_id"])
+    assert new.data.tags["reproduced_match"] == "True", new.data.tags.get("reproduced_differs")
+    assert new.data.tags["Train_run_id"] == run.info.run_id
 
 
 def test_folder_without_classes_and_class_map(zoo, run_stage, client):
@@ -356,12 +437,14 @@ def test_bad_input_is_refused_in_one_line_before_any_run(zoo, make_cfg, client, 
 
 # ----- slow: processes ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_maps_bit_identical_across_n_jobs(zoo, run_stage, client):
-    ov = [*source_overrides(zoo, "onnx"), *FOLDER, f"dataset.path={zoo['folder']}", *RISE,
+@pytest.mark.parametrize("source", ["onnx"])  # worker processes load the recorded MLflow model
+def test_maps_bit_identical_across_n_jobs(zoo, run_stage, client, source):
+    ov = [*source_overrides(zoo, source), *FOLDER, f"dataset.path={zoo['folder']}", *RISE,
           "evaluation.num_images=4", "query.max_results=3", "metrics.enabled=false"]
     run_stage(*ov, "n_jobs=1")
     run_stage(*ov, "n_jobs=2", "force=true")
-    runs = _exp_runs(client, "small_cnn - Saliency Map Generation", "attributes.status = 'FINISHED'")
+    name = {"onnx": "small_cnn", "torch-class": "SmallCNN"}[source]
+    runs = _exp_runs(client, f"{name} - Saliency Map Generation", "attributes.status = 'FINISHED'")
     by_image: dict[str, list[np.ndarray]] = {}
     for run in runs:
         by_image.setdefault(run.data.tags["Image_id"], []).append(
@@ -373,6 +456,7 @@ def test_maps_bit_identical_across_n_jobs(zoo, run_stage, client):
 
 @pytest.mark.slow
 def test_default_command_does_not_import_torch_or_onnxruntime(tmp_path):
+    """Nor onnx, maite, or MLflow's onnx and pytorch flavours."""
     import subprocess
     import sys
 
@@ -382,7 +466,8 @@ def test_default_command_does_not_import_torch_or_onnxruntime(tmp_path):
         f"cfg = compose_config(['tracking.uri=sqlite:///{tmp_path}/m.db', 'progress=false', "
         "'evaluation.num_images=2'])\n"
         "run(cfg, [], '.')\n"
-        "bad = [m for m in ('torch', 'onnxruntime', 'onnx', 'maite') if m in sys.modules]\n"
+        "bad = [m for m in ('torch', 'onnxruntime', 'onnx', 'maite', 'mlflow.onnx', 'mlflow.pytorch') "
+        "if m in sys.modules]\n"
         "assert not bad, bad\n"
         "print('CLEAN')\n"
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from xaitk_exp.models.sources import (
     top_classes,
 )
 
-MODEL_DIR = "model"
+MODEL_DIR = schema.IMAGE_MODEL_DIR
 
 
 def build(ctx: Any) -> ImageModel:
@@ -32,6 +33,11 @@ def build(ctx: Any) -> ImageModel:
     from xaitk_exp.settings.nodes import to_dict
 
     node = to_dict(ctx.cfg.model)
+    _refuse_sanity(ctx, node)
+    return build_image_model(node, ctx.extra_allowed)
+
+
+def _refuse_sanity(ctx: Any, node: dict[str, Any]) -> None:
     metrics = ctx.settings.metrics
     if metrics.enabled and metrics.sanity:
         raise ConfigError(
@@ -39,7 +45,6 @@ def build(ctx: Any) -> ImageModel:
             f"false for model={node.get('source')}: its permuted-label check retrains the model, which only "
             "scikit-learn models are",
         )
-    return build_image_model(node, ctx.extra_allowed)
 
 
 def model_name(node: Any) -> str:
@@ -55,25 +60,33 @@ def check(ctx: Any, model: ImageModel) -> None:
 
 
 def record(ctx: Any) -> str:
-    """``train`` for a model file: no training, a ``train_info`` run in ``<Model> - Train`` that holds the model
-    file (``model/``), its SHA-256 (param ``sha256``, tag ``Model_sha256``), its class names and settings. A FINISHED
-    run with the same config and the same file is reused unless ``force=true``."""
+    """``train`` for a model file: no training, a ``train_info`` run in ``<Model> - Train`` that holds the model as an
+    MLflow model in ``model/`` (flavour ``onnx`` or ``pytorch``, also the run's logged model; a MAITE model has
+    none), its SHA-256 (param ``sha256``, tag ``Model_sha256``), its class names and settings
+    (``model/model_info.json``). The stages after it run the recorded model. A FINISHED run with the same config and
+    the same file is reused unless ``force=true``."""
+    from xaitk_exp.models import recorded
+
     model = ctx.model if isinstance(ctx.model, ImageModel) else build(ctx)
     check(ctx, model)
     ctx.model = model
     if not ctx.cfg.force:
-        previous = ctx.find_latest("Train", "train", f"tags.Model_sha256 = '{model.sha256}'")
+        previous = ctx.find_latest(schema.TRAIN, "train", f"tags.{schema.MODEL_SHA256} = '{model.sha256}'")
         if previous is not None:
             ctx.train_run_id, ctx.train_exp_id = previous.info.run_id, previous.info.experiment_id
+            ctx.model = _recorded_model(ctx, previous) or model
             print(f"[train] reusing run {previous.info.run_id} (same config and model file; force=true re-records)")
             return previous.info.run_id
+    folder = _local_folder(ctx, f"{model.source}-{model.sha256[:16]}")
+    fmt = recorded.save(model, folder, ctx.split.image_shape)  # before the run opens: a failure leaves no run
     tracker = ctx.tracker
     exp_id = tracker.experiment(ctx.experiment_name(schema.TRAIN), framework=ctx.framework)
-    info = model.info()
+    info = {**model.info(), "format": fmt}
     tags = {
-        "Dataset": ctx.dataset_name,
+        schema.DATASET: ctx.dataset_name,
         "Model_source": model.source,
-        "Model_sha256": model.sha256,
+        schema.MODEL_SHA256: model.sha256,
+        schema.MODEL_FORMAT: fmt,
         **ctx.provenance_tags("train"),
     }
     params = {
@@ -89,40 +102,121 @@ def record(ctx: Any) -> str:
     with tracker.run(exp_id, schema.TRAIN_RUN, tags=tags) as run_id:
         tracker.log(run_id, params=params)
         ctx.record_config(run_id)
-        if model.file:
+        if fmt in recorded.FLAVOURED:
+            tracker.log_model_folder(run_id, str(folder), MODEL_DIR, _logged_name(model))
+        elif model.file:
             tracker.log_artifact(run_id, model.file, MODEL_DIR)
         tracker.log_dict(run_id, info, f"{MODEL_DIR}/model_info.json")
     ctx.train_run_id, ctx.train_exp_id = run_id, exp_id
-    print(f"[train] {model.source} model {model.display_name} recorded (not trained): run {run_id} in "
-          f"'{ctx.experiment_name('Train')}'")
+    if fmt in recorded.FLAVOURED:
+        ctx.model = _load_recorded(ctx, folder, model.sha256, model)
+    how = f"as an MLflow model ({fmt})" if fmt in recorded.FLAVOURED else "(not trained)"
+    print(f"[train] {model.source} model {model.display_name} recorded {how}: run {run_id} in "
+          f"'{ctx.experiment_name(schema.TRAIN)}'")
     return run_id
 
 
+def _logged_name(model: ImageModel) -> str:
+    """The logged model's name: the display name, unless it is the run's folder name (``model.onnx``'s stem), which
+    MLflow 3.17 would then list twice and resolve through the process-wide tracking URI."""
+    name = model.display_name
+    return f"{name}-{model.source}" if name == MODEL_DIR else name
+
+
 def ensure(ctx: Any) -> ImageModel:
-    """The model evaluation and saliency use: built from the config, checked, and linked to the train run that
-    recorded the same file (``train_run_id``, else the latest FINISHED one with this config and SHA-256)."""
+    """The model evaluation and saliency use, linked to the train run that recorded the same file
+    (``train_run_id``, else the latest FINISHED one with this config and SHA-256): the MLflow model that run stored,
+    or, for runs recorded as a file (before flavours) and MAITE models, the config's file or factory as before. With
+    ``train_run_id`` and a stored MLflow model, the config's file may be gone (reproduction from the store alone)."""
+    from xaitk_exp.models.recorded import FLAVOURED, source_digest
+    from xaitk_exp.settings.nodes import to_dict
+
     if isinstance(ctx.model, ImageModel) and ctx.train_run_id:
         return ctx.model
-    model = ctx.model if isinstance(ctx.model, ImageModel) else build(ctx)
-    check(ctx, model)
-    ctx.model = model
+    node = to_dict(ctx.cfg.model)
+    _refuse_sanity(ctx, node)
+    built = ctx.model if isinstance(ctx.model, ImageModel) else None
+    digest = built.sha256 if built is not None else source_digest(node)
     if ctx.cfg.get("train_run_id"):
-        run = ctx.get_run_in(str(ctx.cfg.train_run_id), "train_run_id", ctx.experiment_name("Train"))
-        recorded = run.data.tags.get("Model_sha256")
-        if recorded != model.sha256:
+        run = ctx.get_run_in(str(ctx.cfg.train_run_id), "train_run_id", ctx.experiment_name(schema.TRAIN))
+        recorded = run.data.tags.get(schema.MODEL_SHA256)
+        if digest is None and run.data.tags.get(schema.MODEL_FORMAT) not in FLAVOURED:
+            built = build(ctx)
+            digest = built.sha256
+        if digest is not None and recorded != digest:
             raise ConfigError(
                 "train_run_id", str(ctx.cfg.train_run_id),
                 f"a train run that recorded this model (it recorded sha256 {str(recorded)[:12]}..., the file now "
-                f"has {model.sha256[:12]}...)",
+                f"has {digest[:12]}...)",
             )
     else:
-        run = ctx.find_latest("Train", "train", f"tags.Model_sha256 = '{model.sha256}'")
+        if digest is None:
+            built = build(ctx)
+            digest = built.sha256
+        run = ctx.find_latest(schema.TRAIN, "train", f"tags.{schema.MODEL_SHA256} = '{digest}'")
         if run is None:
             raise TrackingError(
-                f"no FINISHED run in '{ctx.experiment_name('Train')}' recorded this model and dataset config in "
+                f"no FINISHED run in '{ctx.experiment_name(schema.TRAIN)}' recorded this model and dataset config in "
                 f"{ctx.tracker.display_uri}; run stage=train first (it records the model), or pass train_run_id=<id>"
             )
+    model = _recorded_model(ctx, run)
+    if model is None:
+        model = built or build(ctx)
+        check(ctx, model)
+    ctx.model = model
     ctx.train_run_id, ctx.train_exp_id = run.info.run_id, run.info.experiment_id
+    return model
+
+
+def _local_folder(ctx: Any, key: str) -> Path:
+    """Where a job keeps a model's MLflow folder (worker processes load it from there): ``<output_dir>/models/``."""
+    import shutil
+
+    folder = Path(ctx.output_dir, "models", key, MODEL_DIR)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _recorded_model(ctx: Any, run: Any) -> ImageModel | None:
+    """The MLflow model train run ``run`` stored, downloaded and loaded; None when it stored none (a file record
+    made before flavours, a MAITE model)."""
+    from xaitk_exp.models.recorded import FLAVOURED
+
+    if run.data.tags.get(schema.MODEL_FORMAT) not in FLAVOURED:
+        return None
+    folder = _local_folder(ctx, run.info.run_id)
+    try:
+        ctx.tracker.download(run.info.run_id, MODEL_DIR, str(folder.parent))
+    except Exception as exc:
+        raise TrackingError(
+            f"train run {run.info.run_id} has no readable {MODEL_DIR}/ folder in {ctx.tracker.display_uri} "
+            f"({type(exc).__name__}); record the model again with stage=train force=true"
+        ) from exc
+    return _load_recorded(ctx, folder, run.data.tags.get(schema.MODEL_SHA256, ""), None)
+
+
+def _load_recorded(ctx: Any, folder: Path, sha256: str, original: ImageModel | None) -> ImageModel:
+    """The :class:`ImageModel` of a stored MLflow model folder. With ``original`` (the model it was saved from), its
+    outputs on a few test images must equal the original's: what is recorded is what ran."""
+    from xaitk_exp.models.recorded import load
+    from xaitk_exp.settings.nodes import to_dict
+
+    node = to_dict(ctx.cfg.model)
+    name = original.display_name if original is not None else display_name(node)
+    model = load(folder, node, sha256, name, ctx.extra_allowed)
+    check(ctx, model)
+    if original is not None:
+        images = np.asarray(ctx.split.test_images[:3] if len(ctx.split.test_images) else
+                            np.zeros((1, *ctx.split.image_shape)), dtype=np.float32)
+        a, b = original.scores(images), model.scores(images)
+        if a.shape != b.shape or not np.allclose(a, b, rtol=1e-4, atol=1e-5):
+            raise TrackingError(
+                f"the MLflow model recorded from {original.file} gives other outputs than the file itself "
+                f"(max |difference| {float(np.max(np.abs(a - b))) if a.shape == b.shape else 'shape'}); "
+                "please report it with the model"
+            )
     return model
 
 

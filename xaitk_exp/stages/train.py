@@ -17,7 +17,9 @@ def run_train(ctx: Context) -> str | None:
     if is_image_model(ctx.cfg.model):  # model=onnx|torch|maite: recorded with its hash, not trained
         from xaitk_exp.models.pipeline import record
 
-        return record(ctx)
+        run_id = record(ctx)  # the logged model (none for MAITE, or a run recorded before flavours)
+        record_trained_model(ctx, run_id, ctx.tracker.logged_model_of(run_id))
+        return run_id
     if ctx.pretrained_uri:
         ctx.load_pretrained()
         print(f"[train] model=pretrained: using {ctx.pretrained_uri}, nothing to train")

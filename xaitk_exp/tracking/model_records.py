@@ -32,6 +32,13 @@ class ModelRecords:
             path = save_sklearn_model(model, Path(tmp, MODEL_DIR), input_example)
             return self._log_model(run_id, model, input_example, str(path))
 
+    def log_model_folder(self, run_id: str, saved_dir: str, artifact_path: str, name: str) -> str:
+        """A saved MLflow model folder of any flavour (``mlflow.onnx``, ``mlflow.pytorch``) in the run's
+        ``artifact_path/`` folder and as the run's MLflow 3 logged model ``name``, with the same client calls at
+        every level. Returns the logged model's id."""
+        self._log_artifacts(run_id, saved_dir, artifact_path)
+        return self._log_logged_model(run_id, saved_dir, name)
+
     def _log_model(self, run_id: str, model: Any, input_example: Any, saved_dir: str) -> str:
         self._log_artifacts(run_id, saved_dir, MODEL_DIR)
         return self._log_logged_model(run_id, saved_dir, logged_model_name(type(model).__name__))
