@@ -6,8 +6,12 @@ Heavy libraries (mlflow, xaitk-saliency, scikit-learn) are imported only once a 
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
+import re
 import sys
+from importlib.resources import files
 
 import hydra
 from omegaconf import DictConfig
@@ -19,8 +23,6 @@ GROUPS = ("dataset", "model", "saliency", "logging")
 
 def group_options(group: str) -> list[str]:
     """The option names of a config group (the YAML files shipped in ``xaitk_exp.conf/<group>``)."""
-    from importlib.resources import files
-
     folder = files(CONFIG_PACKAGE).joinpath(group)
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
@@ -85,8 +87,6 @@ def _hide_credentials_in_logs(argv: list[str]) -> None:
     uris = [u.replace("\\", "").strip("'\"") for u in [*given, os.environ.get("MLFLOW_TRACKING_URI", "")] if "@" in u]
     if not uris:
         return
-    import logging
-
     make_record = logging.getLogRecordFactory()
 
     def scrubbed_record(*args: object, **kwargs: object) -> logging.LogRecord:
@@ -177,8 +177,6 @@ def _config_keys(node: object, prefix: str = "") -> list[str]:
 
 def _closest_key(cfg: DictConfig, key: str) -> str | None:
     """The valid key nearest to ``key`` (difflib), preferring the same section."""
-    import difflib
-
     keys = _config_keys(cfg)
     section = key.rpartition(".")[0]
     same = [k for k in keys if k.rpartition(".")[0] == section]
@@ -206,8 +204,6 @@ def _constructor_node(cfg: DictConfig, key: str) -> str | None:
 
 def _key_hints(overrides: list[str], first_line: str) -> list[str]:
     """The closest valid key (and how to pass a constructor argument) for Hydra's "Could not override 'key'"."""
-    import re
-
     match = re.match(r"Could not override '([^']+)'", first_line)
     cfg = _base_config(overrides, match.group(1)) if match else None
     if cfg is None:
@@ -273,8 +269,6 @@ def _output_folders(argv: list[str]) -> list[str]:
 def print_help() -> None:
     """``xaitk-exp --help``: ``conf/hydra/help/xaitk.yaml`` rendered as Hydra renders it, without Hydra's help path,
     which composes every config group to list them (about 0.7 s); the groups' options are the shipped files."""
-    from importlib.resources import files
-
     import yaml
 
     node = yaml.safe_load(files(CONFIG_PACKAGE).joinpath("hydra", "help", "xaitk.yaml").read_text())

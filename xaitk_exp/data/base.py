@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xaitk_exp.errors import ConfigError
+
 
 @dataclass
 class ImageSplit:
@@ -60,8 +62,6 @@ def split_arrays(
 ) -> ImageSplit:
     """Split stratified by label with a seeded shuffle (scikit-learn's ``train_test_split``)."""
     from sklearn.model_selection import train_test_split
-
-    from xaitk_exp.errors import ConfigError
 
     if not 0.0 < float(test_size) < 1.0:
         raise ConfigError("dataset.test_size", test_size, "a fraction strictly between 0 and 1")

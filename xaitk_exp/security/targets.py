@@ -7,6 +7,9 @@ import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as _instantiate
+
 from xaitk_exp.errors import ConfigError, UnsafeConfigError
 from xaitk_exp.settings.nodes import to_dict
 
@@ -52,9 +55,6 @@ def _require_class(target: str, key: str) -> None:
 
 def instantiate(node: Any, key: str, extra_allowed: Iterable[str] = (), **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` behind the allow-list, with errors that name the config key."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate as _instantiate
-
     check_targets(node, extra_allowed, key)
     try:
         return _instantiate(node, _convert_="all", **kwargs)

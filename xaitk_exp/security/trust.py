@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from xaitk_exp.errors import ConfigError, UnsafeConfigError
+from xaitk_exp.models.lazy import import_skops
 
 #: a stored skops model may ask to trust only classes defined in these packages (scikit-learn's own classes:
 #: ``builtins.``/``numpy.`` prefixes would let a crafted MLmodel trust ``builtins.eval`` and run code)
@@ -14,9 +19,6 @@ TRUSTED_TYPE_PREFIXES = ("sklearn.",)
 
 def is_trusted_type(name: str) -> bool:
     """True when ``name`` (``module.Class``) is a class scikit-learn itself defines."""
-    import importlib
-    import inspect
-
     if not isinstance(name, str) or not name.startswith(TRUSTED_TYPE_PREFIXES):
         return False
     module, _, attr = name.rpartition(".")
@@ -32,8 +34,6 @@ def trusted_types(model: Any) -> list[str]:
 
     Only scikit-learn's own types are listed; anything else is refused with :class:`UnsafeConfigError`.
     """
-    from xaitk_exp.models.lazy import import_skops
-
     sio = import_skops()  # not `import skops.io`: that pulls PyTorch in wherever it is installed
 
     untrusted = sio.get_untrusted_types(data=sio.dumps(model))
@@ -47,8 +47,6 @@ def trusted_types(model: Any) -> list[str]:
 
 def check_model_types(mlmodel_text: str, uri: str, allow_pickle: bool = False) -> None:
     """Refuse a stored model whose MLmodel lists types outside :data:`TRUSTED_TYPE_PREFIXES`, or is pickled."""
-    import yaml
-
     meta = yaml.safe_load(mlmodel_text) or {}
     flavor = (meta.get("flavors") or {}).get("sklearn")
     if flavor is None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from xaitk_exp.errors import ConfigError
 from xaitk_exp.metrics.faithfulness import SUBSTRATES
+from xaitk_exp.settings.nodes import to_dict
 
 AUTO_STEPS = 100  # step=auto: about this many deletion/insertion steps per curve
 
@@ -71,8 +72,6 @@ def settings_from_config(node: Any) -> MetricSettings:
     """The record of a ``metrics:`` node (DictConfig or dict; None = disabled: configs saved before metrics
     existed). Missing keys take their defaults; raises :class:`ConfigError` naming the key, the value and what is
     allowed."""
-    from xaitk_exp.settings.nodes import to_dict
-
     node = to_dict(node)
     if node is None:
         return MetricSettings(enabled=False)

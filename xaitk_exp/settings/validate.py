@@ -12,6 +12,7 @@ from xaitk_exp.settings.config import Settings, from_node
 from xaitk_exp.settings.metrics import settings_from_config
 from xaitk_exp.settings.nodes import to_dict
 from xaitk_exp.settings.saliency import SaliencySettings
+from xaitk_exp.tracking.lineage import parse_register
 
 #: what :func:`validate` reads besides the records it builds itself
 _PLAIN = ("stage", "seed", "force", "n_jobs", "chunk_size", "progress", "allow_targets", "train_run_id",
@@ -26,8 +27,6 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> Settings:
     ``metrics`` (saved before metrics existed) has them off; other missing keys take the defaults of
     ``conf/config.yaml``.
     """
-    from xaitk_exp.tracking.lineage import parse_register
-
     node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
     values = {k: to_dict(node[k]) for k in _PLAIN if k in node}
     values["logging"] = {"level": OmegaConf.select(node, "logging.level", default="mid")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 from xaitk_exp import schema
 from xaitk_exp.data import ImageSplit
 from xaitk_exp.errors import ConfigError, DataError, TrackingError
+from xaitk_exp.models.sklearn import check_classifier, check_params
+from xaitk_exp.models.sources import display_name, is_image_model
 from xaitk_exp.security.targets import instantiate
 from xaitk_exp.settings.config import Settings
 from xaitk_exp.settings.nodes import config_hash, estimator_node, to_dict
 from xaitk_exp.settings.validate import validate
 from xaitk_exp.stages.provenance import config_texts, git_commit
+from xaitk_exp.tracking.model_io import load_model
 from xaitk_exp.tracking.tracker import Tracker
 
 
@@ -79,9 +83,6 @@ class Context:
         return self.cfg.model.get("uri")
 
     def build_model(self) -> Any:
-        from xaitk_exp.models.sklearn import check_classifier, check_params
-        from xaitk_exp.models.sources import is_image_model
-
         if is_image_model(self.cfg.model):  # model=onnx|torch|maite: loaded from its file or factory
             from xaitk_exp.models.pipeline import build
 
@@ -95,8 +96,6 @@ class Context:
 
     @property
     def model_class(self) -> str:
-        from xaitk_exp.models.sources import display_name, is_image_model
-
         if is_image_model(self.cfg.model):  # model.name, else the file's stem (e.g. 'resnet18 - Train')
             return display_name(self.cfg.model)
         if self.model is not None:
@@ -107,8 +106,6 @@ class Context:
         return target.rsplit(".", 1)[-1]
 
     def load_pretrained(self) -> Any:
-        from xaitk_exp.tracking.model_io import load_model
-
         if self.model is None:
             from xaitk_exp.stages.lineage import pretrained_ref
 
@@ -131,8 +128,6 @@ class Context:
     @property
     def framework(self) -> tuple[str, str]:
         """The model's library and its version, for the experiments' ``framework`` and ``version`` tags."""
-        from importlib.metadata import PackageNotFoundError, version
-
         source = self.cfg.model.get("source")
         name = {"onnx": "onnxruntime", "torch": "torch", "maite": "maite"}.get(str(source), "scikit-learn")
         try:
@@ -218,8 +213,6 @@ class Context:
         return config_texts(self.cfg, self.overrides)
 
     def check_image_shape(self, model: Any) -> None:
-        from xaitk_exp.models.sources import is_image_model
-
         if is_image_model(model):  # one black image through the model; class names against the dataset's
             from xaitk_exp.models.pipeline import check
 

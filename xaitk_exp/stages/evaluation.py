@@ -8,18 +8,17 @@ from pathlib import Path
 import numpy as np
 
 from xaitk_exp import schema
+from xaitk_exp.models.blackbox import blackbox_for
+from xaitk_exp.models.pipeline import class_view
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.describe import evaluation_image_note, evaluation_summary_note, print_where
 from xaitk_exp.stages.lineage import evaluated_model, split_dataset
 from xaitk_exp.stages.upstream import ensure_model
+from xaitk_exp.viz.figures import confusion_figure
 
 
 def run_evaluation(ctx: Context) -> str:
     from tqdm import tqdm
-
-    from xaitk_exp.models.blackbox import blackbox_for
-    from xaitk_exp.models.pipeline import class_view
-    from xaitk_exp.viz.figures import confusion_figure
 
     settings, tracker, split = ctx.settings, ctx.tracker, ctx.split
     model = ensure_model(ctx)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,6 @@ def package_versions() -> dict[str, str]:
 
 @functools.cache
 def _package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"python": os.sys.version.split()[0]}
     for pkg in PACKAGES:
         try:

@@ -16,11 +16,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from xaitk_exp import schema
 from xaitk_exp.errors import ConfigError, TrackingError, UnsafeConfigError
 from xaitk_exp.security.targets import check_targets
+from xaitk_exp.stages import STAGES
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.provenance import git_commit, package_versions
 
@@ -57,8 +59,6 @@ def run_reproduce(ctx: Context) -> str:
     warnings = environment_warnings(environment, original, replay)
     for w in warnings:
         print(f"xaitk-exp: warning: {w}", file=sys.stderr)
-    from xaitk_exp.stages import STAGES
-
     STAGES[stage](replay)
     new = _new_run(tracker, replay, original, stage)
     differences, compared = compare_runs(tracker, original, new, stage)
@@ -68,8 +68,6 @@ def run_reproduce(ctx: Context) -> str:
 
 
 def _fetch(tracker: Any, run_id: str, path: str, tmp: str, required: bool = True) -> Any:
-    import yaml
-
     try:
         local = tracker.download(run_id, path, tmp)
     except Exception as exc:

@@ -6,14 +6,14 @@ import warnings
 from typing import Any
 
 from xaitk_exp import schema
+from xaitk_exp.models.sources import is_image_model
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.describe import print_where, train_note
 from xaitk_exp.stages.lineage import record_trained_model, split_dataset
+from xaitk_exp.tracking.model_io import load_model
 
 
 def run_train(ctx: Context) -> str | None:
-    from xaitk_exp.models.sources import is_image_model
-
     if is_image_model(ctx.cfg.model):  # model=onnx|torch|maite: recorded with its hash, not trained
         from xaitk_exp.models.pipeline import record
 
@@ -60,8 +60,6 @@ def run_train(ctx: Context) -> str | None:
 
 def _reuse(ctx: Context, run: Any) -> bool:
     """Load the model of a FINISHED train run with the same config hash instead of training again."""
-    from xaitk_exp.tracking.model_io import load_model
-
     uri = f"runs:/{run.info.run_id}/{schema.MODEL_DIR}"
     ctx.model = load_model(uri, ctx.tracker.uri)
     ctx.train_run_id, ctx.train_exp_id = run.info.run_id, run.info.experiment_id

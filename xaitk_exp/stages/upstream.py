@@ -6,15 +6,14 @@ from typing import Any
 
 from xaitk_exp import schema
 from xaitk_exp.errors import TrackingError
+from xaitk_exp.models.sources import is_image_model
 from xaitk_exp.stages.context import Context
+from xaitk_exp.tracking.model_io import load_model
 
 
 def ensure_model(ctx: Context) -> Any:
     """The model to evaluate or explain: in memory after train, else ``train_run_id``, else the latest FINISHED
     train run with this model and dataset config, else ``model.uri`` for ``model=pretrained``."""
-    from xaitk_exp.models.sources import is_image_model
-    from xaitk_exp.tracking.model_io import load_model
-
     if is_image_model(ctx.cfg.model):  # model=onnx|torch|maite: the config's file, linked to its train run
         from xaitk_exp.models.pipeline import ensure
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,6 @@ MONTAGE_MAX_IMAGES = 12
 def sweep_montage(tracker: Any, rows: list[dict[str, Any]], path: Path) -> Path | None:
     """Per image (a row), the image then every job's map of the predicted class (a column per job), in rank
     order; None when no job made saliency maps."""
-    import tempfile
-
     import numpy as np
 
     from xaitk_exp.stages.saliency.algorithm import class_maps

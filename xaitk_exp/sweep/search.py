@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import math
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.utils import JobStatus
 from omegaconf import DictConfig, OmegaConf
 
 from xaitk_exp.errors import ConfigError
@@ -24,6 +27,8 @@ from xaitk_exp.sweep.jobs import compose_probes
 from xaitk_exp.sweep.records import JOB_RECORD, SWEEP_KEY, job_value, read_json
 from xaitk_exp.sweep.space import Param, check_objectives, directions, objectives, parse_space
 from xaitk_exp.sweep.study import open_study, resolve_storage, sweep_dir_of
+from xaitk_exp.sweep.summary import summary_rows, write_summary
+from xaitk_exp.viz.study import study_pictures
 
 TRIAL_KEY = "sweep.trial"
 PARENT_ATTR = "parent_run_id"
@@ -109,7 +114,6 @@ class Search:
             self.stopped = True
 
     def _tell(self, trial: Any, overrides: list[str], ret: Any, elapsed: float) -> None:
-        from hydra.core.utils import JobStatus
         from optuna.trial import TrialState
 
         record = _job_record(ret, trial.number, overrides, elapsed)
@@ -129,8 +133,6 @@ class Search:
 
     def values(self, record: dict[str, Any]) -> tuple[list[float] | None, str]:
         """The objective values of a completed job (via the sweep summary's columns), or None and why not."""
-        from xaitk_exp.sweep.summary import summary_rows
-
         try:
             row = summary_rows(self._reader(), [record], self.parent_run_id or "")[0]
         except Exception as exc:  # a run the job named cannot be read: the trial failed, the study goes on
@@ -158,8 +160,6 @@ class Search:
     def rows(self) -> list[dict[str, Any]]:
         """The trials table: one row per trial of the study (every launch), with its objective values and rank."""
         from optuna.trial import TrialState
-
-        from xaitk_exp.sweep.summary import summary_rows
 
         rows = []
         for trial in self.study.get_trials(deepcopy=False):
@@ -209,17 +209,11 @@ class Search:
 
     def pictures(self, folder: Path) -> list[Path]:
         """Optimisation history (per objective), parameter importances (enough trials), Pareto front (several)."""
-        from xaitk_exp.viz.study import study_pictures
-
         return study_pictures(self.study, self.objectives, folder)
 
     def record(self, tracker: Any, parent: str, sweep_dir: Path) -> list[dict[str, Any]]:
         """The study's trials table, best trial and pictures in the parent run; returns the table's rows."""
-        import tempfile
-
         from optuna.trial import TrialState
-
-        from xaitk_exp.sweep.summary import write_summary
 
         self.tracker = tracker
         rows = self.rows()
@@ -246,8 +240,6 @@ class Search:
 # ----- opening ---------------------------------------------------------------------------------------------------------
 def open_search(config: DictConfig) -> Search:
     """Check the space and the objective (one-line :class:`ConfigError`), then open or continue the study."""
-    from hydra.core.global_hydra import GlobalHydra
-
     loader = GlobalHydra.instance().config_loader()
     sweeper = config.hydra.sweeper
     arguments = [a for a in config.hydra.overrides.task if not a.startswith(f"{SWEEP_KEY}=")]
@@ -284,8 +276,6 @@ def forget(config: DictConfig) -> None:
 
 def _job_record(ret: Any, number: int, overrides: list[str], elapsed: float) -> dict[str, Any]:
     """The job's ``sweep_job.json`` (written by the sweep callback in the job's folder), else one made from ``ret``."""
-    from hydra.core.utils import JobStatus
-
     folder = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir", default=None) if ret.hydra_cfg else None
     record = read_json(Path(str(folder)) / JOB_RECORD) if folder else None
     if record is None:

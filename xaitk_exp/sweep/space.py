@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from xaitk_exp.errors import ConfigError
@@ -76,8 +78,6 @@ def parse_space(arguments: list[str], params: Any, loader: Any) -> tuple[list[st
 
     A key on the command line wins over the same key in ``params``. Errors are one-line :class:`ConfigError`s.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parser = OverridesParser.create(config_loader=loader)
     raw = OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params or {})
     given = [f"{k}={v}" for k, v in _flat(raw).items()]
@@ -112,8 +112,6 @@ def _param(override: Any) -> Param:
 
 
 def _make_param(override: Any) -> Param:
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-
     key = override.get_key_element()
     prefix = key[: len(key) - len(key.lstrip("+~"))]
     name = key[len(prefix):]

@@ -3,6 +3,10 @@ database on PostgreSQL, or memory; continued by name, with a sampler re-seeded p
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -10,6 +14,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from xaitk_exp.errors import ConfigError
+from xaitk_exp.security.redact import redact_uri
+from xaitk_exp.tracking.stores import resolve_tracking
 
 OPTUNA_DB = "optuna.db"
 
@@ -22,8 +28,6 @@ def resolve_storage(config: DictConfig, given: Any) -> str:
     the same database server for a database URI, ``outputs/optuna.db`` for a tracking server."""
     if given:
         return str(given)
-    from xaitk_exp.tracking.stores import resolve_tracking
-
     uri, _ = resolve_tracking(config)
     if uri.startswith("sqlite:"):
         path = Path(uri.split("sqlite:///", 1)[-1].split("?", 1)[0])
@@ -35,8 +39,6 @@ def resolve_storage(config: DictConfig, given: Any) -> str:
 
 def _postgres_schema(uri: str, schema: str) -> str:
     """``uri`` with psycopg 3 as the driver (the one installed) and ``schema`` first on the search path."""
-    import importlib.util
-
     scheme, rest = uri.split("://", 1)
     if scheme == "postgresql" and importlib.util.find_spec("psycopg2") is None:
         scheme = "postgresql+psycopg"
@@ -46,8 +48,6 @@ def _postgres_schema(uri: str, schema: str) -> str:
 
 def _ensure_schema(storage: str) -> None:
     """Create the schema a PostgreSQL storage URL puts first on its search path, if it is not there yet."""
-    import re
-
     found = re.search(r"options=-csearch_path%3D(\w+)", storage)
     if not storage.startswith("postgresql") or not found:
         return
@@ -62,11 +62,7 @@ def _ensure_schema(storage: str) -> None:
 
 
 def open_study(config: DictConfig, storage: str, sweeper: Any, names: list[str], dirs: list[str]) -> Any:
-    import logging
-
     import optuna
-
-    from xaitk_exp.security.redact import redact_uri
 
     optuna.logging.set_verbosity(logging.WARNING)  # our own one line per trial instead
     if storage.startswith("sqlite:///"):
@@ -105,8 +101,6 @@ def open_study(config: DictConfig, storage: str, sweeper: Any, names: list[str],
 def _sampler(cfg: Any, offset: int) -> Any:
     """``hydra.sweeper.sampler`` (an ``optuna.samplers`` class); a seeded sampler continuing a study is seeded
     ``seed + trials so far``, so that it proposes new points instead of replaying the first launch's."""
-    import importlib
-
     if not cfg:
         return None
     node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)

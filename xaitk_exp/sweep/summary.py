@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +108,6 @@ def rank_rows(rows: list[dict[str, Any]], metric: str | None, mode: str = "auto"
 
 def write_summary(tracker: Any, parent: str, rows: list[dict[str, Any]], sweep_dir: Path) -> None:
     """The table (MLflow table artifact + CSV, also in ``sweep_dir``), the montage and counts in the parent run."""
-    import csv
-    import tempfile
-
     ranked_by = next((str(r["ranked_by"]).rsplit(" (", 1)[0] for r in rows if r.get("ranked_by")), None)
     first = ["rank", *([ranked_by] if ranked_by else []), "job", "status", "overrides", "algorithm", "runtime_s", "error"]
     columns = [c for c in first if any(c in r for r in rows)]

@@ -14,6 +14,7 @@ from xaitk_exp.teamserver import (
     TeamServerError,
     is_loopback,
     team_server,
+    users,
 )
 
 TLS_NOTE = ("note: basic auth sends the password with every request: put a TLS reverse proxy (nginx, Caddy) in "
@@ -129,8 +130,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _user(args: argparse.Namespace) -> int:
-    from xaitk_exp.teamserver import users
-
     if args.action == "grant":
         if args.permission not in users.PERMISSIONS:
             raise TeamServerError(f"--permission={args.permission!r} is invalid: one of {', '.join(users.PERMISSIONS)}")

@@ -4,6 +4,7 @@ listening on loopback only, with a random password that reaches mlflow only thro
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -53,8 +54,6 @@ def postgres_available() -> bool:
 
 
 def _user_exists(name: str) -> bool:
-    import pwd
-
     try:
         pwd.getpwnam(name)
     except KeyError:

@@ -16,6 +16,7 @@ Credentials come from where MLflow's own client takes them: ``MLFLOW_TRACKING_US
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -239,8 +240,6 @@ def refusal(exc: BaseException, uri: str, action: str | None = None) -> str | No
 
 
 def _refused_status(exc: BaseException) -> tuple[int | None, str | None]:
-    import re
-
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:

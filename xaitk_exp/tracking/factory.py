@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
+
+from xaitk_exp.errors import ConfigError
 
 if TYPE_CHECKING:
     from xaitk_exp.tracking.tracker import Tracker
@@ -18,10 +21,6 @@ IMPLEMENTATIONS = {
 def make_tracker(level: str, uri: str, artifact_root: str | None = None, sqlite_journal: str = "wal") -> Tracker:
     """The tracker for ``logging.level``; the class is imported only when asked for. ``sqlite_journal`` is the
     journal mode of a SQLite store (``tracking.sqlite_journal``)."""
-    import importlib
-
-    from xaitk_exp.errors import ConfigError
-
     if level not in IMPLEMENTATIONS:
         raise ConfigError("logging.level", level, f"one of {', '.join(IMPLEMENTATIONS)}")
     module, cls = IMPLEMENTATIONS[level].split(":")

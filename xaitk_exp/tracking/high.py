@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from xaitk_exp.schema import MODEL_DIR, logged_model_name
+from xaitk_exp.security.trust import trusted_types
 from xaitk_exp.tracking.limits import safe_artifact_path
 from xaitk_exp.tracking.mid import MidTracker
+from xaitk_exp.tracking.model_io import pip_requirements
 from xaitk_exp.tracking.tracker import Tracker
 
 
@@ -32,9 +34,6 @@ class HighTracker(MidTracker):
         saved folder also goes to the run's own ``sklearn-model/`` artifacts, where every level puts it, so the
         run's artifact tree is the same at every level. A run that is not this thread's active one gets the
         client calls of the other levels."""
-        from xaitk_exp.security.trust import trusted_types
-        from xaitk_exp.tracking.model_io import pip_requirements
-
         if not self._is_active(run_id):
             return Tracker._log_model(self, run_id, model, input_example, saved_dir)
         self._model_runs.add(run_id)

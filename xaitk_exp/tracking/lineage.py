@@ -9,6 +9,8 @@ reading ``models:/`` URIs back with errors that say what exists. Each level writ
 from __future__ import annotations
 
 import re
+import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +38,6 @@ class DatasetRecord:
 
     def to_mlflow(self) -> Any:
         """An ``mlflow.data`` numpy dataset (what ``mlflow.log_input`` takes); the digest is ours, not recomputed."""
-        import warnings
-
         import mlflow.data
         from mlflow.data.code_dataset_source import CodeDatasetSource
         from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -95,8 +95,6 @@ def parse_register(value: Any, key: str = "model.register") -> tuple[str, str | 
 def logged_model_folder(saved_dir: str, target: Path, model: Any, run_id: str) -> Path:
     """A copy of a saved MLflow model folder whose ``MLmodel`` names the logged model (``model_id``, ``run_id``,
     ``artifact_path``), as the files ``mlflow.sklearn.log_model`` uploads do."""
-    import shutil
-
     from mlflow.models import Model
 
     shutil.copytree(saved_dir, target)

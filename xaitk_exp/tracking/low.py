@@ -11,9 +11,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
+from itertools import islice
 from typing import Any
 from urllib.parse import urlsplit
 
+from xaitk_exp.parallel import share_work
+from xaitk_exp.tracking.factory import worker_tracker
+from xaitk_exp.tracking.signals import sigterm_raises
 from xaitk_exp.tracking.tracker import Tracker
 
 #: threads writing per-image runs to a tracking server or a database; SQLite and file stores get one
@@ -66,8 +72,6 @@ class LowTracker(Tracker):
             (name, {**context, **self._run_tags(experiment_id, tags, parent_run_id)}, dict(metrics))
             for name, tags, metrics in runs
         )
-        from xaitk_exp.tracking.signals import sigterm_raises
-
         with sigterm_raises():  # a run being written when SIGTERM comes is closed KILLED
             if processes < 2 or self.workers > 1:
                 # a server already takes this process's requests in parallel: more client processes beside it only
@@ -79,8 +83,6 @@ class LowTracker(Tracker):
         """Runs ``(name, tags, metrics, start_time)`` of this process: one after another, or by a thread pool."""
         if self.workers < 2:
             return [self._write_run(experiment_id, *item) for item in items]
-        from concurrent.futures import Future, ThreadPoolExecutor
-
         slots = threading.Semaphore(2 * self.workers)  # submit just ahead of the writers: start times stay honest
         failed: list[Future] = []
 
@@ -109,11 +111,6 @@ class LowTracker(Tracker):
     ) -> list[str]:
         """Batches of runs shared by this process and ``processes - 1`` workers
         (:func:`xaitk_exp.parallel.share_work`); a run a stopped worker left open is closed KILLED."""
-        from contextlib import closing
-        from itertools import islice
-
-        from xaitk_exp.parallel import share_work
-
         batches = iter(lambda: list(islice(items, RUNS_PER_BATCH)), [])
         args = (self.reopen_args(), experiment_id)
         results: dict[int, list[str]] = {}
@@ -197,8 +194,6 @@ def _stamped(runs: Iterable[tuple[str, dict[str, str], dict[str, float]]]) -> It
 
 def open_worker_tracker(reopen_args: tuple, experiment_id: str = "") -> LowTracker:
     """Warm-up of a worker: its tracker on the store (:func:`xaitk_exp.tracking.worker_tracker`)."""
-    from xaitk_exp.tracking.factory import worker_tracker
-
     return worker_tracker(reopen_args)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from xaitk_exp.tracking.lineage import DatasetRecord
+from xaitk_exp.tracking.stores import use_tracking_uri
 from xaitk_exp.tracking.tracker import Tracker
 
 
@@ -18,8 +19,6 @@ class MidTracker(Tracker):
     def __init__(self, uri: str, artifact_root: str | None = None, sqlite_journal: str = "wal") -> None:
         super().__init__(uri, artifact_root, sqlite_journal)
         import mlflow
-
-        from xaitk_exp.tracking.stores import use_tracking_uri
 
         use_tracking_uri(uri)
         self._mlflow = mlflow

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,6 @@ from xaitk_exp.tracking.stores import use_tracking_uri
 
 def pip_requirements() -> list[str]:
     """Pinned requirements written beside the model (skips MLflow's slow requirement inference)."""
-    from importlib.metadata import version
-
     return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "scikit-learn", "skops", "numpy")]
 
 

@@ -13,7 +13,17 @@ from typing import Any
 
 from xaitk_exp.schema import MODEL_DIR, logged_model_name
 from xaitk_exp.tracking.limits import MAX_METRICS
-from xaitk_exp.tracking.lineage import DatasetRecord, ModelRef
+from xaitk_exp.tracking.lineage import (
+    DatasetRecord,
+    ModelRef,
+    _quote,
+    link_step_metrics,
+    logged_model_folder,
+    logged_model_of_run,
+    model_id_of_version,
+    resolve_model_uri,
+)
+from xaitk_exp.tracking.model_io import save_sklearn_model
 
 
 class ModelRecords:
@@ -26,8 +36,6 @@ class ModelRecords:
         """The estimator as an MLflow sklearn model (skops format) in the run's ``sklearn-model/`` folder, and the
         same model as an MLflow 3 logged model produced by the run (the UI's Logged models column, the model's
         page). Returns the logged model's id."""
-        from xaitk_exp.tracking.model_io import save_sklearn_model
-
         with tempfile.TemporaryDirectory() as tmp:
             path = save_sklearn_model(model, Path(tmp, MODEL_DIR), input_example)
             return self._log_model(run_id, model, input_example, str(path))
@@ -48,8 +56,6 @@ class ModelRecords:
         with the run's params, as the run's output at step 0; the run's step-0 metrics linked to it; the files;
         READY (FAILED if a write fails)."""
         from mlflow.entities import LoggedModelOutput
-
-        from xaitk_exp.tracking.lineage import link_step_metrics, logged_model_folder
 
         run = self.client.get_run(run_id)
         logged = self._create_logged_model(run.info.experiment_id, run_id, dict(run.data.params), name)
@@ -112,8 +118,6 @@ class ModelRecords:
     def register_model(self, model_id: str, run_id: str, name: str, alias: str | None = None) -> ModelRef:
         """Logged model ``model_id`` as a version of registered model ``name`` (created if missing); a version
         already made from this logged model is reused. ``alias`` then points at the version."""
-        from xaitk_exp.tracking.lineage import _quote, model_id_of_version
-
         versions = self.client.search_model_versions(f"name = '{_quote(name)}'", max_results=1000)
         version = next((v for v in versions if model_id_of_version(v) == model_id), None)
         if version is None:
@@ -152,14 +156,10 @@ class ModelRecords:
     def model_ref(self, uri: str, key: str = "model.uri") -> ModelRef | None:
         """The registered version (or logged model) a ``models:/`` URI names; None for ``runs:/`` URIs. An unknown
         name, version or alias is a one-line :class:`ConfigError` listing what exists."""
-        from xaitk_exp.tracking.lineage import resolve_model_uri
-
         return resolve_model_uri(self.client, uri, key)
 
     def logged_model_of(self, run_id: str) -> str | None:
         """The id of the logged model train run ``run_id`` produced (None for runs recorded before there was one)."""
-        from xaitk_exp.tracking.lineage import logged_model_of_run
-
         try:
             run = self.client.get_run(run_id)
         except Exception:

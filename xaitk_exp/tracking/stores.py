@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -79,10 +80,6 @@ def open_sqlite_store(uri: str, journal: str = "wal") -> Any:
 
 def _set_journal(db: Path, journal: str) -> None:
     """Put the database file in ``journal`` mode (a property of the file: it holds for every later connection)."""
-    import sqlite3
-
-    from xaitk_exp.errors import ConfigError
-
     if journal not in SQLITE_JOURNALS:
         raise ConfigError("tracking.sqlite_journal", journal, " or ".join(SQLITE_JOURNALS))
     current = "unknown"
@@ -114,8 +111,6 @@ def use_tracking_uri(uri: str) -> None:
     ``mlflow.set_tracking_uri`` also exports the environment variable, which later jobs in the same process and
     every subprocess would then take as their default store.
     """
-    import os
-
     import mlflow
 
     before = os.environ.get("MLFLOW_TRACKING_URI")

@@ -32,7 +32,7 @@ from xaitk_exp.tracking.limits import (
 from xaitk_exp.tracking.model_records import ModelRecords
 from xaitk_exp.tracking.reads import StoreReader
 from xaitk_exp.tracking.signals import install_sigterm, restore_sigterm
-from xaitk_exp.tracking.stores import open_sqlite_store
+from xaitk_exp.tracking.stores import default_artifact_root, open_sqlite_store
 
 
 class Tracker(StoreReader, ModelRecords, ABC):
@@ -42,8 +42,6 @@ class Tracker(StoreReader, ModelRecords, ABC):
 
     def __init__(self, uri: str, artifact_root: str | None = None, sqlite_journal: str = "wal") -> None:
         from mlflow import MlflowClient
-
-        from xaitk_exp.tracking.stores import default_artifact_root
 
         self.uri = uri
         self.sqlite_journal = sqlite_journal

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from xaitk_exp.metrics.names import DIRECTIONS
 from xaitk_exp.viz.figures import LABEL_H, PAD
 
 RED, BLUE, GRAY, INK = (178, 24, 43), (33, 102, 172), (150, 150, 150), (0, 0, 0)
@@ -91,8 +92,6 @@ def comparison_figure(
     ``<metric>_std``); ``metrics``: the metric names to draw, in order. Each block has its own scale.
     """
     from PIL import Image
-
-    from xaitk_exp.metrics.names import DIRECTIONS
 
     name_w, bar_w, bar_h = 110, 300, 12
     metrics = [m for m in metrics if any(np.isfinite(r.get(f"{m}_mean", np.nan)) for r in rows)]

@@ -3,6 +3,7 @@ enough trials, the Pareto front for two or three objectives (optuna's matplotlib
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -61,6 +62,4 @@ def study_pictures(study: Any, objectives: Sequence[str], folder: Path) -> list[
 
 def _file_part(name: str) -> str:
     """``train.Train loss`` -> ``train_Train_loss``: a metric name as part of a file name."""
-    import re
-
     return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")

@@ -10,6 +10,7 @@ import numpy as np
 from xaitk_exp.security.targets import instantiate
 from xaitk_exp.settings.nodes import to_dict
 from xaitk_exp.settings.saliency import SALIENCY_RESERVED, saliency_sign
+from xaitk_exp.stages.saliency.rise import chunked_for
 
 
 class Algorithm:
@@ -42,8 +43,6 @@ class Algorithm:
         if self.fill is not None and hasattr(self.generator, "fill"):
             self.generator.fill = self.fill
         self.needs_channels = type(self.generator).__name__ == "MCRISEStack"
-        from xaitk_exp.stages.saliency.rise import chunked_for
-
         self._chunked = chunked_for(self.generator)
 
     def config(self) -> dict[str, Any]:

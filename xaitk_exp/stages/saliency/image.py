@@ -14,8 +14,11 @@ so that the stage can close, as KILLED, a run whose worker died: no run is left 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,14 @@ from typing import Any
 import numpy as np
 
 from xaitk_exp import schema
+from xaitk_exp.models.blackbox import blackbox_for
+from xaitk_exp.models.pipeline import restrict_to_top
+from xaitk_exp.parallel import share_work
 from xaitk_exp.settings.metrics import MetricSettings
+from xaitk_exp.stages.saliency.algorithm import Algorithm, class_maps
+from xaitk_exp.tracking.factory import worker_tracker
+from xaitk_exp.tracking.signals import sigterm_raises
+from xaitk_exp.viz.figures import saliency_figure
 
 NPY_DIR = schema.NPY_DIR
 FIGURE = schema.SALIENCY_FIGURE
@@ -99,10 +109,6 @@ _ALGORITHMS: dict[str, Any] = {}
 
 def algorithm_for(spec: ExplainSpec) -> Any:
     """The spec's algorithm, built once per process."""
-    import json
-
-    from xaitk_exp.stages.saliency.algorithm import Algorithm
-
     key = json.dumps([spec.algorithm, list(spec.image_shape), list(spec.extra_allowed)], sort_keys=True, default=str)
     algo = _ALGORITHMS.get(key)
     if algo is None:
@@ -113,8 +119,6 @@ def algorithm_for(spec: ExplainSpec) -> Any:
 
 def tracker_for(rspec: RecordSpec) -> Any:
     """A tracker on the spec's store at the spec's level, opened once per worker process."""
-    from xaitk_exp.tracking.factory import worker_tracker
-
     os.environ.update(rspec.env)
     return worker_tracker(rspec.tracker)
 
@@ -143,10 +147,6 @@ def explain_and_record_overlapped(
     finished before the exception leaves; a failed write closes its run FAILED (:meth:`Tracker.run`) and is raised
     here. The caller checks that the tracker may write from another thread (:meth:`Tracker.thread_bound`).
     """
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-    from xaitk_exp.tracking.signals import sigterm_raises
-
     def recorded(job: tuple[Future, Explained]) -> Explained:
         job[1].run_id = job[0].result()
         return job[1]
@@ -173,11 +173,6 @@ def explain_and_record_parallel(
     """The tasks shared by this process and ``processes - 1`` worker processes (:func:`xaitk_exp.parallel.share_work`),
     yielded as they are recorded. On an early exit the workers finish the images they hold; closing the runs of a
     worker that died is the caller's (:func:`close_orphans`)."""
-    from contextlib import closing
-
-    from xaitk_exp.parallel import share_work
-    from xaitk_exp.tracking.signals import sigterm_raises
-
     def here(batch: list[ImageTask]) -> list[Explained]:
         return explain_and_record(spec, rspec, batch, tracker)
 
@@ -198,8 +193,6 @@ def iter_explained(spec: ExplainSpec, tasks: Sequence[ImageTask]) -> Iterator[Ex
     """Each task's files and metrics, in order, one image at a time."""
     from threadpoolctl import threadpool_limits
 
-    from xaitk_exp.models.blackbox import blackbox_for
-
     algo = algorithm_for(spec)
     blackbox = blackbox_for(spec.model, spec.chunk_size)
     for task in tasks:
@@ -212,10 +205,6 @@ def iter_explained(spec: ExplainSpec, tasks: Sequence[ImageTask]) -> Iterator[Ex
 def explain(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask) -> Explained:
     """One image: ``saliency_map_np_arrays/`` (maps and image), the maps' picture and, with metrics, the curves'
     picture, all in ``task.folder``; the metrics' values come back."""
-    from xaitk_exp.models.pipeline import restrict_to_top
-    from xaitk_exp.stages.saliency.algorithm import class_maps
-    from xaitk_exp.viz.figures import saliency_figure
-
     # maps.top_k: the black box reports only the kept classes (predicted first), so only their maps are made
     blackbox, kept = restrict_to_top(blackbox, task.image, spec.top_k)
     maps = algo.compute(task.image, blackbox)

@@ -6,8 +6,12 @@ from typing import Any
 
 import numpy as np
 
-from xaitk_exp.metrics.image import ImageMetrics
+from xaitk_exp.metrics.image import ImageMetrics, evaluate_map
+from xaitk_exp.metrics.maps import xcorr
+from xaitk_exp.metrics.sanity import other_class_similarity, permuted_label_model
+from xaitk_exp.models.blackbox import SklearnBlackbox
 from xaitk_exp.settings.metrics import MetricSettings
+from xaitk_exp.stages.saliency.algorithm import class_maps
 
 CURVES_FIGURE = "Deletion_insertion_curves.png"
 PERMUTED_KEY = "metrics_permuted_label_model"  # ctx.results cache: trained once per job
@@ -15,8 +19,6 @@ PERMUTED_KEY = "metrics_permuted_label_model"  # ctx.results cache: trained once
 
 def permuted_model_for(ctx: Any) -> Any:
     """The permuted-label model of ``metrics.sanity``, trained once per job (cached in ``ctx.results``)."""
-    from xaitk_exp.metrics.sanity import permuted_label_model
-
     permuted = ctx.results.get(PERMUTED_KEY)
     if permuted is None:
         split = ctx.split
@@ -45,8 +47,6 @@ def map_metrics(
     through. With ``metrics.sanity=true`` the values include the two ``Sanity_*_xcorr`` checks, which need
     ``permuted_model`` (:func:`permuted_model_for`).
     """
-    from xaitk_exp.metrics.image import evaluate_map
-
     if not settings.enabled:
         return None
     seed = (settings.seed, int(image_id))
@@ -68,11 +68,6 @@ def _sanity(
     seed: tuple[int, int],
     chunk_size: int,
 ) -> dict[str, float]:
-    from xaitk_exp.metrics.maps import xcorr
-    from xaitk_exp.metrics.sanity import other_class_similarity
-    from xaitk_exp.models.blackbox import SklearnBlackbox
-    from xaitk_exp.stages.saliency.algorithm import class_maps
-
     out = {"Sanity_other_class_xcorr": other_class_similarity(maps, class_index, seed)}
     label = model.classes_[class_index]
     same = [i for i, c in enumerate(permuted.classes_) if c == label]

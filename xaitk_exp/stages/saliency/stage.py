@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +13,25 @@ import numpy as np
 
 from xaitk_exp import schema
 from xaitk_exp.errors import ConfigError, QueryError, TrackingError
+from xaitk_exp.models.pipeline import display_labels
+from xaitk_exp.settings.nodes import to_dict
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.describe import print_where, saliency_note
 from xaitk_exp.stages.evaluation import label_name
+from xaitk_exp.stages.saliency.algorithm import Algorithm
+from xaitk_exp.stages.saliency.image import (
+    WORKER_ENV,
+    ExplainSpec,
+    ImageTask,
+    RecordSpec,
+    close_orphans,
+    explain_and_record,
+    explain_and_record_overlapped,
+    explain_and_record_parallel,
+)
+from xaitk_exp.stages.saliency.summary import log_evaluation_summary
 from xaitk_exp.stages.upstream import ensure_evaluation, ensure_model
+from xaitk_exp.tracking.limits import stringify
 from xaitk_exp.tracking.ui import runs_table_url
 
 
@@ -57,8 +74,6 @@ def select_images(ctx: Context, evaluation: Any) -> list[Any]:
 
 
 def run_saliency(ctx: Context) -> list[str]:
-    from xaitk_exp.stages.saliency.algorithm import Algorithm
-
     cfg, tracker, split = ctx.cfg, ctx.tracker, ctx.split
     evaluation = ensure_evaluation(ctx)
     if ctx.model is None and not ctx.train_run_id:
@@ -85,8 +100,6 @@ def run_saliency(ctx: Context) -> list[str]:
     if update:
         _check_update(ctx, str(update), exp_id, algo)
     names = [str(c) for c in split.class_names]
-    from xaitk_exp.models.pipeline import display_labels
-
     labels = display_labels(model, [label_name(c, names) for c in model.classes_])  # image models: class indices
     from tqdm import tqdm
 
@@ -117,8 +130,6 @@ def run_saliency(ctx: Context) -> list[str]:
     if query:
         print(f"[saliency] the query in the evaluation runs table: "
               f"{runs_table_url(tracker.uri, evaluation.info.experiment_id, query, cfg.query.get('order_by')) or query}")
-    from xaitk_exp.stages.saliency.summary import log_evaluation_summary
-
     log_evaluation_summary(ctx, exp_id)
     return run_ids
 
@@ -154,21 +165,6 @@ def _explain_and_record(
     same store, so recording runs in parallel too. Runs a stopped worker left open are closed KILLED. Alone, this
     process writes each run in a background thread while it explains the next image.
     """
-    import os
-    import shutil
-
-    from xaitk_exp.settings.nodes import to_dict
-    from xaitk_exp.stages.saliency.image import (
-        WORKER_ENV,
-        ExplainSpec,
-        ImageTask,
-        RecordSpec,
-        close_orphans,
-        explain_and_record,
-        explain_and_record_overlapped,
-        explain_and_record_parallel,
-    )
-
     settings = ctx.settings.metrics
     permuted = None
     if settings.enabled and settings.sanity:
@@ -239,8 +235,6 @@ def _check_update(ctx: Context, run_id: str, exp_id: str, algo: Any) -> None:
     run = ctx.get_run_in(run_id, "update_run_id", ctx.experiment_name(schema.SALIENCY), finished=False)
     if run.info.experiment_id != exp_id:
         raise ConfigError("update_run_id", run_id, "a run in the saliency experiment")
-    from xaitk_exp.tracking.limits import stringify
-
     wanted = {k: stringify(v) for k, v in algo.config().items()}
     differs = sorted(k for k, v in wanted.items() if k in run.data.params and run.data.params[k] != v)
     if differs:
