@@ -328,3 +328,83 @@ def test_shared_work_gives_every_result_once_and_survives_an_early_stop():
     work.close()
     assert sorted(dict(share_work(range(5), lambda j: -j, operator.mul, (-1,), 2)).items()) == [
         (j, -j) for j in range(5)]
+
+
+# ----- a worker that dies: one line, promptly, never a hang ----------------------------------------------------------
+# Each case runs in its own Python process under a timeout, so that a regression fails instead of hanging the run.
+_WORKER_DEATH = '''
+import os, sys, time
+from xaitk_exp.parallel import WorkerDied, share_work
+
+def die(*args):
+    os._exit(7)
+
+def slow_here(j):
+    time.sleep(0.05)
+    return j
+
+def check(label, **kw):
+    start = time.monotonic()
+    try:
+        list(share_work(range(400), slow_here, **kw))
+    except WorkerDied as exc:
+        print(label, round(time.monotonic() - start, 1), str(exc), sep="|")
+    else:
+        print(label, "no error", sep="|")
+
+check("job", remote=die, remote_args=(), processes=2)
+check("warmup", remote=pow, remote_args=(2,), processes=2, warmup=die)
+got = dict(share_work(range(50), slow_here, pow, (2,), 2))  # the next call starts fresh workers
+print("after", sorted(got) == list(range(50)), sep="|")
+'''
+
+
+def _python(code: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_a_worker_that_dies_stops_the_work_in_one_line_instead_of_hanging():
+    """A worker process that exits in a job or in its warm-up (``os._exit``, as a crash or the OOM killer would):
+    share_work raises WorkerDied, one line naming n_jobs=1, within seconds; the next call works with new workers."""
+    out = _python(_WORKER_DEATH)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split("|", 1) for line in out.stdout.splitlines())
+    for label in ("job", "warmup"):
+        seconds, message = lines[label].split("|", 1)
+        assert float(seconds) < 15, lines[label]  # 400 jobs here would take 20 s: the death is noticed early
+        assert "worker process died" in message and "n_jobs=1" in message and "\n" not in message, message
+        assert "7" in message, message  # the worker's exit code
+    assert lines["after"] == "True"
+
+
+_RETIRED_WORKER = '''
+import time, warnings
+warnings.simplefilter("error")  # as pytest's filterwarnings = error, or python -W error
+from xaitk_exp.parallel import share_work
+
+def grow(j):
+    import json, os
+    json.N = getattr(json, "N", 0) + 1
+    if json.N == 2:  # as loading a pt2 program imports torch.export's modules in a worker kept from an ONNX stage
+        json.BLOB = b"\\x01" * (400 * 1024 * 1024)
+        time.sleep(1.2)  # past loky's 1 s between memory checks
+    return j, os.getpid()
+
+def here(j):
+    time.sleep(0.3)
+    return j, 0
+
+got = dict(share_work(range(30), here, grow, (), 2))
+print(sorted(got) == list(range(30)), len({pid for _, pid in got.values()}) > 2)
+'''
+
+
+def test_a_worker_loky_retires_for_its_memory_growth_is_replaced_under_warnings_as_errors():
+    """loky retires a worker whose memory grew by over 300 MB since its first job and warns, in its manager thread,
+    when jobs were queued; with warnings as errors that warning killed the thread and share_work waited forever
+    (n_jobs=2 on an ONNX model, then on a torch class model, in one process). Now another worker takes the jobs."""
+    out = _python(_RETIRED_WORKER)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["True", "True"], (out.stdout, out.stderr[-3000:])
