@@ -70,6 +70,8 @@ def share_work(
             if item is not None:
                 yield item[0], here(item[1])
                 done = [f for f in running if f.done()]
+                if running and not done:
+                    _check(executor)  # a dead worker is noticed while this process works too
             else:
                 more = False
                 done = []

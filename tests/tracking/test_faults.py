@@ -408,3 +408,69 @@ def test_a_worker_loky_retires_for_its_memory_growth_is_replaced_under_warnings_
     out = _python(_RETIRED_WORKER)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["True", "True"], (out.stdout, out.stderr[-3000:])
+
+
+_DEAD_MANAGER = _RETIRED_WORKER.split("got = dict(")[0] + '''
+from xaitk_exp.parallel import WorkerDied
+
+work = share_work(range(30), here, grow, (), 2)
+start = time.monotonic()
+try:
+    for _ in work:  # loky's warning an error again, ahead of share_work's filter: its manager thread dies of it
+        warnings.filterwarnings("error", message="A worker stopped")
+except WorkerDied as exc:
+    print("died", round(time.monotonic() - start, 1), exc, sep="|")
+else:
+    print("no error")
+'''
+
+
+def test_an_executor_whose_manager_thread_died_raises_instead_of_waiting_forever():
+    """What the n_jobs=2 stage met: loky's manager thread killed by its own warning, no worker alive, the jobs never
+    answered. share_work notices the dead thread and raises WorkerDied at once, in one line."""
+    out = _python(_DEAD_MANAGER)
+    assert out.returncode == 0, out.stderr[-3000:]
+    label, seconds, message = out.stdout.strip().splitlines()[-1].split("|")
+    assert label == "died" and float(seconds) < 15, out.stdout
+    assert "manager thread stopped" in message and "n_jobs=1" in message, message
+
+
+_SIGTERMED = '''
+import sys, time
+from xaitk_exp.errors import RunKilled
+from xaitk_exp.parallel import share_work
+from xaitk_exp.tracking.signals import sigterm_raises
+
+def slow(j):
+    time.sleep(1.0)
+    return j
+
+def here(j):
+    time.sleep(0.2)
+    return j
+
+try:
+    with sigterm_raises():
+        for k, _ in share_work(range(10000), here, slow, (), 2):
+            if k == 40:
+                print("working", flush=True)
+except RunKilled:
+    print("killed", flush=True)
+'''
+
+
+def test_sigterm_stops_shared_work_promptly():
+    """SIGTERM while share_work runs: the jobs a worker holds finish (a few seconds at most), then the process ends;
+    it never waits on its workers without bound."""
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _SIGTERMED], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "working"
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert out.strip() == "killed" and time.monotonic() - start < 30
+    finally:
+        proc.kill()
+        proc.wait()
