@@ -79,7 +79,7 @@ def share_work(
                     done = list(wait(running, timeout=POLL_S, return_when=FIRST_COMPLETED).done)
                     if not done:
                         _check(executor)
-            for future in done:
+            for future in sorted(done, key=lambda f: f.exception() is not None):  # the results in first, then errors
                 yield running.pop(future), _result(executor, future)
         ok = True
     finally:
