@@ -227,3 +227,26 @@ class MaiteDigits:
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, dict]:
         return self.images[i], np.eye(10, dtype=np.float32)[self.labels[i]], {"id": i}
+
+
+#: the pid of the only process a :class:`DyingMaiteCNN` answers in (set by the test that runs the stage)
+HOME_PID = "XAITK_EXP_TEST_HOME_PID"
+
+
+class DyingMaiteCNN(MaiteCNN):
+    """:class:`MaiteCNN` that ends any other process than ``$XAITK_EXP_TEST_HOME_PID`` it is called in with
+    ``os._exit(9)``, as a crash or the OOM killer would: every ``n_jobs`` worker dies on its first image. At home
+    each call takes a second more."""
+
+    def __call__(self, batch: Any) -> list[np.ndarray]:
+        import os
+        import time
+
+        if os.environ.get(HOME_PID) != str(os.getpid()):
+            os._exit(9)
+        time.sleep(1.0)  # at home, slowly: the workers start and take images before this process is done
+        return super().__call__(batch)
+
+
+def dying_maite_cnn(script_path: str) -> DyingMaiteCNN:
+    return DyingMaiteCNN(script_path)

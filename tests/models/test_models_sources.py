@@ -437,8 +437,11 @@ def test_bad_input_is_refused_in_one_line_before_any_run(zoo, make_cfg, client, 
 
 # ----- slow: processes ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("source", ["onnx"])  # worker processes load the recorded MLflow model
+@pytest.mark.parametrize("source", ["onnx", "torch-class"])  # in this order, in one process: see below
 def test_maps_bit_identical_across_n_jobs(zoo, run_stage, client, source):
+    """Workers load the recorded MLflow model. torch-class after onnx in one process: a worker kept from the ONNX
+    case grows by over 300 MB loading the pt2 program, loky retires it and warns in its manager thread, which
+    warnings-as-errors used to kill (the stage then waited forever): another worker must take the jobs."""
     ov = [*source_overrides(zoo, source), *FOLDER, f"dataset.path={zoo['folder']}", *RISE,
           "evaluation.num_images=4", "query.max_results=3", "metrics.enabled=false"]
     run_stage(*ov, "n_jobs=1")
@@ -497,3 +500,46 @@ def test_a_changed_model_file_is_not_taken_for_the_recorded_one(zoo, run_stage, 
     assert not client.search_runs([client.get_experiment_by_name("net - Train").experiment_id],
                                   "attributes.status != 'FINISHED'")
     assert client.get_experiment_by_name("net - Evaluation") is None
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_fails_the_stage_in_one_line_and_leaves_no_run_open(zoo, run_stage, client, monkeypatch):
+    """n_jobs=2 with a model that kills any worker process it runs in: the stage stops promptly with one line
+    naming n_jobs=1 (no hang: an interval timer fails the test instead), the runs this process recorded stay
+    FINISHED with their maps, none is left RUNNING; n_jobs=1 then completes the images."""
+    import os
+    import signal
+
+    from xaitk_exp.parallel import WorkerDied
+
+    monkeypatch.setenv(model_zoo.HOME_PID, str(os.getpid()))
+    ov = ["model=maite", "model._target_=model_zoo.dying_maite_cnn", f"+model.args.script_path={zoo['ts']}",
+          "allow_targets=[model_zoo.]", *PRE, *FOLDER, f"dataset.path={zoo['folder']}",
+          "dataset.class_map={" + ",".join(f"{i}:digit-{i}" for i in range(10)) + "}", "saliency=sliding_window",
+          "saliency.window_size=[4,4]", "saliency.stride=[2,2]", "metrics.enabled=false",
+          "evaluation.num_images=40", "query.max_results=40"]  # enough for the workers to start and take images
+
+    def hung(signum, frame):
+        raise TimeoutError("the saliency stage hung on a dead worker")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, 240, 10)  # again every 10 s: a wait in a finally block is left too
+    try:
+        with pytest.raises(WorkerDied) as info:
+            run_stage(*ov, "n_jobs=2")  # train, evaluation, then saliency, where the workers die
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    message = str(info.value)
+    assert "\n" not in message and "worker process died" in message and "n_jobs=1" in message, message
+    runs = _exp_runs(client, "dying_maite_cnn - Saliency Map Generation")
+    assert runs and all(r.info.status in ("FINISHED", "KILLED", "FAILED") for r in runs)
+    for run in runs:
+        if run.info.status == "FINISHED":  # what was recorded is all there
+            client.download_artifacts(run.info.run_id, "saliency_map_np_arrays/saliency_maps.npy")
+    kept = {r.info.run_id for r in runs if r.info.status == "FINISHED"}
+    assert kept  # this process took images too, and recorded them
+    run_stage(*ov, "n_jobs=1")  # reuses the runs recorded, makes the others
+    done = _exp_runs(client, "dying_maite_cnn - Saliency Map Generation", "attributes.status = 'FINISHED'")
+    images = _exp_runs(client, "dying_maite_cnn - Evaluation", "tags.Run_type = 'image'")
+    assert len({r.data.tags["Image_id"] for r in done}) == len(images) and kept <= {r.info.run_id for r in done}

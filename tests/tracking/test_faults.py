@@ -328,3 +328,149 @@ def test_shared_work_gives_every_result_once_and_survives_an_early_stop():
     work.close()
     assert sorted(dict(share_work(range(5), lambda j: -j, operator.mul, (-1,), 2)).items()) == [
         (j, -j) for j in range(5)]
+
+
+# ----- a worker that dies: one line, promptly, never a hang ----------------------------------------------------------
+# Each case runs in its own Python process under a timeout, so that a regression fails instead of hanging the run.
+_WORKER_DEATH = '''
+import os, sys, time
+from xaitk_exp.parallel import WorkerDied, share_work
+
+def die(*args):
+    os._exit(7)
+
+def slow_here(j):
+    time.sleep(0.05)
+    return j
+
+def check(label, **kw):
+    start = time.monotonic()
+    try:
+        list(share_work(range(400), slow_here, **kw))
+    except WorkerDied as exc:
+        print(label, round(time.monotonic() - start, 1), str(exc), sep="|")
+    else:
+        print(label, "no error", sep="|")
+
+check("job", remote=die, remote_args=(), processes=2)
+check("warmup", remote=pow, remote_args=(2,), processes=2, warmup=die)
+got = dict(share_work(range(50), slow_here, pow, (2,), 2))  # the next call starts fresh workers
+print("after", sorted(got) == list(range(50)), sep="|")
+'''
+
+
+def _python(code: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_a_worker_that_dies_stops_the_work_in_one_line_instead_of_hanging():
+    """A worker process that exits in a job or in its warm-up (``os._exit``, as a crash or the OOM killer would):
+    share_work raises WorkerDied, one line naming n_jobs=1, within seconds; the next call works with new workers."""
+    out = _python(_WORKER_DEATH)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split("|", 1) for line in out.stdout.splitlines())
+    for label in ("job", "warmup"):
+        seconds, message = lines[label].split("|", 1)
+        assert float(seconds) < 15, lines[label]  # 400 jobs here would take 20 s: the death is noticed early
+        assert "worker process died" in message and "n_jobs=1" in message and "\n" not in message, message
+        assert "7" in message, message  # the worker's exit code
+    assert lines["after"] == "True"
+
+
+_RETIRED_WORKER = '''
+import time, warnings
+warnings.simplefilter("error")  # as pytest's filterwarnings = error, or python -W error
+from xaitk_exp.parallel import share_work
+
+def grow(j):
+    import json, os
+    json.N = getattr(json, "N", 0) + 1
+    if json.N == 2:  # as loading a pt2 program imports torch.export's modules in a worker kept from an ONNX stage
+        json.BLOB = b"\\x01" * (400 * 1024 * 1024)
+        time.sleep(1.2)  # past loky's 1 s between memory checks
+    return j, os.getpid()
+
+def here(j):
+    time.sleep(0.3)
+    return j, 0
+
+got = dict(share_work(range(30), here, grow, (), 2))
+print(sorted(got) == list(range(30)), len({pid for _, pid in got.values()}) > 2)
+'''
+
+
+def test_a_worker_loky_retires_for_its_memory_growth_is_replaced_under_warnings_as_errors():
+    """loky retires a worker whose memory grew by over 300 MB since its first job and warns, in its manager thread,
+    when jobs were queued; with warnings as errors that warning killed the thread and share_work waited forever
+    (n_jobs=2 on an ONNX model, then on a torch class model, in one process). Now another worker takes the jobs."""
+    out = _python(_RETIRED_WORKER)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["True", "True"], (out.stdout, out.stderr[-3000:])
+
+
+_DEAD_MANAGER = _RETIRED_WORKER.split("got = dict(")[0] + '''
+from xaitk_exp.parallel import WorkerDied
+
+work = share_work(range(30), here, grow, (), 2)
+start = time.monotonic()
+try:
+    for _ in work:  # loky's warning an error again, ahead of share_work's filter: its manager thread dies of it
+        warnings.filterwarnings("error", message="A worker stopped")
+except WorkerDied as exc:
+    print("died", round(time.monotonic() - start, 1), exc, sep="|")
+else:
+    print("no error")
+'''
+
+
+def test_an_executor_whose_manager_thread_died_raises_instead_of_waiting_forever():
+    """What the n_jobs=2 stage met: loky's manager thread killed by its own warning, no worker alive, the jobs never
+    answered. share_work notices the dead thread and raises WorkerDied at once, in one line."""
+    out = _python(_DEAD_MANAGER)
+    assert out.returncode == 0, out.stderr[-3000:]
+    label, seconds, message = out.stdout.strip().splitlines()[-1].split("|")
+    assert label == "died" and float(seconds) < 15, out.stdout
+    assert "manager thread stopped" in message and "n_jobs=1" in message, message
+
+
+_SIGTERMED = '''
+import sys, time
+from xaitk_exp.errors import RunKilled
+from xaitk_exp.parallel import share_work
+from xaitk_exp.tracking.signals import sigterm_raises
+
+def slow(j):
+    time.sleep(1.0)
+    return j
+
+def here(j):
+    time.sleep(0.2)
+    return j
+
+try:
+    with sigterm_raises():
+        for k, _ in share_work(range(10000), here, slow, (), 2):
+            if k == 40:
+                print("working", flush=True)
+except RunKilled:
+    print("killed", flush=True)
+'''
+
+
+def test_sigterm_stops_shared_work_promptly():
+    """SIGTERM while share_work runs: the jobs a worker holds finish (a few seconds at most), then the process ends;
+    it never waits on its workers without bound."""
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _SIGTERMED], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "working"
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert out.strip() == "killed" and time.monotonic() - start < 30
+    finally:
+        proc.kill()
+        proc.wait()
