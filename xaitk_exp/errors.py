@@ -39,5 +39,10 @@ class UnsafeConfigError(XaitkExpError):
     """A stored config or model names a class outside the allow-list."""
 
 
+class WorkerDied(XaitkExpError):
+    """A worker process died (a crash, the OS's OOM killer, ``os._exit``) or the executor running the workers
+    stopped: the jobs it held can never finish."""
+
+
 class RunKilled(BaseException):
     """Raised from a SIGTERM handler so that the open run can be marked KILLED."""

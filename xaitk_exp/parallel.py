@@ -17,17 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from xaitk_exp.errors import XaitkExpError
+from xaitk_exp.errors import WorkerDied
 
 #: seconds between checks that the workers can still answer, while this process waits on them
 POLL_S = 0.5
 #: loky's warning when a worker it retired (idle timeout, memory guard) held queued jobs; a new worker takes them
 RETIRED_WARNING = "A worker stopped while some jobs were given to the executor"
-
-
-class WorkerDied(XaitkExpError):
-    """A worker process died (a crash, the OS's OOM killer, ``os._exit``) or the executor running the workers
-    stopped: the jobs it held can never finish."""
 
 
 def share_work(

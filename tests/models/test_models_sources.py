@@ -510,7 +510,7 @@ def test_a_worker_that_dies_fails_the_stage_in_one_line_and_leaves_no_run_open(z
     import os
     import signal
 
-    from xaitk_exp.parallel import WorkerDied
+    from xaitk_exp.errors import WorkerDied
 
     monkeypatch.setenv(model_zoo.HOME_PID, str(os.getpid()))
     ov = ["model=maite", "model._target_=model_zoo.dying_maite_cnn", f"+model.args.script_path={zoo['ts']}",

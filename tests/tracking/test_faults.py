@@ -334,7 +334,8 @@ def test_shared_work_gives_every_result_once_and_survives_an_early_stop():
 # Each case runs in its own Python process under a timeout, so that a regression fails instead of hanging the run.
 _WORKER_DEATH = '''
 import os, sys, time
-from xaitk_exp.parallel import WorkerDied, share_work
+from xaitk_exp.errors import WorkerDied
+from xaitk_exp.parallel import share_work
 
 def die(*args):
     os._exit(7)
@@ -411,7 +412,7 @@ def test_a_worker_loky_retires_for_its_memory_growth_is_replaced_under_warnings_
 
 
 _DEAD_MANAGER = _RETIRED_WORKER.split("got = dict(")[0] + '''
-from xaitk_exp.parallel import WorkerDied
+from xaitk_exp.errors import WorkerDied
 
 work = share_work(range(30), here, grow, (), 2)
 start = time.monotonic()
