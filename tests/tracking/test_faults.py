@@ -431,6 +431,10 @@ def test_an_executor_whose_manager_thread_died_raises_instead_of_waiting_forever
     answered. share_work notices the dead thread and raises WorkerDied at once, in one line."""
     out = _python(_DEAD_MANAGER)
     assert out.returncode == 0, out.stderr[-3000:]
+    if out.stdout.strip().endswith("no error"):
+        # a race: loky retires the grown worker only if it checks its memory while jobs are still queued; on a
+        # loaded machine every job may finish first, and then no thread dies and there is nothing to notice
+        pytest.skip("loky did not retire the worker while jobs were queued in this run: no dead thread to notice")
     label, seconds, message = out.stdout.strip().splitlines()[-1].split("|")
     assert label == "died" and float(seconds) < 15, out.stdout
     assert "manager thread stopped" in message and "n_jobs=1" in message, message
