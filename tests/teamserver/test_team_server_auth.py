@@ -89,7 +89,7 @@ def test_open_server_beyond_loopback_needs_a_decision():
     (["--auth-cache-ttl", "-1"], "--auth-cache-ttl=-1 is invalid"),
     (["--workers", "0"], "--workers=0 is invalid"),
     (["user", "grant", "bob", "--experiment", "X", "--permission", "WRITE", "--url", "http://127.0.0.1:9"],
-     "--permission='WRITE' is invalid: one of READ, EDIT, MANAGE, NO_PERMISSIONS"),
+     "--permission='WRITE' is invalid: one of READ, USE, EDIT, MANAGE, DENY"),
     (["user", "list", "--url", "ftp://h"], "--url='ftp://h' is invalid"),
     (["user", "list", "--url", "http://127.0.0.1:9"], "no admin credentials: give --dir"),
 ])

@@ -10,6 +10,7 @@ import time
 from xaitk_exp.teamserver import (
     ADMIN_PASSWORD_FILE,
     DEFAULT_AUTH_CACHE_TTL,
+    DEFAULT_RUN_AS,
     FRONTENDS,
     TeamServerError,
     is_loopback,
@@ -42,9 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth-cache-ttl", type=int, default=DEFAULT_AUTH_CACHE_TTL, metavar="SECONDS",
                         help=f"how long a worker trusts a checked password (default {DEFAULT_AUTH_CACHE_TTL}; 0: "
                         "check the hash on every request)")
+    parser.add_argument("--user", default=None, metavar="NAME",
+                        help=f"started by root: the account mlflow server runs as (default {DEFAULT_RUN_AS}; never "
+                        "root; a dedicated account is better); otherwise the server runs as you")
     sub = parser.add_subparsers(dest="command", metavar="user", required=False)
     user = sub.add_parser("user", help="manage the users of a running server (as its admin)")
-    actions = user.add_subparsers(dest="action", required=True, metavar="{add,password,grant,list}")
+    actions = user.add_subparsers(dest="action", required=True, metavar="{add,password,grant,revoke,list}")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dir", dest="user_dir", default=None,
@@ -63,8 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", action="append", default=[], help="experiment name (repeat for several)")
     p.add_argument("--model", action="append", default=[], metavar="CLASS",
                    help="shorthand: the experiments '<CLASS> - Train', '- Evaluation', '- Saliency Map Generation'")
-    p.add_argument("--permission", required=True, help="READ, EDIT, MANAGE or NO_PERMISSIONS")
+    p.add_argument("--permission", required=True, help=f"one of {', '.join(users.PERMISSIONS)} (MLflow's); "
+                   "replaces a grant the user has there")
     p.add_argument("--create", action="store_true", help="create experiments that do not exist yet")
+    common(p)
+    p = actions.add_parser("revoke", help="take back a user's grant on experiments (the default permission, READ, "
+                           "applies again)")
+    p.add_argument("name")
+    p.add_argument("--experiment", action="append", default=[], help="experiment name (repeat for several)")
+    p.add_argument("--model", action="append", default=[], metavar="CLASS",
+                   help="shorthand: the three stage experiments of CLASS")
     common(p)
     p = actions.add_parser("list", help="list the users")
     common(p)
@@ -105,7 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         with team_server(workers=args.workers, frontend=args.frontend, port=args.port, workdir=args.dir,
                          auth=auth, host=args.host, auth_cache_ttl=args.auth_cache_ttl,
-                         allowed_hosts=args.allowed_hosts) as url:
+                         allowed_hosts=args.allowed_hosts, user=args.user) as url:
             kind = "basic auth, default permission READ" if auth else "NO authentication"
             print(f"tracking server: {url}   (PostgreSQL backend, artifacts proxied, {kind}; Ctrl-C stops both)")
             if auth:
@@ -122,20 +134,23 @@ def _serve(args: argparse.Namespace) -> int:
                     print("note: MLflow answers requests addressed to localhost or a private IP address only; "
                           "--allowed-hosts names the host names clients use")
             sys.stdout.flush()
-            while True:
-                time.sleep(3600)
+            while True:  # watch both servers: one that dies stops the other, with one line naming it
+                time.sleep(1.0)
+                url.check()
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
         return 0
 
 
 def _user(args: argparse.Namespace) -> int:
-    if args.action == "grant":
-        if args.permission not in users.PERMISSIONS:
+    if args.action in ("grant", "revoke"):
+        if args.action == "grant" and args.permission not in users.PERMISSIONS:
             raise TeamServerError(f"--permission={args.permission!r} is invalid: one of {', '.join(users.PERMISSIONS)}")
         names = [*args.experiment, *(f"{cls} - {stage}" for cls in args.model for stage in users.STAGES)]
         if not names:
             raise TeamServerError("--experiment is missing: name at least one experiment (or --model CLASS)")
+    if args.action != "list":
+        users.check_name(args.name)
     admin = users.admin_from(args.url, args.user_dir)
     if args.action == "add":
         users.add_user(admin, args.name, users.read_password(f"password for new user {args.name}"))
@@ -146,6 +161,9 @@ def _user(args: argparse.Namespace) -> int:
     elif args.action == "grant":
         for name in names:
             print(users.grant(admin, args.name, name, args.permission, create=args.create))
+    elif args.action == "revoke":
+        for name in names:
+            print(users.revoke(admin, args.name, name))
     elif args.action == "list":
         for user in users.list_users(admin):
             print(f"{user['username']}{'  (admin)' if user['is_admin'] else ''}")

@@ -1,5 +1,9 @@
-"""The PostgreSQL half of a team server: a cluster in a folder, run as an unprivileged user when we are root,
-listening on loopback only, with a random password that reaches mlflow only through ``PGPASSWORD``."""
+"""The PostgreSQL half of a team server: a cluster in ``<dir>/pgdata``, listening on 127.0.0.1 only.
+
+Two roles: a bootstrap owner (``initdb -U``, a superuser whose password only this command knows, kept in
+``pgowner-password``) creates the databases; MLflow connects as ``mlflow``, a plain login role (no superuser, no
+CREATEDB, no CREATEROLE) that owns its two databases and nothing else. Started as root, PostgreSQL runs as the
+``postgres`` account, which owns the data folder and nothing else in the server folder."""
 
 from __future__ import annotations
 
@@ -12,14 +16,13 @@ import socket
 import subprocess
 from pathlib import Path
 
-from xaitk_exp.errors import XaitkExpError
+from xaitk_exp.teamserver.files import TeamServerError, create_secret, own_subfolder, read_secret, write_secret
 
 DB_USER, DB_NAME, AUTH_DB_NAME = "mlflow", "mlflow", "mlflow_auth"
+OWNER_USER = "xaitk_owner"  # the cluster's bootstrap superuser; MLflow never gets its password
+PASSWORD_FILE, OWNER_PASSWORD_FILE = "pgpassword", "pgowner-password"
 
-
-class TeamServerError(XaitkExpError):
-    """PostgreSQL or ``mlflow server`` could not be started; the message ends with the tail of its log."""
-
+__all__ = ["TeamServerError", "Postgres", "free_port", "stop_group", "tail_file", "postgres_missing_reason"]
 
 PG_BINARIES = ("initdb", "pg_ctl", "postgres")
 
@@ -61,44 +64,63 @@ def _user_exists(name: str) -> bool:
     return True
 
 
+def _new_secret(path: Path) -> str:
+    if not os.path.lexists(path):
+        write_secret(path, secrets.token_urlsafe(24))
+    return read_secret(path)
+
+
 # ----- PostgreSQL ----------------------------------------------------------------------------------------------
 class Postgres:
-    """One PostgreSQL cluster under ``root/pgdata``, socket and log in ``root``, listening on 127.0.0.1 only."""
+    """One PostgreSQL cluster under ``root/pgdata`` (its socket and log there too), listening on 127.0.0.1 only."""
 
     def __init__(self, root: Path, timeout: float) -> None:
         self.root, self.timeout = root, timeout
-        self.data, self.log = root / "pgdata", root / "postgres.log"
+        self.data = root / "pgdata"
+        self.log = self.data / "postgres.log"
         self.bindir = postgres_bindir()
         self.port = 0
         self.started = False
-        pw_file = root / "pgpassword"
-        if not pw_file.exists():
-            pw_file.write_text(secrets.token_urlsafe(24))
-            pw_file.chmod(0o600)
-        self.password = pw_file.read_text().strip()
+        fresh = not (self.data / "PG_VERSION").exists()
+        if not fresh and not os.path.lexists(root / OWNER_PASSWORD_FILE):
+            raise TeamServerError(
+                f"--dir={str(root)!r}: its database was made by an older version, whose MLflow role is a superuser; "
+                "start a new folder (or dump the 'mlflow' and 'mlflow_auth' databases and restore them into one)")
+        self.password = _new_secret(root / PASSWORD_FILE)  # the mlflow role's
+        self.owner_password = _new_secret(root / OWNER_PASSWORD_FILE)
 
     @property
     def uri(self) -> str:
         """The backend store URI, without the password (``mlflow server`` gets it through ``PGPASSWORD``)."""
         return f"postgresql://{DB_USER}@127.0.0.1:{self.port}/{DB_NAME}"
 
+    def running_pid(self) -> int | None:
+        """The postmaster's pid from ``postmaster.pid`` when that process is alive, else None."""
+        try:
+            pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if _alive(pid) else None
+
     def start(self) -> None:
-        self._hand_over(self.root)
+        runner = pwd.getpwnam(PG_RUN_AS) if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
         if not (self.data / "PG_VERSION").exists():
-            pw = self.root / ".initdb-pw"
-            pw.write_text(self.password + "\n")
-            self._hand_over(pw)
+            own_subfolder(self.data, runner.pw_uid, runner.pw_gid)
+            pw = self.root / f".initdb-pw-{secrets.token_hex(6)}"
+            create_secret(pw, self.owner_password, owner=(runner.pw_uid, runner.pw_gid))
             try:
-                self._pg("initdb", "-D", str(self.data), "-U", DB_USER, "--auth=scram-sha-256",
+                self._pg("initdb", "-D", str(self.data), "-U", OWNER_USER, "--auth=scram-sha-256",
                          f"--pwfile={pw}", "-E", "UTF8", "--no-sync")
             finally:
                 pw.unlink(missing_ok=True)
+        else:
+            own_subfolder(self.data, runner.pw_uid, runner.pw_gid)
         self.port = free_port()
-        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
+        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.data} -c fsync=off"
         self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w",
                  "-t", str(int(self.timeout)), "start")
         self.started = True
-        self._create_database()
+        self._create_databases()
 
     def stop(self) -> None:
         if not self.started:
@@ -107,42 +129,66 @@ class Postgres:
         try:
             self._pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
         except TeamServerError:
-            pid_file = self.data / "postmaster.pid"
-            if pid_file.exists():  # last resort: the postmaster's pid is the file's first line
+            pid = self.running_pid()
+            if pid:  # last resort
                 try:
-                    os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
-                except (OSError, ValueError):
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
                     pass
 
-    def _create_database(self) -> None:
+    def _create_databases(self) -> None:
+        """As the owner: the ``mlflow`` login role (no superuser), its two databases, and nothing else open to it."""
+        import psycopg
+        from psycopg import sql
+
+        conninfo = dict(host="127.0.0.1", port=self.port, user=OWNER_USER, password=self.owner_password,
+                        dbname="postgres")
+        with psycopg.connect(**conninfo, autocommit=True, connect_timeout=30) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DB_USER,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS "
+                                 "PASSWORD {}").format(sql.SQL(verb), sql.Identifier(DB_USER),
+                                                       sql.Literal(self.password)))
+            for name in (DB_NAME, AUTH_DB_NAME):  # tracking data, and MLflow's users and permissions
+                if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                    conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name),
+                                                                              sql.Identifier(DB_USER)))
+                conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
+            for name in ("postgres", "template1"):  # MLflow's role reaches its own two databases only
+                conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+                    sql.Identifier(name)))
+
+    def has_auth_user(self, name: str) -> bool:
+        """True when MLflow's auth database already holds user ``name`` (MLflow then needs no admin password)."""
         import psycopg
 
-        conninfo = dict(host="127.0.0.1", port=self.port, user=DB_USER, password=self.password, dbname="postgres")
+        conninfo = dict(host="127.0.0.1", port=self.port, user=OWNER_USER, password=self.owner_password,
+                        dbname=AUTH_DB_NAME)
         with psycopg.connect(**conninfo, autocommit=True, connect_timeout=30) as conn:
-            for name in (DB_NAME, AUTH_DB_NAME):  # tracking data, and MLflow's users and permissions
-                exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-                if not exists:
-                    conn.execute(f"CREATE DATABASE {name}")
+            if not conn.execute("SELECT to_regclass('public.users')").fetchone()[0]:
+                return False
+            return conn.execute("SELECT 1 FROM users WHERE username = %s", (name,)).fetchone() is not None
 
     def _pg(self, binary: str, *args: str) -> None:
         cmd = [str(self.bindir / binary), *args]
         if os.geteuid() == 0:
             cmd = ["runuser", "-u", PG_RUN_AS, "--", *cmd]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout + 30, check=False,
-                              cwd=self.root)
+                              cwd=self.data if self.data.is_dir() else "/")
         if proc.returncode != 0:
             raise TeamServerError(
                 f"{binary} failed (exit {proc.returncode}): {tail_text(proc.stderr + proc.stdout)}{tail_file(self.log)}"
             )
 
-    @staticmethod
-    def _hand_over(path: Path) -> None:
-        """As root, give ``path`` to the ``postgres`` user (PostgreSQL will not run as root)."""
-        if os.geteuid() == 0:
-            import pwd
 
-            entry = pwd.getpwnam(PG_RUN_AS)
-            os.chown(path, entry.pw_uid, entry.pw_gid)
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
