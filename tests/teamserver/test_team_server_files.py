@@ -249,3 +249,16 @@ def test_user_commands_with_dir_talk_only_to_the_folders_own_server(tmp_path, ju
     missing = Path(folder / "server.json")
     missing.unlink()
     _one_line(teamserver("user", "list", "--dir", str(folder)), "no server of this folder is running")
+
+
+def test_a_stale_record_is_not_taken_for_leftovers(tmp_path):
+    """After a reboot the recorded pids may belong to other programs: only a live ``mlflow server`` counts."""
+    from xaitk_exp.teamserver import _refuse_leftovers
+    from xaitk_exp.teamserver.postgres import Postgres
+
+    folder = tmp_path / "team"
+    folder.mkdir(mode=0o700)
+    (folder / "server.json").write_text(json.dumps({"wrapper": 1, "mlflow": os.getpid(), "port": 5000}))
+    (folder / "pgdata").mkdir()
+    (folder / "pgdata" / "postmaster.pid").write_text(f"{os.getpid()}\n")  # a live pid, but no postmaster
+    _refuse_leftovers(folder, Postgres(folder, 10))

@@ -259,18 +259,32 @@ def read_state(root: Path) -> dict:
     return state if isinstance(state, dict) else {}
 
 
+def _is_process(pid: object, *words: str) -> bool:
+    """True when ``pid`` is a live process whose command line holds every one of ``words`` (not a reused pid)."""
+    if not isinstance(pid, int) or not _alive(pid):
+        return False
+    import psutil
+
+    try:
+        cmdline = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+    return all(word in cmdline for word in words)
+
+
 def _refuse_leftovers(root: Path, pg: Postgres) -> None:
     """Servers of an earlier start of this folder that still run (the wrapper was killed): one line naming them."""
     state = read_state(root)
-    if _alive(state.get("wrapper")) and state.get("wrapper") != os.getpid():
+    mlflow_pid = state.get("mlflow")
+    mlflow_alive = _is_process(mlflow_pid, "mlflow", "server")
+    if mlflow_alive and _alive(state.get("wrapper")) and state.get("wrapper") != os.getpid():
         raise TeamServerError(f"--dir={str(root)!r} is already served by pid {state['wrapper']} on port "
                               f"{state.get('port')}; stop it (kill {state['wrapper']}) or use another folder")
     left = []
-    if _alive(state.get("mlflow")):
-        pid = state["mlflow"]
-        left.append(f"mlflow server pid {pid} on port {state.get('port')} (stop: kill -- -{pid})")
+    if mlflow_alive:
+        left.append(f"mlflow server pid {mlflow_pid} on port {state.get('port')} (stop: kill -- -{mlflow_pid})")
     pg_pid = pg.running_pid()
-    if pg_pid:
+    if pg_pid and _is_process(pg_pid, "postgres"):
         on_port = f" on port {state['postgres_port']}" if state.get("postgres_port") else ""
         as_postgres = ", as the postgres user" if os.geteuid() == 0 else ""
         left.append(f"PostgreSQL pid {pg_pid}{on_port} (stop: pg_ctl -D {pg.data} -m fast stop{as_postgres})")
