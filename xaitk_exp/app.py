@@ -18,12 +18,14 @@ CONFIG_PACKAGE = "xaitk_exp.conf"
 def run(cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | Path | None = None) -> object:
     """Check ``cfg`` into typed settings (once: stages read ``ctx.settings``), open the tracker for its logging
     level and run ``cfg.stage``. Returns the stage context."""
+    from xaitk_exp.security.stored import check_folder_config
     from xaitk_exp.stages import STAGES, Context
     from xaitk_exp.stages.describe import print_ui_hint
     from xaitk_exp.tracking.access import check_access
     from xaitk_exp.tracking.factory import make_tracker
     from xaitk_exp.tracking.stores import resolve_tracking
 
+    check_folder_config(cfg)  # a rerun from a .hydra folder: its resolvers are refused before anything reads them
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reused runs: no download bars
     ctx = Context(cfg=cfg, tracker=None, output_dir=Path(output_dir or "."), overrides=list(overrides or []))
     settings = ctx.settings  # the one check of the config: a ConfigError here leaves nothing behind
