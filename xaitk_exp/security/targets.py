@@ -107,7 +107,8 @@ def _reach(target: str, where: str) -> object:
             obj = getattr(obj, parts[m])
         except AttributeError:
             if not isinstance(obj, types.ModuleType):
-                raise ConfigError(where, target, f"an importable class ({'.'.join(parts[:m])} has no {parts[m]})") from None
+                missing = f"{'.'.join(parts[:m])} has no {parts[m]}"
+                raise ConfigError(where, target, f"an importable class ({missing})") from None
             try:
                 obj = importlib.import_module(path)
             except Exception as exc:
