@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import run_cli
+from omegaconf import OmegaConf
 
 from xaitk_exp.errors import UnsafeConfigError
 
@@ -41,6 +42,7 @@ def _plant(client, tmp_path: Path, value: str, key: str = "dataset") -> str:
                   "name": "rise", "n": 10, "s": 2, "p1": 0.5, "seed": 0},
         logging={"level": "low"},
     )
+    base = OmegaConf.to_container(OmegaConf.create(base), resolve=True)  # recorded configs are resolved
     base[key]["name"] = value
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(base))
@@ -67,8 +69,6 @@ def _running(client) -> list:
 
 @pytest.mark.parametrize("plant", list(PLANTS), ids=list(PLANTS))
 def test_reproduce_refuses_interpolations_in_a_stored_config(run_stage, client, tmp_path, monkeypatch, plant):
-    from omegaconf import OmegaConf
-
     monkeypatch.setenv("PLANTED_PASSWORD", SECRET)
     marker = tmp_path / "resolver-ran"
     OmegaConf.register_new_resolver("planted_marker", lambda _: marker.touch() or "x", replace=True)

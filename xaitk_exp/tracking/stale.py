@@ -231,7 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="list what would be closed, close nothing")
     args = parser.parse_args(argv)
     from xaitk_exp.errors import XaitkExpError
+    from xaitk_exp.settings.config import HttpSettings
     from xaitk_exp.tracking.factory import make_tracker
+
+    for name, value in HttpSettings().environment().items():  # a server that does not answer: xaitk-exp's bounds
+        os.environ.setdefault(name, value)
 
     try:
         if args.uri.startswith("sqlite:///") and not Path(args.uri.removeprefix("sqlite:///")).is_file():
