@@ -137,10 +137,19 @@ def _says(closed: Counter) -> str:
 
 
 def close_dead_runs(tracker: Any) -> int:
-    """Close KILLED the RUNNING runs this host's processes opened and left behind; print one line if any. Best
-    effort: a store that cannot be searched leaves the stage to report it. Returns how many were closed."""
+    """Close KILLED the RUNNING runs this host's processes opened and left behind; print one line if any. A store
+    that cannot be read at all is the stage's one-line error (raised here, the first read); a run that cannot be
+    searched or closed is left as it is. Returns how many were closed."""
     try:
         names = _experiments(tracker)
+    except Exception as exc:  # an unreachable server: one line now, not a second wait for the stage's own read
+        from xaitk_exp.errors import TrackingError
+        from xaitk_exp.tracking.limits import short_error
+
+        raise TrackingError(
+            tracker._scrub(f"tracking.uri: the tracking store cannot be read ({short_error(exc)})")
+        ) from exc
+    try:
         flt = f"attributes.status = 'RUNNING' and tags.{schema.HOST} = '{_quote(socket.gethostname())}'"
         dead = [r for r in _open_runs(tracker, list(names), flt) if process_gone(r.data.tags)]
     except Exception:
