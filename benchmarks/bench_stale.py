@@ -3,8 +3,8 @@ stores holding N finished runs (spread over 3 experiments, each with the ``Host`
 RUNNING runs of live processes of this host, beside one ``search_runs`` of the kind a stage makes to find a run to
 reuse (``tags.config_hash = ... and attributes.status = 'FINISHED'``, one result).
 
-    python benchmarks/bench_stale.py                   # N = 0, 1000, 5000; 7 repeats; about 2 minutes
-    python benchmarks/bench_stale.py --sizes 0 1000 --repeats 5
+    python benchmarks/bench_stale.py                   # N = 0, 300, 1500; 5 repeats; about 3 minutes
+    python benchmarks/bench_stale.py --sizes 0 5000 --repeats 7
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def build(folder: Path, n: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="+", default=[0, 1000, 5000])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[0, 300, 1500])
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     quiet()
     from xaitk_exp.tracking.stale import close_dead_runs
