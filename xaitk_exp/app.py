@@ -18,12 +18,15 @@ CONFIG_PACKAGE = "xaitk_exp.conf"
 def run(cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | Path | None = None) -> object:
     """Check ``cfg`` into typed settings (once: stages read ``ctx.settings``), open the tracker for its logging
     level and run ``cfg.stage``. Returns the stage context."""
+    from xaitk_exp.security.stored import check_folder_config
     from xaitk_exp.stages import STAGES, Context
     from xaitk_exp.stages.describe import print_ui_hint
     from xaitk_exp.tracking.access import check_access
     from xaitk_exp.tracking.factory import make_tracker
+    from xaitk_exp.tracking.stale import close_dead_runs
     from xaitk_exp.tracking.stores import resolve_tracking
 
+    check_folder_config(cfg)  # a rerun from a .hydra folder: its resolvers are refused before anything reads them
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reused runs: no download bars
     ctx = Context(cfg=cfg, tracker=None, output_dir=Path(output_dir or "."), overrides=list(overrides or []))
     settings = ctx.settings  # the one check of the config: a ConfigError here leaves nothing behind
@@ -31,6 +34,7 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | P
     uri, artifact_root = resolve_tracking(cfg)
     ctx.tracker = make_tracker(settings.logging.level, uri, artifact_root, settings.tracking.sqlite_journal)
     check_access(cfg, ctx.tracker)  # 401/403 of an authenticating server: one line, before any run opens
+    close_dead_runs(ctx.tracker)  # runs a dead process of this host left RUNNING: closed KILLED, in one line
     if settings.stage == "reproduce":
         from xaitk_exp.stages.reproduce import run_reproduce
 

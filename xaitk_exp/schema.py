@@ -64,6 +64,10 @@ STAGE_TAG = "xaitk_exp.stage"
 SWEEP_RUN_ID = "Sweep_run_id"
 TRIAL_NUMBER = "Trial_number"  # an optuna trial's number
 REPRODUCED_FROM = "reproduced_from"
+HOST = "Host"  # the machine whose process opened the run
+PID = "Pid"  # that process's id
+PROCESS = "Process"  # <boot id>:<pid namespace>:<start time>, so that a reused pid is not taken for the process
+CLOSED_STALE = "Closed_stale"  # why a run left RUNNING by a dead process was closed KILLED
 ERROR = "error"
 
 # ----- metrics -----------------------------------------------------------------------------------------------------------

@@ -285,10 +285,11 @@ def test_stored_config_targets_outside_the_allow_list_are_refused(tmp_path, node
 
 
 def test_allow_list_accepts_the_shipped_classes_and_explicit_extras():
-    check_targets({"model": {"_target_": "sklearn.svm.SVC"}, "saliency": {"_target_": "xaitk_saliency.x.Y"}})
-    check_targets({"_target_": "mypkg.Model"}, extra_allowed=["mypkg."])
+    rise = "xaitk_saliency.impls.gen_image_classifier_blackbox_sal.rise.RISEStack"
+    check_targets({"model": {"_target_": "sklearn.svm.SVC"}, "saliency": {"_target_": rise}})
+    check_targets({"_target_": "json.JSONDecoder"}, extra_allowed=["json."])
     with pytest.raises(UnsafeConfigError, match="allow_targets"):
-        check_targets({"_target_": "mypkg.Model"})
+        check_targets({"_target_": "json.JSONDecoder"})
 
 
 @pytest.mark.with_upstream

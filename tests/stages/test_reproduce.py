@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import run_cli
+from omegaconf import OmegaConf
 
 from xaitk_exp.errors import ConfigError, UnsafeConfigError
 
@@ -77,6 +78,7 @@ def _forged_run(client, tmp_path: Path, target: str) -> tuple[str, Path]:
                   "name": "rise", "n": 10, "s": 2, "p1": 0.5, "seed": 0},
         logging={"level": "low"},
     )
+    base = OmegaConf.to_container(OmegaConf.create(base), resolve=True)  # as recorded: resolved
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(base))
     client.log_artifact(run.info.run_id, str(config), "config")

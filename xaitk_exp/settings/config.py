@@ -225,6 +225,9 @@ class Settings:
         targets = self.allow_targets
         if not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets):
             raise ConfigError("allow_targets", targets, "a list of module prefixes, e.g. [my_package.models]")
+        from xaitk_exp.security.targets import trusted_prefixes
+
+        trusted_prefixes(targets)  # a blank prefix ('' or '  ') would trust every module: one line naming the key
         object.__setattr__(self, "allow_targets", tuple(targets))
         for key in ("train_run_id", "evaluation_run_id", "update_run_id", "run_id", "sweep_run_id"):
             value = getattr(self, key)  # a run id Hydra read as a number stays the id it is

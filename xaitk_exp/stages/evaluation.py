@@ -58,6 +58,10 @@ def run_evaluation(ctx: Context) -> str:
         **ctx.provenance_tags("evaluation"),
         schema.NOTE: evaluation_summary_note(ctx, split_name, n, len(images)),
     }
+    same_work = f"tags.Run_type = 'summary' and tags.config_hash = '{ctx.hash_for('evaluation')}' and " \
+                f"tags.Train_run_id = '{ctx.train_run_id or ''}'"
+    if not tracker.created_here(exp_id) and (dropped := tracker.replace_killed(exp_id, same_work)):
+        print(f"[evaluation] replacing a KILLED evaluation of the same config ({dropped} run(s) with its images)")
     with tracker.run(exp_id, schema.evaluation_summary_run(split_name), tags=summary_tags) as parent:
         dataset = split_dataset(ctx, split_name)
         tracker.log_dataset(parent, dataset, split_name)

@@ -1,6 +1,7 @@
 """``stage=reproduce run_id=<RUN_ID>``: rerun a recorded run from the tracking store alone and compare the outputs.
 
-The run's config comes from its artifact ``config/config.yaml``; every ``_target_`` in it must pass the allow-list
+The run's config comes from its artifact ``config/config.yaml``, read as data: any ``${...}`` interpolation or
+resolver in it is refused, never resolved. Every ``_target_`` in it must pass the allow-list
 (scikit-learn, xaitk-saliency, this package, and the ``allow_targets`` of *this* command, never the stored ones)
 before anything is built. The stage reruns in a new run tagged ``reproduced_from=<RUN_ID>`` (no reuse), on the
 same upstream runs (the train run for evaluation, the train and evaluation runs for saliency). Metrics must be
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xaitk_exp import schema
 from xaitk_exp.errors import ConfigError, TrackingError, UnsafeConfigError
+from xaitk_exp.security.stored import refuse_interpolations
 from xaitk_exp.security.targets import check_targets
 from xaitk_exp.stages import STAGES
 from xaitk_exp.stages.context import Context
@@ -49,6 +51,9 @@ def run_reproduce(ctx: Context) -> str:
         stored = _fetch(tracker, run_id, "config/config.yaml", tmp)
         environment = _fetch(tracker, run_id, "config/environment.json", tmp, required=False) or {}
         overrides = (_fetch(tracker, run_id, "config/overrides.yaml", tmp, required=False) or {}).get("overrides", [])
+    # data, never code: an interpolation such as ${oc.env:MLFLOW_TRACKING_PASSWORD} is refused before anything
+    # reads the config (the recorded config is written resolved, so no ${ is ours)
+    refuse_interpolations(stored, f"run {run_id}: the stored config/config.yaml is refused")
     try:
         check_targets(stored, ctx.extra_allowed)
     except UnsafeConfigError as exc:

@@ -32,6 +32,7 @@ from xaitk_exp.tracking.limits import (
 from xaitk_exp.tracking.model_records import ModelRecords
 from xaitk_exp.tracking.reads import StoreReader
 from xaitk_exp.tracking.signals import install_sigterm, restore_sigterm
+from xaitk_exp.tracking.stale import drop_killed, process_tags
 from xaitk_exp.tracking.stores import default_artifact_root, open_sqlite_store
 
 
@@ -150,8 +151,9 @@ class Tracker(StoreReader, ModelRecords, ABC):
     def _run_tags(
         self, experiment_id: str, tags: Mapping[str, Any] | None, parent_run_id: str | None
     ) -> dict[str, str]:
-        """A run's tags as strings, with ``mlflow.parentRunId`` (the given parent, else the sweep's run if any)."""
-        all_tags = {k: self._scrub(stringify(v)) for k, v in (tags or {}).items()}
+        """A run's tags as strings, with ``mlflow.parentRunId`` (the given parent, else the sweep's run if any) and
+        the process that opens it (``Host``, ``Pid``, ``Process``: a later stage closes it if that process dies)."""
+        all_tags = {**process_tags(), **{k: self._scrub(stringify(v)) for k, v in (tags or {}).items()}}
         if not parent_run_id and all_tags.get("Sweep_run_id"):
             parent_run_id = self._sweep_parent_in(experiment_id, all_tags["Sweep_run_id"])
         if parent_run_id:
@@ -190,10 +192,21 @@ class Tracker(StoreReader, ModelRecords, ABC):
 
     def start_run(self, experiment_id: str, run_name: str, tags: Mapping[str, Any] | None = None) -> str:
         """Open a run that outlives one ``with`` block (a sweep's parent); close it with :meth:`finish_run`."""
-        return self._start_run(experiment_id, run_name, {k: self._scrub(stringify(v)) for k, v in (tags or {}).items()})
+        given = {k: self._scrub(stringify(v)) for k, v in (tags or {}).items()}
+        return self._start_run(experiment_id, run_name, {**process_tags(), **given})
 
     def finish_run(self, run_id: str, status: str = "FINISHED") -> None:
         self._end_run(run_id, status)
+
+    def replace_killed(
+        self, experiment_id: str, filter_string: str, key: str | None = None, keys: Iterable[str] | None = None
+    ) -> int:
+        """Delete the KILLED runs (and their children) of the work about to be redone, so that a relaunch after a
+        kill leaves one run per unit of work (:func:`xaitk_exp.tracking.stale.drop_killed`). Best effort."""
+        try:
+            return drop_killed(self, experiment_id, filter_string, key, keys)
+        except Exception:
+            return 0
 
     def _close(self, run_id: str, status: str, exc: BaseException | None) -> None:
         """Best effort: record the error, then the status; never mask the original exception."""
