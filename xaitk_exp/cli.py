@@ -272,7 +272,9 @@ def _output_folders(argv: list[str]) -> list[str]:
     return [*argv, *extra]
 
 
-_NO_JOB_FLAGS = ("-c", "--cfg", "-h", "--help", "--hydra-help", "--version", "-i", "--info", "-sc", "--shell-completion")
+_NO_JOB_FLAGS = (
+    "-c", "--cfg", "-h", "--help", "--hydra-help", "--version", "-i", "--info", "-sc", "--shell-completion",
+)
 
 
 def precheck_output_dir(argv: list[str]) -> str | None:

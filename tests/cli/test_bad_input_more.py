@@ -79,7 +79,8 @@ def test_model_name_mlflow_refuses_is_one_line_before_any_run(tmp_path, name):
 def test_model_file_stem_that_mlflow_refuses_asks_for_model_name(tmp_path):
     from xaitk_exp.settings.validate import validate
 
-    with pytest.raises(ConfigError, match=r"model\.name=None .*model\.path's file name 'resnet18\.v2'.*set model\.name"):
+    stem = r"model\.name=None .*model\.path's file name 'resnet18\.v2'.*set model\.name"
+    with pytest.raises(ConfigError, match=stem):
         validate(compose_config(["model=onnx", f"model.path={tmp_path / 'resnet18.v2.onnx'}"]))
 
 
@@ -112,8 +113,9 @@ def test_memory_estimate_names_the_need_and_what_is_available():
     from xaitk_exp.data.bounds import check_memory
 
     check_memory("dataset.shape", [32, 32], 1000, (32, 32), 3)  # 74 MB: passes without asking the OS
-    with pytest.raises(ConfigError, match=r"^dataset\.shape=\[8192, 8192\] is invalid: .*1000000 images of "
-                                          r"8192x8192x3 need about \d+\.\d GB while loading, \d+\.\d [GM]B is available"):
+    expected = (r"^dataset\.shape=\[8192, 8192\] is invalid: .*1000000 images of 8192x8192x3 need about \d+\.\d GB "
+                r"while loading, \d+\.\d [GM]B is available")
+    with pytest.raises(ConfigError, match=expected):
         check_memory("dataset.shape", [8192, 8192], 1_000_000, (8192, 8192), 3)
 
 
@@ -157,9 +159,9 @@ def test_full_disk_memory_and_dead_server_lines(tmp_path, monkeypatch):
     with pytest.raises(Exception) as dead:
         MlflowClient(f"http://127.0.0.1:{port}").create_run("0")
     line = failure_line(dead.value, f"http://bob:secret@127.0.0.1:{port}")
-    assert line == (f"tracking.uri: the tracking server http://127.0.0.1:{port} stopped answering (connection refused) "
-                    "when the job tried to create a run; what it recorded before is kept, and the run open at that "
-                    "moment stays RUNNING on it")
+    assert line == (f"tracking.uri: the tracking server http://127.0.0.1:{port} stopped answering (connection "
+                    "refused) when the job tried to create a run; what it recorded before is kept, and the run "
+                    "open at that moment stays RUNNING on it")
     assert failure_line(ValueError("a bug"), None) is None
 
 

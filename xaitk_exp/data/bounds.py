@@ -24,7 +24,9 @@ ITEM_BYTES = 8
 PEAK_COPIES = 3
 
 
-def check_shape(key: str, shape: Sequence[Any], allowed: str = "[height, width] with positive integers") -> tuple[int, int]:
+def check_shape(
+    key: str, shape: Sequence[Any], allowed: str = "[height, width] with positive integers"
+) -> tuple[int, int]:
     """``shape`` as ``(H, W)``: two positive integers of at most :data:`MAX_SIDE`, else :class:`ConfigError`."""
     values = list(shape)
     if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
