@@ -52,6 +52,8 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
     from xaitk_exp.tracking.access import refusal
 
     hc = HydraConfig.get()
+    # urllib3 logs each retry of a request to a server that stopped answering; the job says it once, in one line
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     try:
         return job_result(run(cfg, list(hc.overrides.task), hc.runtime.output_dir))
     except RunKilled as exc:  # SIGTERM: the open runs are closed KILLED by now
@@ -65,14 +67,18 @@ def _hydra_main(cfg: DictConfig) -> dict | None:
             raise
         sys.exit(2)
     except Exception as exc:
+        from xaitk_exp.failures import failure_line
+
         text = str(exc)
-        denied = refusal(exc, str(cfg.tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or ""))
+        uri = str(cfg.tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or "")
+        # a refused user, a dead server, a full disk or memory: one line naming the cause; a bug stays a traceback
+        denied = refusal(exc, uri) or failure_line(exc, uri)
         if denied is None and _scrub(text, cfg) == text:
             raise
         # an error quoting the tracking URL with its credentials: report it without them, and without its chain
         from xaitk_exp.errors import TrackingError
 
-        message = denied or f"{type(exc).__name__}: {_scrub(text, cfg).splitlines()[0]}"
+        message = _scrub(denied, cfg) if denied else f"{type(exc).__name__}: {_scrub(text, cfg).splitlines()[0]}"
         print(f"xaitk-exp: error: {message}", file=sys.stderr)
         if hc.mode == RunMode.MULTIRUN:
             raise TrackingError(message) from None
@@ -266,6 +272,36 @@ def _output_folders(argv: list[str]) -> list[str]:
     return [*argv, *extra]
 
 
+_NO_JOB_FLAGS = (
+    "-c", "--cfg", "-h", "--help", "--hydra-help", "--version", "-i", "--info", "-sc", "--shell-completion",
+)
+
+
+def precheck_output_dir(argv: list[str]) -> str | None:
+    """A one-line error when the job's folder (``hydra.run.dir``; a sweep's ``hydra.sweep.dir``) cannot be created
+    by this user (a path under a file, a folder without write permission), else None: Hydra would stop there with a
+    traceback. The folder's fixed part (before any ``${...}``) is checked by creating and removing a temporary
+    folder in its nearest existing parent."""
+    import tempfile
+    from pathlib import Path
+
+    if any(a.split("=", 1)[0] in _NO_JOB_FLAGS for a in argv):  # prints something, runs no job
+        return None
+    key = "hydra.sweep.dir" if any(a in ("-m", "--multirun") for a in argv) else "hydra.run.dir"
+    value = next((a.partition("=")[2] for a in argv if a.lstrip("+~").startswith(f"{key}=")), "outputs")
+    fixed = value.split("${", 1)[0].strip("'\"")
+    existing = Path(fixed or ".").expanduser().absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{key}={value!r} is invalid: a folder this user can create ({existing} is a file, not a folder)"
+    try:
+        Path(tempfile.mkdtemp(prefix=".xaitk-exp-check-", dir=existing)).rmdir()
+    except OSError as exc:
+        return f"{key}={value!r} is invalid: a folder this user can create ({existing}: {exc.strerror})"
+    return None
+
+
 def print_help() -> None:
     """``xaitk-exp --help``: ``conf/hydra/help/xaitk.yaml`` rendered as Hydra renders it, without Hydra's help path,
     which composes every config group to list them (about 0.7 s); the groups' options are the shipped files."""
@@ -295,12 +331,21 @@ def main() -> None:
         sys.exit(2)
     _hide_credentials_in_logs(sys.argv[1:])
     sys.argv[1:] = _output_folders(sys.argv[1:])
+    message = precheck_output_dir(sys.argv[1:])
+    if message:
+        print(f"xaitk-exp: error: {message}", file=sys.stderr)
+        sys.exit(2)
     try:
         _hydra_main()
     finally:  # a sweep that Hydra aborted (a failed job, Ctrl-C) still gets its summary and an honest status
         from xaitk_exp.sweep import finish_open_sweeps
 
         finish_open_sweeps()
+    from xaitk_exp.sweep.callback import FAILED
+
+    if FAILED:  # a sweep whose failed jobs each said why in one line: the summary is printed, the parent FAILED
+        print(f"xaitk-exp: error: {FAILED[-1]}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

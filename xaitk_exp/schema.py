@@ -112,6 +112,24 @@ def logged_model_name(model_class: str) -> str:
     return model_class
 
 
+#: what MLflow refuses in a logged model's name, which is the model's name (``model.name``, a file's stem, a class)
+MODEL_NAME_FORBIDDEN = ("/", ":", ".", "%", '"', "'")
+#: a model's name heads its experiments' names (MLflow keeps at most 500 characters)
+MODEL_NAME_MAX = 200
+
+
+def model_name_rule() -> str:
+    """What a model's name may be, for one-line errors."""
+    return (f"a name without {' '.join(MODEL_NAME_FORBIDDEN)} or control characters, at most {MODEL_NAME_MAX} "
+            "characters (MLflow names the logged model and the experiments '<name> - Train' ... after it)")
+
+
+def model_name_ok(name: str) -> bool:
+    """True when MLflow accepts ``name`` as the name of a logged model and as the head of experiment names."""
+    return (0 < len(name.strip()) and len(name) <= MODEL_NAME_MAX and name.isprintable()
+            and not any(c in name for c in MODEL_NAME_FORBIDDEN))
+
+
 def saliency_image_key(algorithm: str) -> str:
     """The image key of a saliency run's picture (``mlflow.log_image``): one per algorithm, so that the UI compares
     the maps of one algorithm across runs."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from xaitk_exp.data.base import ImageSplit, split_arrays
+from xaitk_exp.data.bounds import bomb_check, check_memory, check_shape
 from xaitk_exp.errors import ConfigError, DataError
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -67,14 +68,17 @@ class ImageFolder:
             raise ConfigError(
                 "dataset.class_map", self.class_map, f"keys among the folder's class sub-folders ({unknown[0]!r} is not)"
             )
-        if len(self.shape) != 2 or min(self.shape) < 1:
-            raise ConfigError("dataset.shape", list(self.shape), "[height, width] with positive integers")
+        check_shape("dataset.shape", self.shape)
+        if self.resize:  # the size of what is kept is known before any image is decoded
+            check_memory("dataset.shape", list(self.shape), len(files), self.shape, 1 if self.grayscale else 3)
         mode = "L" if self.grayscale else "RGB"
         images, labels, paths, sizes = [], [], [], set()
         for c, f in files:
             rel = f.relative_to(root).as_posix()
             try:
-                with Image.open(f) as im:
+                with bomb_check(rel), Image.open(f) as im:
+                    if not self.resize and not sizes:  # kept at their own size, which must be one: the first's
+                        check_memory("dataset.resize", False, len(files), im.size[::-1], 1 if self.grayscale else 3)
                     im = im.convert(mode)
                     sizes.add(im.size)
                     if self.resize:

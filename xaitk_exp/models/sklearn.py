@@ -30,3 +30,49 @@ def check_params(model: Any, key: str = "model") -> None:
             raise ConfigError(key, type(model).__name__, f"arguments scikit-learn accepts ({text})") from exc
         param, cls, allowed = found.groups()
         raise ConfigError(f"{key}.{param}", model.get_params(deep=False).get(param), f"{allowed} ({cls})") from exc
+    _check_layer_sizes(model, key)
+
+
+def _check_layer_sizes(model: Any, key: str) -> None:
+    """``hidden_layer_sizes`` (the MLPs): scikit-learn's constraint accepts any array-like and only ``fit`` (inside
+    the run) finds a size of 0, a negative or a non-integer one."""
+    sizes = model.get_params(deep=False).get("hidden_layer_sizes")
+    if sizes is None or isinstance(sizes, (str, bytes)):
+        return
+    values = list(sizes) if isinstance(sizes, (list, tuple)) or hasattr(sizes, "__array__") else [sizes]
+    import numbers
+
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in values):
+        raise ConfigError(f"{key}.hidden_layer_sizes", sizes, "a list of positive integers, one per hidden layer "
+                                                              f"({type(model).__name__})")
+
+
+#: copies of an MLP's weights alive while it trains: the weights, their gradients, the optimizer's state (two for
+#: adam) and the temporaries of one update
+MLP_WEIGHT_COPIES = 6
+
+
+def check_fit_memory(model: Any, n_features: int, n_classes: int, key: str = "model") -> None:
+    """Refuse, before the train run opens, an MLP whose weights would not fit in the memory available now: a large
+    ``dataset.shape`` makes the first layer ``H*W*C x hidden`` (the OS's OOM killer would end the job without a
+    word)."""
+    sizes = model.get_params(deep=False).get("hidden_layer_sizes") if hasattr(model, "get_params") else None
+    if sizes is None:
+        return
+    layers = [int(n_features), *(list(sizes) if isinstance(sizes, (list, tuple)) else [sizes]), max(1, n_classes)]
+    weights = sum(a * b + b for a, b in zip(layers, layers[1:]))
+    need = MLP_WEIGHT_COPIES * weights * 8
+    if need < 2**28:
+        return
+    import psutil
+
+    from xaitk_exp.data.bounds import gigabytes
+
+    available = psutil.virtual_memory().available
+    if need > available:
+        raise ConfigError(
+            f"{key}.hidden_layer_sizes", sizes,
+            f"layers whose weights fit in memory: {n_features} input features (dataset.shape) into {layers[1]} units "
+            f"need about {gigabytes(need)} while training, {gigabytes(available)} is available (make dataset.shape "
+            "or the layers smaller)",
+        )

@@ -8,6 +8,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from xaitk_exp import schema
+from xaitk_exp.errors import ConfigError
 from xaitk_exp.settings.config import Settings, from_node
 from xaitk_exp.settings.metrics import settings_from_config
 from xaitk_exp.settings.nodes import to_dict
@@ -31,9 +33,28 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> Settings:
     values = {k: to_dict(node[k]) for k in _PLAIN if k in node}
     values["logging"] = {"level": OmegaConf.select(node, "logging.level", default="mid")}
     settings = from_node(Settings, values, "")  # the plain keys first, then the nodes with records of their own
+    check_model_name(node)
     return replace(
         settings,
         saliency=SaliencySettings.from_node(node["saliency"]) if "saliency" in node else None,
         metrics=settings_from_config(node.get("metrics")),
         register=parse_register(OmegaConf.select(node, "model.register", default=None)),
     )
+
+
+def check_model_name(node: DictConfig) -> None:
+    """``model.name`` (or, for a model file, the file's stem that stands in for it) is a name MLflow accepts for the
+    logged model and the experiments: checked here, before any run opens, not by MLflow halfway through training."""
+    name = OmegaConf.select(node, "model.name", default=None, throw_on_missing=False)
+    if name is not None:
+        if not isinstance(name, str) or not schema.model_name_ok(name):
+            raise ConfigError("model.name", name, schema.model_name_rule())
+        return
+    path = OmegaConf.select(node, "model.path", default=None, throw_on_missing=False)
+    if OmegaConf.select(node, "model.source", default=None) and isinstance(path, str) and path != "???":
+        from pathlib import Path
+
+        stem = Path(path).stem
+        if not schema.model_name_ok(stem):
+            raise ConfigError("model.name", None, schema.model_name_rule(),
+                              f"the default, model.path's file name {stem!r}, is not one: set model.name")

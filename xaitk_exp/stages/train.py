@@ -6,6 +6,7 @@ import warnings
 from typing import Any
 
 from xaitk_exp import schema
+from xaitk_exp.models.sklearn import check_fit_memory
 from xaitk_exp.models.sources import is_image_model
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.describe import print_where, train_note
@@ -32,6 +33,7 @@ def run_train(ctx: Context) -> str | None:
         if previous is not None and _reuse(ctx, previous):
             return ctx.train_run_id
     X = split.train_images.reshape(len(split.train_images), -1)
+    check_fit_memory(model, X.shape[1], len(set(split.train_labels.tolist())))  # before the run opens
     tracker = ctx.tracker
     exp_id = tracker.experiment(ctx.experiment_name(schema.TRAIN), framework=ctx.framework)
     tags = {schema.DATASET: ctx.dataset_name, **ctx.provenance_tags("train"), schema.NOTE: train_note(ctx, len(X))}

@@ -46,6 +46,7 @@ from xaitk_exp.sweep.records import (
 from xaitk_exp.sweep.summary import rank_rows, summary_rows, write_summary
 
 _OPEN: list[SweepCallback] = []  # sweeps of this process whose summary is not written yet
+FAILED: list[str] = []  # one line per sweep of this process that ended FAILED (the entry point exits non-zero)
 
 
 class SweepCallback(Callback):
@@ -150,8 +151,10 @@ class SweepCallback(Callback):
         launch_failed = search is not None and search.trials_run > 0 and search.trials_failed == search.trials_run
         if failed and (search is None or study_failed):
             status = "FAILED"
-            tracker.log(parent, tags={"error": f"{len(failed)} of {len(rows)} job(s) failed: "
-                                               + "; ".join(f"#{r['job']}: {r['error']}" for r in failed)[:450]})
+            error = f"{len(failed)} of {len(rows)} job(s) failed: " + "; ".join(
+                f"#{r['job']} ({r.get('overrides', '')}): {r['error']}" for r in failed)
+            tracker.log(parent, tags={"error": error[:450]})
+            FAILED.append(f"sweep {parent}: {error}"[:1000])
         else:
             status = "KILLED" if aborted else "FINISHED"
         tracker.finish_run(parent, status)
@@ -198,6 +201,19 @@ class SweepCallback(Callback):
             record["error"] = f"{type(value).__name__}: {text[0] if text else ''}"[:500]
         write_record(folder, record)
         end_leaked_fluent_runs()
+        if record["status"] == "FAILED" and _reported(value, config):
+            # the job's one line is printed, its record written, and the parent run ends FAILED naming it; Hydra's
+            # basic sweeper would raise the error again once every job ended (a traceback, the other jobs' summary
+            # lost on screen). The entry point exits non-zero after the summary (:data:`FAILED`).
+            job_return.status, job_return.return_value = JobStatus.COMPLETED, None
+
+
+def _reported(error: Any, config: DictConfig) -> bool:
+    """A job error already reported in one line (bad input, a dead server, a full disk) in a basic sweep."""
+    from xaitk_exp.errors import XaitkExpError
+
+    sweeper = str(config.hydra.get("sweeper", {}).get("_target_", ""))
+    return isinstance(error, XaitkExpError) and sweeper.endswith("BasicSweeper")
 
 
 def _in_multirun(config: DictConfig) -> bool:

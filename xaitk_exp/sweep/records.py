@@ -36,8 +36,12 @@ def read_job_records(sweep_dir: Path, sweep_run_id: str | None = None) -> list[d
 def job_value(job_return: Any) -> Any:
     """What a finished job returned, or the exception a failed one raised (Hydra's public ``return_value`` raises
     it again for a failed job)."""
-    try:
-        return job_return.return_value
+    import contextlib
+    import io
+
+    try:  # Hydra prints "Error executing job with overrides" on reading a failed job's value: the job said it
+        with contextlib.redirect_stderr(io.StringIO()):
+            return job_return.return_value
     except Exception as exc:  # the job's own error
         return exc
 
