@@ -250,3 +250,29 @@ class DyingMaiteCNN(MaiteCNN):
 
 def dying_maite_cnn(script_path: str) -> DyingMaiteCNN:
     return DyingMaiteCNN(script_path)
+
+
+def blob_photos(
+    n: int, shape: tuple[int, int], seed: int = 0, radius: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``[n, H, W, 3]`` colour "photos" in [0, 1] and labels 0/1: a smooth random-colour background with a disc at a
+    random place, red-ish for class 0 and blue-ish for class 1 (the only evidence of the class: small and local),
+    its radius ``radius`` (default: about 1/8 of the short side)."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    images, labels = [], []
+    for i in range(n):
+        label = i % 2
+        coarse = rng.uniform(0.25, 0.75, size=(4, 4, 3))  # low-frequency background: upsampled 4x4 colours
+        rows = np.minimum(yy * 4 // h, 3)
+        cols = np.minimum(xx * 4 // w, 3)
+        image = coarse[rows, cols] + rng.normal(0, 0.04, size=(h, w, 3))
+        r = radius or max(2, min(h, w) // 8)
+        cy, cx = rng.integers(r, h - r), rng.integers(r, w - r)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        colour = np.array([0.95, 0.15, 0.1]) if label == 0 else np.array([0.1, 0.2, 0.95])
+        image[disc] = colour + rng.normal(0, 0.03, size=(int(disc.sum()), 3))
+        images.append(np.clip(image, 0, 1))
+        labels.append(label)
+    return np.asarray(images, dtype=np.float32), np.asarray(labels)

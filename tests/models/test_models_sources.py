@@ -19,7 +19,8 @@ pytest.importorskip("onnx")
 
 PRE = ["model.preprocess.mean=[0.2,0.2,0.2]", "model.preprocess.std=[0.3,0.3,0.3]"]
 FOLDER = ["dataset=image_folder", "dataset.grayscale=false", "dataset.shape=[32,32]"]
-RISE = ["saliency=rise", "saliency.n=60", "saliency.s=4", "chunk_size=16", "metrics.mufidelity.subsets=8"]
+RISE = ["saliency=rise", "saliency.n=60", "saliency.s=4", "saliency.fill=0", "chunk_size=16",
+        "metrics.mufidelity.subsets=8"]
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +346,8 @@ def test_many_classes_keep_top_k_maps_and_metrics(zoo, run_stage, client, tmp_pa
 
     path = model_zoo.linear_onnx(tmp_path / "wide.onnx", 25, 32)
     ov = ["model=onnx", f"model.path={path}", *FOLDER, f"dataset.path={zoo['flat']}", "saliency=sliding_window",
-          "saliency.window_size=[8,8]", "saliency.stride=[8,8]", "metrics.enabled=false", "evaluation.num_images=2"]
+          "saliency.window_size=[8,8]", "saliency.stride=[8,8]", "saliency.fill=0", "metrics.enabled=false",
+          "evaluation.num_images=2"]
     ctx = run_stage(*ov)
     for run in _exp_runs(client, "wide - Evaluation", "tags.Run_type = 'image'"):
         conf = [k for k in run.data.metrics if k.startswith("Class_")]

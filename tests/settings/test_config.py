@@ -30,8 +30,12 @@ def test_defaults_follow_the_seed_notebook(make_cfg):
     assert list(cfg.model.hidden_layer_sizes) == [50]
     assert (cfg.model.solver, cfg.model.max_iter, cfg.model.random_state) == ("sgd", 10, 1)
     assert (cfg.model.learning_rate_init, cfg.model.alpha) == (0.1, 1e-4)
-    assert list(cfg.saliency.window_size) == [2, 2] and list(cfg.saliency.stride) == [1, 1]
-    assert cfg.evaluation.num_images == 20 and cfg.query.max_results == 1
+    from xaitk_exp.settings.nodes import to_dict
+    from xaitk_exp.settings.saliency import resolve_auto
+
+    sizes = resolve_auto(to_dict(cfg.saliency), (8, 8))  # auto: on 8x8 digits the sizes they always had
+    assert (cfg.saliency.window_size, sizes["window_size"], sizes["stride"]) == ("auto", [2, 2], [1, 1])
+    assert cfg.evaluation.num_images == "auto" and cfg.query.max_results == 1
 
 
 @pytest.mark.parametrize("name", MODELS)

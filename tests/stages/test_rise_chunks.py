@@ -131,7 +131,8 @@ def test_colour_image_and_image_model(make_cfg, colour_cnn, chunk):
     model = build_image_model(to_dict(cfg.model), list(cfg.allow_targets))
     model.check_images((32, 32, 3))
     image = images[3]
-    algo = _algorithm(make_cfg, "saliency=rise", "saliency.n=100", "seed=2", shape=image.shape)
+    algo = _algorithm(make_cfg, "saliency=rise", "saliency.n=100", "seed=2", "saliency.s=4", "saliency.fill=0",
+                      shape=image.shape)
     direct = RISEStack(n=100, s=4, p1=0.5, seed=2, threads=0)
     direct.fill = 0
     expected = direct(image, blackbox_for(model, chunk))
@@ -171,7 +172,8 @@ def test_unseeded_rise_draws_fresh_shifts_per_image(make_cfg, digits_model):
 
 def test_the_recorded_config_is_the_generators(make_cfg):
     algo = _algorithm(make_cfg, "saliency=rise", "seed=4")
-    assert algo.config() == {**algo.generator.get_config(), "fill": 0, "algorithm": "rise", "class": RISE}
+    assert algo.config() == {**algo.generator.get_config(), "fill": 0, "algorithm": "rise", "class": RISE,
+                             "auto_settings": "s,fill"}  # the settings that followed the image (8x8: s 4, fill 0)
     assert "perturb" not in vars(algo.generator._po._perturber)  # the generator is left as built
 
 

@@ -116,3 +116,21 @@ def test_aggregate_ranks_algorithms_and_keeps_the_latest_run_per_image(client, t
 
     with Image.open(comparison_picture(rows, tmp_path / "cmp.png", "two algorithms")) as im:
         assert im.size[0] > 200 and im.size[1] > 100
+
+
+def test_the_console_names_a_best_only_among_several_and_says_when_random_is_not_beaten():
+    from xaitk_exp.stages.saliency.summary import summary_lines
+
+    good = {"algorithm": "rise", "images": 4, "Deletion_AUC_mean": 0.2, "Deletion_AUC_random_mean": 0.4,
+            "Insertion_AUC_mean": 0.8, "Insertion_AUC_random_mean": 0.6}
+    poor = {"algorithm": "sliding_window", "images": 4, "Deletion_AUC_mean": 0.519, "Deletion_AUC_random_mean": 0.485,
+            "Insertion_AUC_mean": 0.7, "Insertion_AUC_random_mean": 0.6}
+    alone = summary_lines([poor], "sliding_window")
+    assert not any("best" in line for line in alone)
+    assert alone[1] == ("sliding_window does not beat the random pixel order (deletion 0.519 vs random 0.485, lower "
+                        "is better): its maps say little about this model here; try another algorithm or its settings")
+    assert summary_lines([good], "rise") == ["quality of rise over 4 image(s)"]
+    both = summary_lines([good, poor], "sliding_window")
+    assert both[0] == ("2 algorithms compared on the 4 image(s) each of them explained: sliding_window ranks 2 of 2; "
+                       "best: rise")
+    assert len(both) == 2 and both[1].startswith("sliding_window does not beat")

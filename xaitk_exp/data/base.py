@@ -50,24 +50,52 @@ class ImageSplit:
         return h.hexdigest()[:16]
 
 
+def check_test_size(test_size: object) -> float:
+    """``dataset.test_size`` as a float strictly between 0 and 1, else one :class:`ConfigError` naming the key."""
+    ok = isinstance(test_size, (int, float)) and not isinstance(test_size, bool) and 0.0 < float(test_size) < 1.0
+    if not ok:
+        raise ConfigError("dataset.test_size", test_size, "a fraction strictly between 0 and 1 (the share of test images)")
+    return float(test_size)
+
+
 def split_arrays(
     name: str,
     images: np.ndarray,
     labels: np.ndarray,
-    test_size: float,
+    test_size: float | None,
     seed: int,
     paths: list[str] | None = None,
     class_names: list[str] | None = None,
     has_labels: bool = True,
 ) -> ImageSplit:
-    """Split stratified by label with a seeded shuffle (scikit-learn's ``train_test_split``)."""
+    """Split stratified by label with a seeded shuffle (scikit-learn's ``train_test_split``).
+
+    ``test_size=None``: no split, every image is a test image (in its order) and the train split is empty: a model
+    that is not trained here (ONNX, PyTorch, MAITE, a pretrained MLflow model) is evaluated on all of them.
+    """
+    if test_size is None:
+        idx = np.arange(len(images))
+        return ImageSplit(
+            name=name,
+            train_images=images[:0],
+            train_labels=labels[:0],
+            test_images=images,
+            test_labels=labels,
+            test_paths=list(paths) if paths is not None else None,
+            class_names=class_names if class_names is not None else [str(c) for c in np.unique(labels[idx])],
+            has_labels=has_labels,
+        )
     from sklearn.model_selection import train_test_split
 
-    if not 0.0 < float(test_size) < 1.0:
-        raise ConfigError("dataset.test_size", test_size, "a fraction strictly between 0 and 1")
+    test_size = check_test_size(test_size)
     idx = np.arange(len(images))
     counts = np.unique(labels, return_counts=True)[1]
-    n_test = int(np.ceil(float(test_size) * len(idx)))
+    n_test = int(np.ceil(test_size * len(idx)))
+    if n_test >= len(idx):
+        raise ConfigError(
+            "dataset.test_size", test_size,
+            f"a fraction that leaves at least one of the {len(idx)} images for training, e.g. 0.25",
+        )
     # stratified where scikit-learn can (every class twice, each split at least one image per class), else shuffled
     fits = counts.min() >= 2 and min(n_test, len(idx) - n_test) >= len(counts)
     stratify = labels if fits else None

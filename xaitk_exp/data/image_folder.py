@@ -61,7 +61,7 @@ class ImageFolder:
                 f"a folder whose class sub-folders hold {', '.join(SUFFIXES)} files (or that holds them directly: "
                 "images without ground truth)",
             )
-        if len(files) < 2:
+        if len(files) < 2 and self.test_size is not None:  # None: no split (a model not trained here)
             raise ConfigError("dataset.path", self.path, "a folder with at least two images (one per split)")
         unknown = sorted(set(self.class_map) - set(classes))
         if has_labels and unknown:

@@ -16,7 +16,9 @@ from xaitk_exp.models.preprocess import Preprocess
 SOURCES = ("onnx", "torch", "maite")
 
 
-OUTPUTS = ("logits", "probabilities")
+OUTPUTS = ("auto", "logits", "probabilities")
+#: how far a row of probabilities may sum from 1 (float32 softmax outputs of a 1000-class network stay well within)
+PROBABILITY_TOLERANCE = 1e-3
 
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -57,9 +59,12 @@ class ImageModel:
         self.node = dict(node)
         self.extra_allowed = tuple(extra_allowed)
         self.preprocess = Preprocess.from_config(self.node.get("preprocess"))
-        self.outputs = str(self.node.get("outputs") or "logits")
-        if self.outputs not in OUTPUTS:
+        #: ``model.outputs`` as configured (``auto``, ``logits``, ``probabilities``); ``outputs`` is what the scores
+        #: are read as: auto is decided on the first scores (:meth:`check_images`)
+        self.outputs_setting = str(self.node.get("outputs") or "auto")
+        if self.outputs_setting not in OUTPUTS:
             raise ConfigError("model.outputs", self.node.get("outputs"), f"one of {', '.join(OUTPUTS)}")
+        self.outputs = self.outputs_setting
         self.device_setting = str(self.node.get("device") or "cpu")
         if self.device_setting not in DEVICES:
             raise ConfigError("model.device", self.node.get("device"), f"one of {', '.join(DEVICES)}")
@@ -141,21 +146,30 @@ class ImageModel:
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         """``[N, H, W(, C)]`` images in ``[0, 1]`` -> ``[N, Cl]`` float64 probabilities (softmax of logits)."""
         out = self.scores(images)
+        if self.outputs == "auto":  # not probed yet (check_images): decided on these scores
+            self.read_outputs(out)
         return softmax(out) if self.outputs == "logits" else out.astype(np.float64)
 
-    def check_images(self, image_shape: Sequence[int], dataset_key: str = "dataset.shape") -> None:
-        """Run one black image of ``image_shape`` (``[H, W]`` or ``[H, W, C]``) through the model: the output size
-        is learnt (or checked against ``model.class_names``); a shape the model refuses is one :class:`ConfigError`."""
+    def check_images(
+        self, image_shape: Sequence[int], dataset_key: str = "dataset.shape", samples: np.ndarray | None = None
+    ) -> None:
+        """Run one black image of ``image_shape`` (``[H, W]`` or ``[H, W, C]``) and ``samples`` (a few of the
+        dataset's images) through the model: the output size is learnt (or checked against ``model.class_names``),
+        ``outputs=auto`` is decided (:meth:`read_outputs`); a shape the model refuses is one :class:`ConfigError`."""
         shape = tuple(int(d) for d in image_shape)
         channels = shape[2] if len(shape) == 3 else 1
-        expected = self.preprocess.channels()
-        if expected is not None and expected != channels:
-            raise ConfigError(
-                "model.preprocess.mean", list(self.preprocess.mean or self.preprocess.std or ()),
-                f"one value per image channel: the images have {channels} (dataset.grayscale={channels == 1})",
-            )
+        for key, values in (("mean", self.preprocess.mean), ("std", self.preprocess.std)):
+            if values is not None and len(values) > 1 and len(values) != channels:
+                raise ConfigError(
+                    f"model.preprocess.{key}", list(values),
+                    f"one value per image channel (or one for all): the images have {channels} "
+                    f"(dataset.grayscale={channels == 1}), {len(values)} values given",
+                )
         try:
-            out = self.scores(np.zeros((1, *shape), dtype=np.float32))
+            probe = np.zeros((1, *shape), dtype=np.float32)
+            if samples is not None and len(samples):
+                probe = np.concatenate([probe, np.asarray(samples, dtype=np.float32).reshape(-1, *shape)])
+            out = self.scores(probe)
         except ConfigError:
             raise
         except Exception as exc:
@@ -176,8 +190,28 @@ class ImageModel:
         if not self.class_names:
             self.class_names = [str(i) for i in range(n)]
         self.n_outputs = n
-        if self.outputs == "probabilities" and (np.any(out < -1e-6) or np.any(out > 1 + 1e-6)):
-            raise ConfigError("model.outputs", "probabilities", "logits: the model's outputs are not in [0, 1]")
+        self.read_outputs(out)
+
+    def read_outputs(self, scores: np.ndarray) -> str:
+        """Decide ``outputs`` from ``[N, Cl]`` raw scores: rows in ``[0, 1]`` that sum to 1 (within
+        :data:`PROBABILITY_TOLERANCE`) are probabilities, anything else logits. With ``outputs=auto`` that is the
+        answer; an explicit setting the scores contradict gets a one-line warning on stderr (probabilities outside
+        ``[0, 1]`` are refused). Returns what the scores are read as."""
+        import sys
+
+        scores = np.asarray(scores, dtype=np.float64)
+        in_range = bool(np.all(scores >= -1e-6) and np.all(scores <= 1 + 1e-6))
+        sums_to_one = in_range and bool(np.all(np.abs(scores.sum(axis=1) - 1.0) <= PROBABILITY_TOLERANCE))
+        looks = "probabilities" if sums_to_one else "logits"
+        if self.outputs_setting == "auto":
+            self.outputs = looks
+        elif self.outputs_setting == "probabilities" and not in_range:
+            raise ConfigError("model.outputs", "probabilities", "logits or auto: the model's outputs are not in [0, 1]")
+        elif self.outputs_setting != looks:
+            why = "rows in [0, 1] that sum to 1" if sums_to_one else "rows that do not sum to 1"
+            print(f"xaitk-exp: warning: model.outputs={self.outputs_setting}, but the model's scores look like {looks} "
+                  f"({why}); model.outputs=auto reads them as {looks}", file=sys.stderr)
+        return self.outputs
 
     def info(self) -> dict[str, Any]:
         """What the train stage records about the model (params, tags and ``model/model_info.json``)."""
@@ -187,6 +221,7 @@ class ImageModel:
             "file": Path(self.file).name if self.file else None,
             "sha256": self.sha256,
             "outputs": self.outputs,
+            "outputs_setting": self.outputs_setting,
             "device": self.device_setting,
             "preprocess": self.preprocess.config(),
             "n_classes": self.n_outputs,

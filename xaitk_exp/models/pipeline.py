@@ -54,7 +54,7 @@ def model_name(node: Any) -> str:
 def check(ctx: Any, model: ImageModel) -> None:
     """Before any run opens: the model takes the dataset's images, its outputs match its class names, and every
     class of the dataset is one of the model's (by name, through ``dataset.class_map``)."""
-    model.check_images(ctx.split.image_shape)
+    model.check_images(ctx.split.image_shape, samples=ctx.split.test_images[:8])  # outputs=auto decided here
     for split_name in ("test", "train"):
         truth_for(ctx.split, model, split_name)
 
@@ -93,7 +93,8 @@ def record(ctx: Any) -> str:
         "source": model.source,
         "file": info["file"],
         "sha256": model.sha256,
-        "outputs": model.outputs,
+        "outputs": model.outputs,  # what the scores are read as (outputs=auto: decided on the dataset's images)
+        "outputs_setting": model.outputs_setting,
         "device": model.device_setting,
         "preprocess": model.preprocess.config(),
         "n_classes": model.n_outputs,

@@ -43,11 +43,6 @@ class Preprocess:
         std = _per_channel(node.get("std"), f"{key}.std", positive=True)
         return cls(mean, std, layout)
 
-    def channels(self) -> int | None:
-        """How many channels ``mean``/``std`` describe (None: any)."""
-        sizes = {len(v) for v in (self.mean, self.std) if v is not None and len(v) > 1}
-        return sizes.pop() if len(sizes) == 1 else None
-
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """``[N, H, W]`` or ``[N, H, W, C]`` images in ``[0, 1]`` -> float32 ``[N, C, H, W]`` (NCHW) or
         ``[N, H, W, C]`` (NHWC), normalised per channel. Grayscale images get one channel axis."""

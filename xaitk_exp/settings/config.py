@@ -76,13 +76,35 @@ def from_node(cls: type, node: Any, key: str, **given: Any) -> Any:
 
 
 # ----- the blocks of conf/config.yaml ---------------------------------------------------------------------------------
+#: ``evaluation.num_images: auto`` for a model trained here (the first 20 test images get a run each)
+AUTO_NUM_IMAGES = 20
+#: ``model.source`` values of models made elsewhere (``xaitk_exp.models.image_model.SOURCES``, without numpy)
+OUTSIDE_SOURCES = ("onnx", "torch", "maite")
+
+
+def trained_here(model: Any) -> bool:
+    """True when the train stage fits the ``model`` node's estimator here (scikit-learn); False for a model made
+    elsewhere (``onnx``, ``torch``, ``maite``, ``pretrained``): no train split, every image is evaluated."""
+    model = to_dict(model) if model is not None else {}
+    return not (isinstance(model, Mapping) and (model.get("source") in OUTSIDE_SOURCES or model.get("uri")))
+
+
+def resolved_num_images(value: Any, model: Any) -> Any:
+    """``evaluation.num_images`` with ``auto`` resolved: 20 for a model trained here, None (every image of the
+    split) for a model made elsewhere; any other value unchanged."""
+    if value != "auto":
+        return value
+    return AUTO_NUM_IMAGES if trained_here(model) else None
+
+
 @dataclass(frozen=True)
 class EvaluationSettings:
-    num_images: int = 20  # one run per image, the first N of the split (>= 1)
+    num_images: int | None = AUTO_NUM_IMAGES  # one run per image, the first N of the split (>= 1); None: every image
     split: str = "test"  # test | train
 
     def __post_init__(self) -> None:
-        check_int("evaluation.num_images", self.num_images, 1)
+        if self.num_images is not None:
+            check_int("evaluation.num_images", self.num_images, 1)
         if self.split not in SPLITS:
             raise ConfigError("evaluation.split", self.split, f"one of {', '.join(SPLITS)}")
 

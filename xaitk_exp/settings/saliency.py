@@ -3,6 +3,7 @@ silently but cannot use. Sizes are checked against the data once per job (:meth:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,74 @@ def saliency_sign(node: Any) -> int:
     return int(sign)
 
 
+#: the value that lets a size follow the image (:func:`resolve_auto`)
+AUTO = "auto"
+#: a colour image's occlusion value under ``fill: auto``: each image's own mean colour
+MEAN_FILL = "image mean colour"
+#: a window's side is this fraction of the image's side (per axis), its stride a third of the window
+WINDOW_FRACTION = 6
+STRIDE_FRACTION = 3
+RISE_GRID_MAX = 7  # RISE's s x s grid: half the short side, at least 2 and at most 7 cells (RISE's 224x224 choice)
+
+
+def auto_sizes(image_hw: tuple[int, int]) -> dict[str, Any]:
+    """The sizes ``auto`` stands for on ``[H, W]`` images: a window of about 1/6 of each side, a stride of a third
+    of the window (per axis, so a non-square image gets a non-square window), at most about 16 x 16 positions at any
+    size (225 at 224x224); RISE's grid count ``s`` from the short side. 8x8 digits get what the configs said before
+    ``auto``: window [2, 2], stride [1, 1], radius [1.5, 1.5], RISE s 4."""
+    h, w = (int(v) for v in image_hw[:2])
+    window = [max(1, math.ceil(h / WINDOW_FRACTION)), max(1, math.ceil(w / WINDOW_FRACTION))]
+    return {
+        "window_size": window,
+        "stride": [max(1, math.ceil(v / STRIDE_FRACTION)) for v in window],
+        "radius": [0.75 * v for v in window],
+        "cell": window,
+        "s": min(RISE_GRID_MAX, max(2, min(h, w) // 2)),
+    }
+
+
+def resolve_auto(node: Any, image_shape: tuple[int, ...]) -> Any:
+    """A plain ``saliency`` node with every ``auto`` replaced by its value for ``image_shape`` (``[H, W]`` or
+    ``[H, W, C]``); other values are kept (a stride ``auto`` follows a given window). ``fill: auto``: 0 (black) on
+    grayscale images, each image's mean colour on colour images (:data:`MEAN_FILL`); ``fill_colors: auto``: black
+    and white in the image's channels. Nested nodes (an occlusion's perturber) are resolved too."""
+    if not isinstance(node, Mapping):
+        return node
+    sizes = auto_sizes(tuple(image_shape[:2]))
+    channels = int(image_shape[2]) if len(image_shape) > 2 else 1
+    target = str(node.get("_target_", ""))
+    out = {k: resolve_auto(v, image_shape) if isinstance(v, Mapping) else v for k, v in node.items()}
+    if out.get("window_size") == AUTO:
+        out["window_size"] = list(sizes["window_size"])
+    if out.get("stride") == AUTO:
+        base = out.get("window_size") if isinstance(out.get("window_size"), (list, tuple)) else None
+        if "radius" in out and isinstance(out["radius"], (list, tuple)):
+            base = [max(1, math.ceil(r / 0.75)) for r in out["radius"]]
+        out["stride"] = [max(1, math.ceil(v / STRIDE_FRACTION)) for v in base] if base else list(sizes["stride"])
+    if out.get("radius") == AUTO:
+        out["radius"] = list(sizes["radius"])
+    if out.get("s") == AUTO:  # RandomGrid's s is a cell size in pixels; RISE's (and MC-RISE's) a grid count
+        out["s"] = list(sizes["cell"]) if target.endswith("RandomGrid") else sizes["s"]
+    if out.get("fill") == AUTO:
+        out["fill"] = 0 if channels == 1 else MEAN_FILL
+    if out.get("fill_colors") == AUTO:
+        out["fill_colors"] = [[0] * channels, [1] * channels]
+    return out
+
+
+def auto_keys(node: Any, prefix: str = "") -> list[str]:
+    """The keys of a ``saliency`` node (dotted, nested ones too) set to ``auto``."""
+    if not isinstance(node, Mapping):
+        return []
+    keys = []
+    for k, v in node.items():
+        if isinstance(v, Mapping):
+            keys += auto_keys(v, f"{prefix}{k}.")
+        elif v == AUTO:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
 def _positive_pair(key: str, value: Any, image_hw: tuple[int, int] | None, bound: bool) -> None:
     vals = list(value) if isinstance(value, (list, tuple)) else [value]
     if len(vals) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals) or min(vals) < 1:
@@ -39,6 +108,8 @@ def validate_saliency(node: Any, image_hw: tuple[int, int] | None = None, key: s
         return
     for k, v in node.items():
         path = f"{key}.{k}"
+        if v == AUTO and k in ("window_size", "stride", "s", "radius", "fill_colors"):
+            continue  # follows the image: resolve_auto, checked against it by check_fits
         if k == "window_size":
             _positive_pair(path, v, image_hw, bound=True)
         elif k == "stride":
@@ -91,4 +162,4 @@ class SaliencySettings:
 
     def check_fits(self, image_hw: tuple[int, int]) -> None:
         """Refuse a window or grid larger than the images (``image_hw``: their height and width)."""
-        validate_saliency(self.arguments, tuple(image_hw[:2]))
+        validate_saliency(resolve_auto(self.arguments, tuple(image_hw[:2])), tuple(image_hw[:2]))

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xaitk_exp import schema
 from xaitk_exp.errors import ConfigError
-from xaitk_exp.settings.config import Settings, from_node
+from xaitk_exp.settings.config import Settings, from_node, resolved_num_images
 from xaitk_exp.settings.metrics import settings_from_config
 from xaitk_exp.settings.nodes import to_dict
 from xaitk_exp.settings.saliency import SaliencySettings
@@ -31,6 +31,9 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> Settings:
     """
     node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
     values = {k: to_dict(node[k]) for k in _PLAIN if k in node}
+    if isinstance(values.get("evaluation"), Mapping) and "num_images" in values["evaluation"]:
+        evaluation = values["evaluation"]  # auto: 20 for a model trained here, every image for one made elsewhere
+        evaluation["num_images"] = resolved_num_images(evaluation["num_images"], node.get("model"))
     values["logging"] = {"level": OmegaConf.select(node, "logging.level", default="mid")}
     settings = from_node(Settings, values, "")  # the plain keys first, then the nodes with records of their own
     check_model_name(node)

@@ -17,8 +17,9 @@ from xaitk_exp.errors import ConfigError, DataError, TrackingError
 from xaitk_exp.models.sklearn import check_classifier, check_params
 from xaitk_exp.models.sources import display_name, is_image_model
 from xaitk_exp.security.targets import instantiate
-from xaitk_exp.settings.config import Settings
+from xaitk_exp.settings.config import Settings, resolved_num_images, trained_here
 from xaitk_exp.settings.nodes import config_hash, estimator_node, to_dict
+from xaitk_exp.settings.saliency import auto_keys, resolve_auto
 from xaitk_exp.settings.validate import validate
 from xaitk_exp.stages.provenance import config_texts, git_commit
 from xaitk_exp.tracking.model_io import load_model
@@ -60,9 +61,25 @@ class Context:
             self.__dict__["_saliency_fits"] = True
 
     # ----- data ----------------------------------------------------------------------------------------------
+    @property
+    def fits_model(self) -> bool:
+        """True when the train stage fits the model here (scikit-learn); False for a model made elsewhere (ONNX,
+        PyTorch, MAITE, a pretrained MLflow model), which is evaluated on every image of the dataset."""
+        return trained_here(self.cfg.model)
+
     @cached_property
     def split(self) -> ImageSplit:
-        loader = instantiate(self.cfg.dataset, "dataset", self.extra_allowed)
+        from xaitk_exp.data.base import check_test_size
+
+        node: Any = self.cfg.dataset
+        if not self.fits_model and "test_size" in node:  # nothing to train: every image is a test image
+            node = to_dict(node)
+            check_test_size(node["test_size"])
+            if self.settings.evaluation.split == "train":
+                raise ConfigError("evaluation.split", "train", "test: a model not trained here has no train split "
+                                  "(every image of the dataset is a test image)")
+            node["test_size"] = None
+        loader = instantiate(node, "dataset", self.extra_allowed)
         return loader.load()
 
     @property
@@ -145,14 +162,19 @@ class Context:
         train = config_hash(c.dataset, {k: v for k, v in to_dict(c.model).items() if k != "register"})
         if stage == "train":
             return train
-        evaluation = config_hash(train, c.evaluation)
+        node = to_dict(c.evaluation)  # num_images hashed as resolved: the default digits keep their hash (20)
+        node["num_images"] = resolved_num_images(node.get("num_images"), c.model) or "every image"
+        evaluation = config_hash(train, node, *([] if self.fits_model else ["every image"]))
         if stage == "evaluation":
             return evaluation
         maps = [c.maps] if c.get("maps") and str(c.maps.get("top_k", "auto")) != "auto" else []  # old hashes stay
+        saliency = c.saliency
+        if auto_keys(to_dict(saliency)):  # hashed as resolved: 8x8 digits keep the hash of the sizes they had
+            saliency = resolve_auto(to_dict(saliency), tuple(self.split.image_shape))
         if stage == "saliency_work":  # what was done to an image, whichever query selected it
-            return config_hash(evaluation, c.saliency, c.get("metrics"), c.chunk_size, *maps)
+            return config_hash(evaluation, saliency, c.get("metrics"), c.chunk_size, *maps)
         # chunking changes float bits
-        return config_hash(evaluation, c.saliency, c.query, c.get("metrics"), c.chunk_size, *maps)
+        return config_hash(evaluation, saliency, c.query, c.get("metrics"), c.chunk_size, *maps)
 
     def find_latest(self, stage_experiment: str, stage: str, extra_filter: str = "") -> Any:
         """The latest FINISHED run of ``stage`` whose recorded config hash equals this config's."""

@@ -34,7 +34,7 @@ def run_evaluation(ctx: Context) -> str:
             return previous.info.run_id
     split_name = settings.evaluation.split
     images, labels = split.images(split_name), split.labels(split_name)
-    n = min(settings.evaluation.num_images, len(images))
+    n = len(images) if settings.evaluation.num_images is None else min(settings.evaluation.num_images, len(images))
     blackbox = blackbox_for(model, settings.chunk_size)
     probs = blackbox.predict(images)  # the whole split, for the summary; chunked
     names = [str(c) for c in split.class_names]

@@ -44,18 +44,36 @@ def overlay(image: np.ndarray, sal: np.ndarray, alpha: float = 0.55) -> np.ndarr
     return (base * (1 - alpha) + heat * alpha).astype(np.uint8)
 
 
+#: the longest side a panel may have, in pixels (very elongated images)
+PANEL_MAX = 240
+SCALE_W = 160  # the colour scale's width
+#: what the colour scale says about the range of the maps
+SCALE_NOTE = "each map scaled to its own max |value|"
+
+
+def panel_size(h: int, w: int) -> tuple[int, int]:
+    """A panel's ``(height, width)`` for an ``[h, w]`` image: the image's aspect ratio, the area of a
+    ``PANEL x PANEL`` square (an 8x8 digit and a 224x224 photo: 96 x 96; a 96x384 photo: 48 x 192), the long side
+    at most :data:`PANEL_MAX`."""
+    scale = PANEL / float(np.sqrt(h * w))
+    scale = min(scale, PANEL_MAX / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 @functools.cache
 def _nearest(h: int, w: int) -> np.ndarray:
-    """``[PANEL, PANEL]`` flat indices of the ``[h, w]`` pixels that Pillow's nearest-neighbour resize picks."""
+    """``[ph, pw]`` flat indices (:func:`panel_size`) of the ``[h, w]`` pixels that Pillow's nearest-neighbour
+    resize picks."""
     from PIL import Image
 
+    ph, pw = panel_size(h, w)
     index = Image.fromarray(np.arange(h * w, dtype=np.int32).reshape(h, w))
-    return np.asarray(index.resize((PANEL, PANEL), Image.NEAREST), dtype=np.intp)
+    return np.asarray(index.resize((pw, ph), Image.NEAREST), dtype=np.intp)
 
 
 def at_panel_size(values: np.ndarray, batch: bool = False) -> np.ndarray:
-    """``values`` (``[H, W, ...]``, or ``[n, H, W]`` with ``batch``) sampled onto a panel's ``PANEL x PANEL`` pixels
-    exactly as :func:`_panel`'s resize would sample them."""
+    """``values`` (``[H, W, ...]``, or ``[n, H, W]`` with ``batch``) sampled onto a panel's pixels
+    (:func:`panel_size`) exactly as :func:`_panel`'s resize would sample them."""
     if batch:
         n, h, w = values.shape[:3]
         return values.reshape(n, h * w, *values.shape[3:])[:, _nearest(h, w)]
@@ -63,41 +81,74 @@ def at_panel_size(values: np.ndarray, batch: bool = False) -> np.ndarray:
     return values.reshape(h * w, *values.shape[2:])[_nearest(h, w)]
 
 
-def _panel(rgb: np.ndarray, label: str):
+def label_chars(width: int) -> int:
+    """How many characters of a label fit above a panel ``width`` pixels wide (Pillow's default font)."""
+    return max(16, width // 6)
+
+
+def _panel(rgb: np.ndarray, label: str, cell: tuple[int, int]):
+    """One labelled panel: ``rgb`` resized (nearest) to ``cell`` ``(height, width)``, the label above it."""
     from PIL import Image, ImageDraw
 
-    img = Image.fromarray(rgb).resize((PANEL, PANEL), Image.NEAREST)
-    canvas = Image.new("RGB", (PANEL, PANEL + LABEL_H), "white")
+    ph, pw = cell
+    img = Image.fromarray(rgb)
+    if img.size != (pw, ph):
+        img = img.resize((pw, ph), Image.NEAREST)
+    canvas = Image.new("RGB", (pw, ph + LABEL_H), "white")
     canvas.paste(img, (0, LABEL_H))
-    ImageDraw.Draw(canvas).text((2, 1), label[:16], fill="black")
+    ImageDraw.Draw(canvas).text((2, 1), label[: label_chars(pw)], fill="black")
     return canvas
 
 
+def _colour_scale(draw, x: int, y: int) -> None:
+    """The maps' colour scale at ``(x, y)``: a blue-white-red bar from -1 to +1, its ends and middle labelled."""
+    ramp = diverging(np.linspace(-1.0, 1.0, SCALE_W)[None, :])[0]
+    for i, colour in enumerate(ramp):
+        draw.line([x + i, y + 2, x + i, y + 10], fill=tuple(int(c) for c in colour))
+    draw.rectangle([x - 1, y + 1, x + SCALE_W, y + 11], outline="gray")
+    draw.text((x - 13, y + 1), "-1", fill="black")
+    draw.text((x + SCALE_W // 2 - 3, y + 12), "0", fill="black")
+    draw.text((x + SCALE_W + 4, y + 1), "+1", fill="black")
+    draw.text((x + SCALE_W + 22, y + 1), SCALE_NOTE, fill="black")
+
+
 def grid(
-    panels: Sequence[tuple[np.ndarray, str]], path: str | Path, columns: int = 6, title: str = "", legend: str = ""
+    panels: Sequence[tuple[np.ndarray, str]],
+    path: str | Path,
+    columns: int = 6,
+    title: str = "",
+    legend: str = "",
+    scale: bool = False,
 ) -> Path:
-    """Lay out labelled ``[H, W, 3]`` uint8 panels in rows of ``columns`` and write a PNG; ``legend``: a line under
-    the panels, after a red and a blue swatch."""
+    """Lay out labelled ``[H, W, 3]`` uint8 panels in rows of ``columns`` and write a PNG. Every panel gets the
+    shape :func:`panel_size` gives the first one (the image's aspect ratio). ``title``: one line, or several
+    separated by newlines; ``scale``: the maps' colour scale (-1 .. +1) under the panels; ``legend``: a line under
+    them, after a red and a blue swatch."""
     from PIL import Image, ImageDraw
 
+    cell = panel_size(*panels[0][0].shape[:2])
+    ph, pw = cell
     cols = min(columns, len(panels))
     rows = -(-len(panels) // cols)
-    top = LABEL_H + PAD if title else 0
-    bottom = LABEL_H + PAD if legend else 0
-    w = cols * (PANEL + PAD) + PAD
-    h = top + rows * (PANEL + LABEL_H + PAD) + PAD + bottom
+    lines = title.split("\n") if title else []
+    top = (LABEL_H * len(lines) + PAD) if lines else 0
+    bottom = (LABEL_H + PAD if legend else 0) + (2 * LABEL_H + PAD if scale else 0)
+    w = max(cols * (pw + PAD) + PAD, (SCALE_W + 260) if scale else 0)
+    h = top + rows * (ph + LABEL_H + PAD) + PAD + bottom
     canvas = Image.new("RGB", (w, h), "white")
     draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((PAD, 2), title, fill="black")
+    for i, line in enumerate(lines):
+        draw.text((PAD, 2 + i * LABEL_H), line, fill="black")
+    if scale:
+        _colour_scale(draw, PAD + 14, h - bottom)
     if legend:
-        y = h - bottom
+        y = h - LABEL_H - PAD
         draw.rectangle([PAD, y + 2, PAD + 9, y + 11], fill=RED)
         draw.rectangle([PAD + 12, y + 2, PAD + 21, y + 11], fill=BLUE)
         draw.text((PAD + 26, y + 1), legend, fill="black")
     for i, (rgb, label) in enumerate(panels):
         r, c = divmod(i, cols)
-        canvas.paste(_panel(rgb, label), (PAD + c * (PANEL + PAD), top + PAD + r * (PANEL + LABEL_H + PAD)))
+        canvas.paste(_panel(rgb, label, cell), (PAD + c * (pw + PAD), top + PAD + r * (ph + LABEL_H + PAD)))
     canvas.save(path, optimize=False, compress_level=1)
     return Path(path)
 
@@ -109,17 +160,28 @@ def saliency_figure(
     predicted: int,
     path: str | Path,
     title: str = "",
+    truth: int | None = None,
 ) -> Path:
-    """The image, an overlay of the predicted class's map, then every class's map (``maps``: ``[n, H, W]``), with
-    the legend :data:`LEGEND` under them."""
+    """The image, an overlay of the predicted class's map, then every class's map (``maps``: ``[n, H, W]`` in
+    ``[-1, 1]``), each panel named by its class's label (``labels``, in the maps' order), the predicted class's and
+    the true class's (``truth``, an index into ``labels``, where known) marked; the colour scale and the legend
+    :data:`LEGEND` under them. Panels keep the image's aspect ratio (:func:`panel_size`)."""
     image, maps = np.asarray(image), np.asarray(maps)
-    if image.shape[0] * image.shape[1] > PANEL * PANEL:
+    ph, pw = panel_size(*image.shape[:2])
+    if image.shape[0] * image.shape[1] > ph * pw:
         # colours are per pixel: sampling first, then colouring the panel's pixels, draws the same picture with
         # fewer pixels to colour (a 224x224 map has 5x more pixels than its panel)
         image, maps = at_panel_size(image), at_panel_size(maps, batch=True)
+
+    def name(i: int) -> str:  # the label, shortened where needed so that its mark stays readable
+        marks = [m for m, j in (("predicted", predicted), ("true", truth)) if j == i]
+        mark = " (pred., true)" if len(marks) == 2 else (f" ({marks[0]})" if marks else "")
+        return str(labels[i])[: max(1, label_chars(pw) - len(mark))] + mark
+
     panels = [(to_rgb(image), "image"), (overlay(image, maps[predicted]), f"overlay {labels[predicted]}")]
-    panels += [(diverging(m), f"class {lab}") for m, lab in zip(maps, labels, strict=True)]
-    return grid(panels, path, columns=6, title=title, legend=LEGEND)
+    panels += [(diverging(m), name(i)) for i, m in enumerate(maps)]
+    columns = max(2, min(6, 640 // (pw + PAD)))
+    return grid(panels, path, columns=columns, title=title, legend=LEGEND, scale=True)
 
 
 def confusion_figure(matrix: np.ndarray, labels: Sequence[str], path: str | Path, title: str = "") -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 
 from xaitk_exp.security.targets import instantiate
 from xaitk_exp.settings.nodes import to_dict
-from xaitk_exp.settings.saliency import SALIENCY_RESERVED, saliency_sign
+from xaitk_exp.settings.saliency import MEAN_FILL, SALIENCY_RESERVED, auto_keys, resolve_auto, saliency_sign
 from xaitk_exp.stages.saliency.rise import chunked_for
 
 
@@ -33,6 +33,8 @@ class Algorithm:
 
     def __init__(self, cfg: Any, image_shape: tuple[int, ...], extra_allowed: Iterable[str] = ()) -> None:
         node = to_dict(cfg)
+        self.auto = auto_keys(node)  # the settings that follow the image (recorded as the param auto_settings)
+        node = resolve_auto(node, tuple(image_shape))
         self.name: str = node["name"]
         self.fill = node.get("fill")
         self.sign = saliency_sign(node)
@@ -40,7 +42,7 @@ class Algorithm:
         ctor = {k: v for k, v in node.items() if k not in SALIENCY_RESERVED}  # checked once per job (ctx.settings)
         self.target: str = ctor["_target_"]
         self.generator = instantiate(ctor, "saliency", extra_allowed)
-        if self.fill is not None and hasattr(self.generator, "fill"):
+        if self.fill is not None and self.fill != MEAN_FILL and hasattr(self.generator, "fill"):
             self.generator.fill = self.fill
         self.needs_channels = type(self.generator).__name__ == "MCRISEStack"
         self._chunked = chunked_for(self.generator)
@@ -53,6 +55,8 @@ class Algorithm:
             cfg["sign"] = self.sign
         cfg["algorithm"] = self.name
         cfg["class"] = self.target
+        if self.auto:
+            cfg["auto_settings"] = ",".join(self.auto)
         return cfg
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
@@ -62,6 +66,9 @@ class Algorithm:
         """Maps for every class of ``blackbox``: ``[n_classes, H, W]`` (MC-RISE: ``[k, n_classes, H, W]``), in
         ``[-1, 1]``, positive = evidence for the class (see the class docstring)."""
         image = self.prepare(image)
+        if self.fill == MEAN_FILL and hasattr(self.generator, "fill"):  # fill: auto on a colour image
+            channels = image.shape[2] if image.ndim == 3 else 1
+            self.generator.fill = np.asarray(image, dtype=float).reshape(-1, channels).mean(axis=0)
         if self._chunked is not None:
             from xaitk_exp.stages.saliency.rise import DEFAULT_CHUNK
 

@@ -61,6 +61,7 @@ class ExplainSpec:
     metrics: MetricSettings | None = None  #: the parsed ``metrics:`` block; None: no quality metrics
     permuted_model: Any = None  #: the permuted-label model of ``metrics.sanity``
     top_k: int | None = None  #: ``maps.top_k``: None (auto: every class up to 20, else 5), 0 (every class), k
+    names: list[str] | None = None  #: the label a user reads per class (``labels``' order); None: ``labels``
 
 
 @dataclass
@@ -210,6 +211,8 @@ def explain(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask) -> Exp
     maps = algo.compute(task.image, blackbox)
     shown = class_maps(maps)
     labels = spec.labels if kept is None else [spec.labels[i] for i in kept]
+    names = spec.names or spec.labels
+    names = names if kept is None else [names[i] for i in kept]
     # an evaluation recorded with other class names: the class the maps favour most
     pred_idx = labels.index(task.predicted) if task.predicted in labels else int(np.argmax(shown.sum(axis=(-1, -2))))
     root = Path(task.folder)
@@ -218,8 +221,14 @@ def explain(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask) -> Exp
     np.save(npy / "saliency_maps.npy", maps)
     np.save(npy / "image.npy", task.image)
     conf = f" ({task.conf:.3f})" if task.conf is not None else ""
-    title = f"{algo.name} | image {task.image_id} | predicted {task.predicted}{conf}"
-    saliency_figure(task.image, shown, labels, pred_idx, root / FIGURE, title)
+    gt = task.evaluation["tags"].get(schema.GT_CLASS)
+    truth = labels.index(str(gt)) if gt is not None and str(gt) in labels else None
+    path = task.evaluation["tags"].get(schema.IMAGE_PATH)
+    gt_name = task.evaluation["tags"].get(schema.GT_LABEL, gt)  # a class without a map: its label from the tags
+    true_text = f", true {names[truth]}" if truth is not None else (f", true {gt_name}" if gt is not None else "")
+    title = (f"{algo.name} | image {task.image_id}{' | ' + str(path) if path else ''}\n"
+             f"predicted {names[pred_idx]}{conf}{true_text}")
+    saliency_figure(task.image, shown, names, pred_idx, root / FIGURE, title, truth)
     values: dict[str, float] = {}
     if spec.metrics is not None:
         from xaitk_exp.stages.saliency.quality import CURVES_FIGURE, map_metrics
@@ -233,7 +242,7 @@ def explain(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask) -> Exp
             values = dict(quality.values)
             curves_figure(
                 quality.curves, quality.values, root / CURVES_FIGURE,
-                f"{algo.name} | image {task.image_id} | class {task.predicted}",
+                f"{algo.name} | image {task.image_id} | class {names[pred_idx]}",
             )
     return Explained(task.image_id, task.folder, pred_idx, values, map_classes=[str(c) for c in labels])
 

@@ -23,7 +23,8 @@ def permuted_model_for(ctx: Any) -> Any:
     if permuted is None:
         split = ctx.split
         seed = ctx.settings.metrics.seed
-        permuted = permuted_label_model(ctx.model, split.train_images, split.train_labels, seed)
+        split_name = "train" if len(split.train_images) else "test"  # a pretrained model: every image is a test one
+        permuted = permuted_label_model(ctx.model, split.images(split_name), split.labels(split_name), seed)
         ctx.results[PERMUTED_KEY] = permuted
     return permuted
 

@@ -35,30 +35,44 @@ from xaitk_exp.tracking.limits import stringify
 from xaitk_exp.tracking.ui import runs_table_url
 
 
-def build_filter(query: Any, parent_run_id: str) -> str:
+def build_filter(query: Any, parent_run_id: str, class_names: list[str] | None = None) -> str:
     """The MLflow filter string: ``query.filter`` AND the shortcuts AND this evaluation's image runs."""
     parts = [f"tags.`mlflow.parentRunId` = '{parent_run_id}'", "tags.Run_type = 'image'"]
-    own = user_filter(query)
+    own = user_filter(query, class_names)
     return " and ".join([*parts, own] if own else parts)
 
 
-def user_filter(query: Any) -> str:
-    """The part of the filter the user asked for: ``query.filter`` AND the shortcuts ('' when nothing was asked)."""
+def user_filter(query: Any, class_names: list[str] | None = None) -> str:
+    """The part of the filter the user asked for: ``query.filter`` AND the shortcuts ('' when nothing was asked).
+
+    ``class_names``: an image model's label per class index. Its runs tag the index (``Predicted_class``) and the
+    label (``Predicted_label``); ``query.predicted_class`` / ``query.gt_class`` take the label a user reads, and the
+    index where the value names no class."""
+    names = set(class_names or ())
     parts = []
     if query.get("filter"):
         parts.append(str(query.filter))
     if query.get("min_conf") is not None:
         parts.append(f"metrics.Predicted_class_conf >= {float(query.min_conf)}")
-    if query.get("predicted_class") is not None:
-        parts.append(f"tags.Predicted_class = '{query.predicted_class}'")
-    if query.get("gt_class") is not None:
-        parts.append(f"tags.GT_class = '{query.gt_class}'")
+    for key, by_index, by_label in (("predicted_class", schema.PREDICTED_CLASS, schema.PREDICTED_LABEL),
+                                    ("gt_class", schema.GT_CLASS, schema.GT_LABEL)):
+        value = query.get(key)
+        if value is not None:
+            tag = by_label if str(value) in names else by_index
+            parts.append(f"tags.{tag} = '{value}'")
     return " and ".join(parts)
 
 
-def select_images(ctx: Context, evaluation: Any) -> list[Any]:
+def _class_names(model: Any) -> list[str] | None:
+    """An image model's class labels (index order), None for a scikit-learn model (its tags carry the labels)."""
+    from xaitk_exp.models.image_model import ImageModel
+
+    return list(model.class_names) if isinstance(model, ImageModel) else None
+
+
+def select_images(ctx: Context, evaluation: Any, class_names: list[str] | None = None) -> list[Any]:
     q = ctx.cfg.query
-    flt = build_filter(q, evaluation.info.run_id)
+    flt = build_filter(q, evaluation.info.run_id, class_names)
     order = [str(q.order_by)] if q.get("order_by") else None
     try:
         runs = ctx.tracker.search([evaluation.info.experiment_id], flt, order, int(q.max_results))
@@ -83,7 +97,7 @@ def run_saliency(ctx: Context) -> list[str]:
     model = ensure_model(ctx)
     ctx.check_image_shape(model)
     algo = Algorithm(cfg.saliency, split.image_shape, ctx.extra_allowed)
-    selected = select_images(ctx, evaluation)
+    selected = select_images(ctx, evaluation, _class_names(model))
     update = cfg.get("update_run_id")
     if update:
         selected = selected[:1]
@@ -132,7 +146,7 @@ def run_saliency(ctx: Context) -> list[str]:
     )
     ctx.results["saliency_run_ids"] = run_ids
     print_where(ctx, "saliency", exp_id, run_ids, f"tags.{schema.SALIENCY_ALGORITHM} = '{algo.name}'")
-    query = user_filter(cfg.query)
+    query = user_filter(cfg.query, _class_names(model))
     if query:
         print(f"[saliency] the query in the evaluation runs table: "
               f"{runs_table_url(tracker.uri, evaluation.info.experiment_id, query, cfg.query.get('order_by')) or query}")
@@ -187,6 +201,7 @@ def _explain_and_record(
         metrics=settings if settings.enabled else None,
         permuted_model=permuted,
         top_k=ctx.settings.maps.top_k,
+        names=_class_names(model),
     )
     rspec = RecordSpec(
         tracker=ctx.tracker.reopen_args(),
@@ -214,7 +229,10 @@ def _explain_and_record(
             "tags": dict(run.data.tags),
             "conf": run.data.metrics.get(schema.PREDICTED_CLASS_CONF),
         }
-        own = {schema.NOTE: saliency_note(ctx, algo.name, k, evaluation, str(run.data.tags.get(schema.PREDICTED_CLASS)))}
+        tags = run.data.tags  # the note names classes by the label a user reads (image models: not the index)
+        seen = {**evaluation, "tags": {**tags, schema.GT_CLASS: tags.get(schema.GT_LABEL, tags.get(schema.GT_CLASS))}}
+        predicted = tags.get(schema.PREDICTED_LABEL, tags.get(schema.PREDICTED_CLASS))
+        own = {schema.NOTE: saliency_note(ctx, algo.name, k, seen, str(predicted))}
         if update_run_id:
             own.update(_previous(ctx, update_run_id, k))
         tasks.append(ImageTask(k, images[k], evaluation, str(root / f"{i:06d}"), own))

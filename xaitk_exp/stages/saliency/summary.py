@@ -45,10 +45,33 @@ def log_evaluation_summary(ctx: Any, saliency_exp_id: str) -> list[dict[str, Any
         title = "mean +- std over images; ranked by " + ", ".join(RANKED)
         comparison_picture(rows, path, title)
         tracker.log_artifact(ctx.evaluation_run_id, str(path), SUMMARY_DIR)
-    if len(rows) == 1:
-        print(f"[metrics] evaluation summary {ctx.evaluation_run_id}: quality of {rows[0]['algorithm']} over "
-              f"{rows[0]['images']} image(s)")
-    else:
-        print(f"[metrics] evaluation summary {ctx.evaluation_run_id}: {len(rows)} algorithms ranked on the "
-              f"{rows[0]['images']} image(s) each of them explained, best: {rows[0]['algorithm']}")
+    own = str(ctx.cfg.saliency.get("name", "")) if ctx.cfg.get("saliency") is not None else ""
+    for line in summary_lines(rows, own):
+        print(f"[metrics] evaluation summary {ctx.evaluation_run_id}: {line}")
     return rows
+
+
+def summary_lines(rows: Sequence[Mapping[str, Any]], own: str = "") -> list[str]:
+    """What the console says about ``rows`` (from :func:`aggregate`, best first) for a job that ran algorithm
+    ``own``: its quality, a "best" only when two or more algorithms explained the same images, and one line for
+    each algorithm whose maps do not beat the random pixel order on deletion and insertion."""
+    lines = []
+    if len(rows) == 1:
+        lines.append(f"quality of {rows[0]['algorithm']} over {rows[0]['images']} image(s)")
+    else:
+        names = [r["algorithm"] for r in rows]
+        place = f"{own} ranks {names.index(own) + 1} of {len(rows)}; " if own in names else ""
+        lines.append(f"{len(rows)} algorithms compared on the {rows[0]['images']} image(s) each of them explained: "
+                     f"{place}best: {rows[0]['algorithm']}")
+    for r in rows:
+        worse = []
+        for metric, better in (("Deletion_AUC", "lower"), ("Insertion_AUC", "higher")):
+            value, random = r.get(f"{metric}_mean"), r.get(f"{metric}_random_mean")
+            if value is None or random is None:
+                continue
+            if not (value < random if better == "lower" else value > random):
+                worse.append(f"{metric.split('_')[0].lower()} {value:.3f} vs random {random:.3f}, {better} is better")
+        if worse:
+            lines.append(f"{r['algorithm']} does not beat the random pixel order ({'; '.join(worse)}): its maps "
+                         "say little about this model here; try another algorithm or its settings")
+    return lines
