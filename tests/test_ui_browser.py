@@ -4,10 +4,9 @@ The pipeline writes a store; ``mlflow ui`` serves it on a free loopback port; he
 (``--dump-dom`` for the rendered DOM, ``--screenshot`` for the pixels). ``.ci/run`` installs Chromium, so CI never
 skips this.
 
-MLflow 3.17's runs table nests child runs under their parent and, while it sorts by creation time (its default),
-shows a parent whose children match a filter *closed*: the seed's filter then lists ``Evaluation_test_summary``
-alone. Sorting by a metric (``orderByKey``) shows the matching runs themselves, flat; the seed's own order,
-``metrics.Predicted_class_conf DESC``, does that.
+A person types the seed's query into the runs table's search box (Chromium driven through its DevTools protocol
+over a pipe, ``tests/cdp.py``): MLflow 3.17's table folds nested runs under their parent, so the evaluation's image
+runs are top-level runs, linked to their summary by tag, and the typed query lists them.
 """
 
 from __future__ import annotations
@@ -99,7 +98,10 @@ def ui(tmp_path_factory):
             server.wait(timeout=30)
 
 
-def test_the_runs_table_lists_the_runs_the_seed_filter_matches(ui):
+def test_the_seed_query_typed_into_the_search_box_lists_its_image_runs(ui, tmp_path):
+    """A person opens the evaluation experiment's runs table, clicks the search box, types the seed's query and
+    presses Enter: the matching image runs are listed themselves (top-level runs), and no other image run."""
+    from cdp import Browser
     from mlflow import MlflowClient
 
     base, uri, _ = ui
@@ -108,17 +110,19 @@ def test_the_runs_table_lists_the_runs_the_seed_filter_matches(ui):
     images = [r.info.run_name for r in client.search_runs([exp.experiment_id], "tags.Run_type = 'image'")]
     matching = {r.info.run_name for r in client.search_runs([exp.experiment_id], SEED_FILTER)}
     assert matching and set(images) - matching, (matching, images)  # the page must show some runs and hide others
-    query = urllib.parse.urlencode(
-        {"searchFilter": SEED_FILTER, "orderByKey": "metrics.`Predicted_class_conf`", "orderByAsc": "false"},
-        quote_via=urllib.parse.quote,
-    )
-    page = browse(f"{base}/#/experiments/{exp.experiment_id}/runs?{query}", "--dump-dom")
-    assert page.returncode == 0, page.stderr[-2000:]
-    dom = page.stdout
-    assert "Predicted_class_conf" in dom  # the filter box and the sort show the query
-    for name in matching:
-        assert f">{name}<" in dom, f"{name} not listed"
-    shown = {name for name in images if f">{name}<" in dom}
+    box = 'input[data-testid="search-box"]'
+    listed = "Array.from(document.querySelectorAll('a')).map(a => a.innerText)"
+    with Browser(CHROMIUM) as browser:
+        browser.open(f"{base}/#/experiments/{exp.experiment_id}/runs")  # as a person opens it: no filter, no sort
+        browser.wait_for(f"document.querySelector('{box}') && {listed}.some(t => t.startsWith('ImageID-'))", 240)
+        browser.click(box)
+        browser.type(SEED_FILTER)
+        browser.press("Enter", 13)
+        browser.wait_for(f"{listed}.filter(t => t.startsWith('ImageID-')).length === {len(matching)}", 120)
+        time.sleep(1)  # a table still settling would show more rows: look again
+        shown = set(browser.evaluate(listed)) & set(images)
+        assert browser.evaluate(f"document.querySelector('{box}').value") == SEED_FILTER
+        browser.screenshot(tmp_path / "typed_query.png")
     assert shown == matching, f"listed {sorted(shown)}, the filter matches {sorted(matching)}"
 
 
@@ -151,3 +155,23 @@ def test_a_saliency_runs_picture_loads_on_its_artifact_page(ui, tmp_path):
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     red = (np.abs(pixels - np.array(RED)).max(axis=-1) <= 3).sum()
     assert red >= 50, f"the legend's red swatch is not on the screen ({red} pixels)"
+
+
+def test_the_logged_models_page_lists_what_each_evaluation_measured(ui):
+    """The README's promise: the train run's page lists its logged model, and that model's page (the train
+    experiment's Models tab) lists the evaluation summary's metrics with their dataset and source run. MLflow 3.17
+    lists no logged model on the page of a run that only uses one, so the README sends people to the model's page."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    base, uri, _ = ui
+    client = MlflowClient(uri)
+    train = client.get_experiment_by_name("MLPClassifier - Train")
+    (run,) = client.search_runs([train.experiment_id])
+    mlflow.set_tracking_uri(uri)
+    (model,) = mlflow.search_logged_models(experiment_ids=[train.experiment_id], output_format="list")
+    page = browse(f"{base}/#/experiments/{train.experiment_id}/runs/{run.info.run_id}", "--dump-dom")
+    assert page.returncode == 0 and "Logged models (1)" in page.stdout, page.stderr[-2000:]
+    page = browse(f"{base}/#/experiments/{train.experiment_id}/models/{model.model_id}", "--dump-dom")
+    assert page.returncode == 0, page.stderr[-2000:]
+    assert ">Accuracy<" in page.stdout and ">Evaluation_test_summary<" in page.stdout, page.stdout[-3000:]

@@ -54,6 +54,10 @@ TRAIN_EXP_ID = "Train_exp_id"
 TRAIN_RUN_ID = "Train_run_id"
 EVALUATION_EXP_ID = "Evaluation_exp_id"
 EVALUATION_RUN_ID = "Evaluation_run_id"
+# the evaluation summary an image run (and a saliency run) belongs to: image runs are top-level runs linked by this
+# tag, so that the UI lists them for a typed query; stores written before nested them (PARENT_RUN_ID) instead
+EVALUATION_SUMMARY_RUN_ID = "Evaluation_summary_run_id"
+PARENT_RUN_ID = "mlflow.parentRunId"  # MLflow's nesting tag
 SALIENCY_ALGORITHM = "Saliency_algorithm"
 MODIFIED_RUN = "Modified_run"
 RUN_TYPE = "Run_type"  # "summary" | "image" | "sweep"

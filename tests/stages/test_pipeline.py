@@ -65,7 +65,11 @@ def test_evaluation_stage_one_run_per_image_plus_summary(run_stage, client):
         assert [m[f"Class_{c}_conf"] for c in range(10)] == pytest.approx(probs[k].tolist())
         assert run.info.status == "FINISHED"
     (summary,) = _runs(client, "MLPClassifier - Evaluation", "tags.Run_type = 'summary'")
-    assert all(r.data.tags["mlflow.parentRunId"] == summary.info.run_id for r in images)
+    # top-level runs linked by tag: MLflow's runs table folds nested runs away from a typed query
+    assert all(r.data.tags["Evaluation_summary_run_id"] == summary.info.run_id for r in images)
+    assert not any("mlflow.parentRunId" in r.data.tags for r in images)
+    assert f"tags.Evaluation_summary_run_id = '{summary.info.run_id}'" in summary.data.tags["mlflow.note.content"]
+    assert all(summary.info.run_id in r.data.tags["mlflow.note.content"] for r in images)
     assert summary.data.metrics["Evaluated_images"] == 12
     assert 0.8 < summary.data.metrics["Accuracy"] <= 1.0
     assert "confusion_matrix.png" in {f.path for f in client.list_artifacts(summary.info.run_id)}
@@ -221,3 +225,65 @@ def test_running_leaves_the_environment_alone(run_stage, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run_stage("stage=train", "logging=mid")
     assert "MLFLOW_TRACKING_URI" not in os.environ  # else later jobs and subprocesses would inherit this store
+
+
+def _nest_the_old_way(client, summary_id: str) -> list:
+    """Rewrite an evaluation's image runs as stores written before kept them: nested under the summary run
+    (``mlflow.parentRunId``), without the linking tag."""
+    images = _runs(client, "MLPClassifier - Evaluation", f"tags.Evaluation_summary_run_id = '{summary_id}'")
+    assert images
+    for run in images:
+        client.delete_tag(run.info.run_id, "Evaluation_summary_run_id")
+        client.set_tag(run.info.run_id, "mlflow.parentRunId", summary_id)
+    return images
+
+
+@pytest.mark.with_upstream
+def test_a_store_with_nested_image_runs_still_reads(run_stage, client, capsys):
+    """Stores written before nested the image runs under their summary: selection, reuse, an image run's id as
+    evaluation_run_id and the reproduction of an evaluation still find them."""
+    (summary,) = _runs(client, "MLPClassifier - Evaluation", "tags.Run_type = 'summary'")
+    summary_id = summary.info.run_id
+    images = _nest_the_old_way(client, summary_id)
+    assert _runs(client, "MLPClassifier - Evaluation", f"tags.Evaluation_summary_run_id = '{summary_id}'") == []
+    best = max(images, key=lambda r: r.data.metrics["Predicted_class_conf"])
+    # reuse of the finished evaluation, then the query over its nested image runs
+    ctx = run_stage("stage=all", "saliency=rise", "saliency.n=50", "query.max_results=2")
+    assert ctx.evaluation_run_id == summary_id
+    assert "[evaluation] reusing run" in capsys.readouterr().out
+    explained = [client.get_run(i) for i in ctx.results["saliency_run_ids"]]
+    assert len(explained) == 2 and explained[0].data.tags["Evaluation_run_id"] == best.info.run_id
+    assert {r.data.tags["Evaluation_run_id"] for r in explained} <= {r.info.run_id for r in images}
+    # an image run's id names its (nested) evaluation
+    ctx = run_stage("stage=saliency", "saliency=rise", "saliency.n=50",
+                    f"evaluation_run_id={images[0].info.run_id}", f"query.filter=\"tags.Image_id = '{images[0].data.tags['Image_id']}'\"")
+    assert ctx.evaluation_run_id == summary_id
+    # the reproduction of the old evaluation compares its nested image runs with the new, linked ones
+    out = run_stage("stage=reproduce", f"run_id={summary_id}")
+    new = client.get_run(out.results["reproduce_run_id"])
+    assert new.data.tags["reproduced_match"] == "True", new.data.tags.get("reproduced_differs")
+
+
+def test_a_recorded_onnx_model_has_a_description_and_links(run_stage, client, tmp_path, capsys):
+    """``model=onnx`` at the train stage records the model (not trains it): that run too says what it is and where
+    it is, also when a later command reuses it."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
+    import model_zoo
+
+    images, labels = model_zoo.colour_digits(n=12, size=16)
+    folder = model_zoo.write_folder(tmp_path / "photos", images, labels)
+    model = model_zoo.linear_onnx(tmp_path / "linear.onnx", n_classes=10, size=16)
+    ov = ["stage=train", "model=onnx", f"model.path={model}", "dataset=image_folder", f"dataset.path={folder}",
+          "dataset.grayscale=false", "dataset.shape=[16,16]"]
+    for reused in (False, True):
+        ctx = run_stage(*ov)
+        out = capsys.readouterr().out
+        run = client.get_run(ctx.train_run_id)
+        note = run.data.tags["mlflow.note.content"]
+        assert "recorded as it is (not trained here)" in note and run.data.tags["Model_sha256"] in note
+        assert f"[train] run: http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in out
+        assert ("reusing run" in out) == reused

@@ -12,7 +12,7 @@ import yaml
 from conftest import run_cli
 from omegaconf import OmegaConf
 
-from xaitk_exp.errors import ConfigError, UnsafeConfigError
+from xaitk_exp.errors import ConfigError, TrackingError, UnsafeConfigError
 
 PIPELINE = ["saliency=rise", "saliency.n=200", "evaluation.num_images=2"]
 MAPS = "saliency_map_np_arrays/saliency_maps.npy"
@@ -59,6 +59,43 @@ def test_reproduce_reports_a_difference(run_stage, client, tmp_path: Path) -> No
     diff = json.loads(Path(diff_file).read_text())
     assert diff["match"] is False and diff["original_run_id"] == original
     assert any("saliency_maps.npy" in d for d in diff["differences"])
+
+
+def _edited_saliency_run(run_stage, client) -> tuple[str, str]:
+    """A saliency run edited with ``update_run_id`` to show another image than its stored query selects:
+    (run id, the image it holds now)."""
+    four = [*PIPELINE[:-1], "evaluation.num_images=4"]
+    ctx = run_stage(*four)
+    run_id = ctx.results["saliency_run_ids"][0]
+    first = client.get_run(run_id).data.tags["Image_id"]
+    other = next(str(k) for k in range(4) if str(k) != first)
+    run_stage("stage=saliency", *four, f"query.filter=\"tags.Image_id = '{other}'\"",
+              f"update_run_id={run_id}")
+    edited = client.get_run(run_id)
+    assert edited.data.tags["Image_id"] == other and edited.data.tags["Modified_run"] == "True"
+    return run_id, other
+
+
+def test_reproduce_an_edited_run_replays_the_image_it_holds(run_stage, client, capsys) -> None:
+    run_id, image = _edited_saliency_run(run_stage, client)
+    capsys.readouterr()
+    out = run_stage("stage=reproduce", f"run_id={run_id}")
+    assert f"saliency run {run_id} -> " in capsys.readouterr().out
+    new = client.get_run(out.results["reproduce_run_id"])
+    assert new.data.tags["Image_id"] == image and new.info.status == "FINISHED"
+    assert new.data.tags["reproduced_match"] == "True", new.data.tags.get("reproduced_differs")
+
+
+def test_a_reproduction_that_fails_ends_failed(run_stage, client) -> None:
+    """An edited run recorded without ``work_hash`` (an older store) is replayed by its stored query, which selects
+    another image: the stage stops, and the run it wrote ends FAILED, never FINISHED without a verdict."""
+    run_id, _ = _edited_saliency_run(run_stage, client)
+    client.delete_tag(run_id, "work_hash")
+    with pytest.raises(TrackingError, match="no longer selects image"):
+        run_stage("stage=reproduce", f"run_id={run_id}")
+    (replayed,) = _reproductions(client, run_id)
+    assert replayed.info.status == "FAILED" and "reproduction failed" in replayed.data.tags["error"]
+    assert "reproduced_match" not in replayed.data.tags
 
 
 def _forged_run(client, tmp_path: Path, target: str) -> tuple[str, Path]:

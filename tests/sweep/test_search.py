@@ -103,20 +103,26 @@ def test_model_search_runs_end_to_end_and_a_relaunch_continues_the_study(tmp_pat
     first = run_cli([*args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], tmp_path, timeout=400)
     assert first.returncode == 0, first.stderr[-3000:]
     client = local_client(tmp_path)
-    saliency = experiment_runs(client, "MLPClassifier - Saliency Map Generation")
-    parents = [r for r in saliency if r.data.tags.get("Run_type") == "sweep"]
+    # an objective on the evaluation: the trials run no saliency stage, the parent sits in the evaluation experiment
+    assert experiment_runs(client, "MLPClassifier - Saliency Map Generation") == []
+    evaluation = experiment_runs(client, "MLPClassifier - Evaluation")
+    parents = [r for r in evaluation if r.data.tags.get("Run_type") == "sweep"]
     assert len(parents) == 1
     parent = parents[0]
     pid = parent.info.run_id
     assert parent.info.status == "FINISHED" and parent.data.tags["Sweep_study"] == "lr"
-    maps = [r for r in saliency if r is not parent]
-    assert sorted(r.data.tags["Trial_number"] for r in maps) == ["0", "1", "2", "3"]
-    assert all(r.data.tags["Sweep_run_id"] == pid and r.data.tags["mlflow.parentRunId"] == pid for r in maps)
-    summaries = [r for r in experiment_runs(client, "MLPClassifier - Evaluation") if r.data.tags.get("Run_type") == "summary"]
+    summaries = [r for r in evaluation if r.data.tags.get("Run_type") == "summary"]
     train = experiment_runs(client, "MLPClassifier - Train")
     for runs in (summaries, train):
         assert sorted(r.data.tags["Trial_number"] for r in runs) == ["0", "1", "2", "3"]
         assert all(r.data.tags["Sweep_run_id"] == pid for r in runs)
+    # each trial's runs carry its number in their names: four summaries, four names
+    assert sorted(r.info.run_name for r in summaries) == [f"trial-{n}_Evaluation_test_summary" for n in range(4)]
+    assert sorted(r.info.run_name for r in train) == [f"trial-{n}_train_info" for n in range(4)]
+    assert all(r.data.tags["mlflow.parentRunId"] == pid for r in summaries)
+    images = [r for r in evaluation if r.data.tags.get("Run_type") == "image"]
+    assert len(images) == 12 and not any("mlflow.parentRunId" in r.data.tags for r in images)
+    assert first.stdout.count("[search] trial ") == 4 and "[sweep] #" not in first.stdout
     accuracies = {r.data.tags["Trial_number"]: r.data.metrics["Accuracy"] for r in summaries}
     best = parent.data.tags["Best_trial"]
     assert parent.data.metrics["Best_value"] == max(accuracies.values()) == accuracies[best]
@@ -133,13 +139,13 @@ def test_model_search_runs_end_to_end_and_a_relaunch_continues_the_study(tmp_pat
     again = run_cli(args, tmp_path, timeout=400)  # the same command: the study goes on, in the same parent run
     assert again.returncode == 0, again.stderr[-3000:]
     assert "continuing (4 trials so far)" in again.stdout
-    saliency = experiment_runs(client, "MLPClassifier - Saliency Map Generation")
-    parents = [r for r in saliency if r.data.tags.get("Run_type") == "sweep"]
+    evaluation = experiment_runs(client, "MLPClassifier - Evaluation")
+    parents = [r for r in evaluation if r.data.tags.get("Run_type") == "sweep"]
     assert [p.info.run_id for p in parents] == [pid] and parents[0].info.status == "FINISHED"
     assert parents[0].data.metrics["trials"] == 8.0
     rows = sweep_table(client, pid, tmp_path / "t2")
     assert sorted(int(r["trial"]) for r in rows) == list(range(8))
-    new = {r.data.tags["Trial_number"] for r in saliency if r.data.tags.get("Run_type") != "sweep"}
+    new = {r.data.tags["Trial_number"] for r in evaluation if r.data.tags.get("Run_type") == "summary"}
     reused = {r["trial"] for r in rows if r["status"] == "REUSED"}
     assert {"4", "5", "6", "7"} <= new | reused
     with sqlite3.connect(tmp_path / "outputs" / "optuna.db") as db:

@@ -29,6 +29,11 @@ def test_parallel_saliency_sweep_on_fresh_store_then_relaunch_skips_finished_job
     first = run_cli(args, tmp_path, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "duplicate column" not in first.stderr and "database is locked" not in first.stderr
+    # the console: the parent's link, the shared upstream, one line per job, the ranking, the end, the UI command
+    lines = first.stdout.splitlines()
+    assert len(lines) == 7, first.stdout
+    assert sum(line.startswith("[sweep] #") for line in lines) == 2 and "View run" not in first.stdout
+    assert "Launching" not in first.stdout and "evaluation runs:" not in first.stderr, "no launcher lines, no bars"
     client = local_client(tmp_path)
 
     train = experiment_runs(client, "MLPClassifier - Train")
@@ -64,7 +69,8 @@ def test_parallel_saliency_sweep_on_fresh_store_then_relaunch_skips_finished_job
     second = run_cli(args, tmp_path, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "all 2 job(s) have FINISHED runs with the same config: looking them up here" in second.stdout
-    assert second.stdout.count("reusing 1 FINISHED run(s)") == 2
+    outputs = [p.read_text() for p in (tmp_path / "outputs" / "multirun").rglob("output.txt")]
+    assert sum(text.count("reusing 1 FINISHED run(s)") for text in outputs) == 2, "each job's own lines, in its folder"
     saliency_exp = experiment_runs(client, "MLPClassifier - Saliency Map Generation")
     assert len(sweep_parents(saliency_exp)) == 2
     assert len([r for r in saliency_exp if r.data.tags.get("Run_type") != "sweep"]) == 2, "nothing recomputed"
@@ -174,3 +180,16 @@ def test_parallel_saliency_in_a_job_is_bit_identical(run_stage, client, tmp_path
         assert serial == parallel
         assert serial[0] == "FINISHED" and "Deletion_AUC" in serial[1]
         assert "Image_saliency_maps.png" in serial[4] and "Deletion_insertion_curves.png" in serial[4]
+
+
+def test_a_saliency_sweep_without_a_metric_ranks_by_the_maps_faithfulness() -> None:
+    from xaitk_exp.sweep.summary import default_metric
+
+    rows = [{"job": 0, "evaluation.Accuracy": 0.9, "saliency.Deletion_AUC": 0.3, "saliency.Insertion_AUC": 0.7},
+            {"job": 1, "evaluation.Accuracy": 0.9, "saliency.Deletion_AUC": 0.1, "saliency.Insertion_AUC": 0.6},
+            {"job": 2, "status": "FAILED"}]
+    metric = default_metric(rows)
+    assert metric == "saliency.Deletion_AUC"
+    ranked = rank_rows(rows, metric)
+    assert [r["job"] for r in ranked] == [1, 0, 2] and ranked[0]["ranked_by"] == "saliency.Deletion_AUC (min)"
+    assert default_metric([{"job": 0, "evaluation.Accuracy": 0.9}]) is None, "a training sweep: no default"

@@ -148,6 +148,7 @@ class SweepSettings:
     lookup_reused: bool = True  # a relaunch whose jobs all have FINISHED runs looks them up in one process
     objective: Any = None  # hydra/sweeper=optuna: the summary column(s) to optimise (a name or a list)
     trial: int | None = None  # set by the optuna sweeper: the trial's number, tagged on its runs
+    stop_after: str | None = None  # set by the optuna sweeper: stage=all stops after this stage (its objective's)
 
     def __post_init__(self) -> None:
         check_text("sweep.metric", self.metric)
@@ -157,6 +158,8 @@ class SweepSettings:
         check_flag("sweep.lookup_reused", self.lookup_reused)
         if self.trial is not None:
             check_int("sweep.trial", self.trial, 0)
+        if self.stop_after not in (None, "train", "evaluation"):
+            raise ConfigError("sweep.stop_after", self.stop_after, "train, evaluation or null")
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,14 @@ def _saliency(ctx: Context) -> None:
 
 
 def _all(ctx: Context) -> None:
-    ctx.check_saliency_fits()  # a window larger than the images is refused before the train run opens
+    stop_after = ctx.settings.sweep.stop_after  # an optuna trial whose objective needs no saliency maps
+    if stop_after is None:
+        ctx.check_saliency_fits()  # a window larger than the images is refused before the train run opens
     _train(ctx)
-    _evaluation(ctx)
-    _saliency(ctx)
+    if stop_after != "train":
+        _evaluation(ctx)
+    if stop_after is None:
+        _saliency(ctx)
 
 
 #: stage name -> runner, for every name in ``schema.STAGES`` but ``reproduce`` (``app.run`` dispatches that one)

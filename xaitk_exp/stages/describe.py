@@ -7,7 +7,9 @@ with the seed's shared names (``train_info``, ``ImageID-8_saliency_maps``) can b
 from __future__ import annotations
 
 from collections.abc import Mapping
+from urllib.parse import quote
 
+from xaitk_exp import schema
 from xaitk_exp.stages.context import Context
 from xaitk_exp.tracking.ui import run_url, runs_table_url, ui_command
 
@@ -27,18 +29,41 @@ def train_note(ctx: Context, n_images: int) -> str:
     )
 
 
-def evaluation_summary_note(ctx: Context, split: str, n_runs: int, n_split: int) -> str:
+def recorded_model_note(ctx: Context, tags: Mapping[str, str]) -> str:
+    """A model from a file or a factory (ONNX, PyTorch, MAITE): recorded, not trained here."""
+    source = tags.get("Model_source", "model")
+    stored = tags.get(schema.MODEL_FORMAT, "")
     return (
-        f"Evaluation of **{ctx.model_class}** on **{ctx.dataset_name}** / {split}: {n_runs} image runs under this run; "
-        f"its metrics cover all {n_split} images of the split.  \n"
+        f"**{ctx.model_class}**, a {source} model recorded as it is (not trained here), for **{ctx.dataset_name}**.  \n"
+        f"SHA-256 `{tags.get(schema.MODEL_SHA256, '?')}`; stored as `{stored or 'its config'}` in "
+        f"`{schema.IMAGE_MODEL_DIR}/`. Config hash `{ctx.hash_for('train')}`: evaluations of the same model file and "
+        "config reuse this run."
+    )
+
+
+def evaluation_summary_note(
+    ctx: Context, split: str, n_runs: int, n_split: int, experiment_id: str, run_id: str
+) -> str:
+    flt = f"tags.{schema.EVALUATION_SUMMARY_RUN_ID} = '{run_id}'"
+    link = f"#/experiments/{experiment_id}/runs?searchFilter={quote(flt, safe=chr(39) + '=')}"  # ' and = kept
+    images = f"[{n_runs} image runs]({link})"
+    return (
+        f"Evaluation of **{ctx.model_class}** on **{ctx.dataset_name}** / {split}: {images} (tagged "
+        f"`{flt}`); its metrics cover all {n_split} images of the split.  \n"
         f"Model: {run_link('train run', ctx.train_exp_id, ctx.train_run_id)}."
     )
 
 
-def evaluation_image_note(ctx: Context, split: str, image_id: int, predicted: str, conf: float, truth: str) -> str:
+def evaluation_image_note(
+    ctx: Context, split: str, image_id: int, predicted: str, conf: float, truth: str,
+    summary: tuple[str, str] | None = None,
+) -> str:
+    """``summary``: (experiment id, run id) of the evaluation summary the image run belongs to."""
+    part_of = f"  \nPart of {run_link('the evaluation summary', *summary)}." if summary else ""
     return (
         f"Image {image_id} of **{ctx.dataset_name}** / {split}: predicted **{predicted}** ({conf:.3f}), "
         f"ground truth {truth}; model **{ctx.model_class}** ({run_link('train run', ctx.train_exp_id, ctx.train_run_id)})."
+        + part_of
     )
 
 

@@ -1,4 +1,5 @@
-"""Evaluation: one run per image in ``<Model> - Evaluation``, under a summary run for the split."""
+"""Evaluation: one run per image in ``<Model> - Evaluation``, and a summary run for the split that the image runs
+name in their tag ``Evaluation_summary_run_id``."""
 
 from __future__ import annotations
 
@@ -56,13 +57,13 @@ def run_evaluation(ctx: Context) -> str:
         **base_tags,
         schema.RUN_TYPE: "summary",
         **ctx.provenance_tags("evaluation"),
-        schema.NOTE: evaluation_summary_note(ctx, split_name, n, len(images)),
     }
     same_work = f"tags.Run_type = 'summary' and tags.config_hash = '{ctx.hash_for('evaluation')}' and " \
                 f"tags.Train_run_id = '{ctx.train_run_id or ''}'"
     if not tracker.created_here(exp_id) and (dropped := tracker.replace_killed(exp_id, same_work)):
         print(f"[evaluation] replacing a KILLED evaluation of the same config ({dropped} run(s) with its images)")
     with tracker.run(exp_id, schema.evaluation_summary_run(split_name), tags=summary_tags) as parent:
+        tracker.log(parent, tags={schema.NOTE: evaluation_summary_note(ctx, split_name, n, len(images), exp_id, parent)})
         dataset = split_dataset(ctx, split_name)
         tracker.log_dataset(parent, dataset, split_name)
         ctx.record_config(parent)
@@ -74,13 +75,15 @@ def run_evaluation(ctx: Context) -> str:
                 tags[schema.NOTE] = evaluation_image_note(
                     ctx, split_name, k, str(tags.get(schema.PREDICTED_LABEL) or tags[schema.PREDICTED_CLASS]),
                     float(probs[k, top]), str(tags.get(schema.GT_LABEL) or tags.get(schema.GT_CLASS) or "unknown"),
+                    summary=(exp_id, parent),
                 )
                 if split.test_paths is not None and split_name == "test":
                     tags[schema.IMAGE_PATH] = split.test_paths[k]
                 yield schema.evaluation_image_run(k), tags, view.metrics(probs[k])
 
-        # one run per image, few store calls each; with n_jobs > 1 the low level spreads them over processes
-        tracker.log_runs(exp_id, image_runs(), parent_run_id=parent, processes=ctx.processes)
+        # one top-level run per image, linked to the summary by tag (a nested run is folded away in the UI's table),
+        # few store calls each; with n_jobs > 1 the low level spreads them over processes
+        tracker.log_runs(exp_id, image_runs(), processes=ctx.processes, summary_run_id=parent)
         predicted = np.asarray(blackbox.get_labels())[probs.argmax(axis=1)]
         truth = view.truth
         top_conf = probs.max(axis=1)

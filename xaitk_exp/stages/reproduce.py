@@ -27,6 +27,7 @@ from xaitk_exp.security.targets import check_targets
 from xaitk_exp.stages import STAGES
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.provenance import git_commit, package_versions
+from xaitk_exp.stages.upstream import image_runs_filters, summary_of
 
 REPRODUCIBLE = ("train", "evaluation", "saliency")
 ARRAYS = (f"{schema.NPY_DIR}/{schema.MAPS_NPY}", f"{schema.NPY_DIR}/{schema.IMAGE_NPY}")
@@ -43,7 +44,7 @@ def run_reproduce(ctx: Context) -> str:
     original = tracker.get_run(run_id)
     stage = original.data.tags.get(schema.STAGE_TAG)
     if stage not in REPRODUCIBLE:
-        parent = original.data.tags.get("mlflow.parentRunId")
+        parent = summary_of(original)
         image_run = parent and original.data.tags.get(schema.RUN_TYPE) == "image"
         hint = f"; reproduce its summary run {parent}" if image_run else ""
         raise ConfigError("run_id", run_id, f"a train, evaluation summary or saliency run recorded by xaitk-exp{hint}")
@@ -65,11 +66,28 @@ def run_reproduce(ctx: Context) -> str:
     for w in warnings:
         print(f"xaitk-exp: warning: {w}", file=sys.stderr)
     STAGES[stage](replay)
-    new = _new_run(tracker, replay, original, stage)
-    differences, compared = compare_runs(tracker, original, new, stage)
-    _report(tracker, original, new, differences, compared, warnings)
+    try:
+        new = _new_run(tracker, replay, original, stage)
+        differences, compared = compare_runs(tracker, original, new, stage)
+        _report(tracker, original, new, differences, compared, warnings)
+    except BaseException as exc:  # no replayed run may look like a finished reproduction without its verdict
+        _fail_replayed(tracker, replay, stage, exc)
+        raise
     ctx.results["reproduce_run_id"] = new.info.run_id
     return new.info.run_id
+
+
+def _fail_replayed(tracker: Any, replay: Context, stage: str, exc: BaseException) -> None:
+    """The runs the replay wrote, closed FAILED (KILLED on Ctrl-C) with the reason: the reproduction did not end."""
+    ids = {"train": [replay.train_run_id], "evaluation": [replay.evaluation_run_id]}.get(
+        stage, replay.results.get("saliency_run_ids") or [])
+    status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+    for run_id in [i for i in ids if i]:
+        try:
+            tracker.log(run_id, tags={schema.ERROR: f"reproduction failed: {exc}"[:500]})
+            tracker.finish_run(run_id, status)
+        except Exception:  # best effort: the store itself may be what failed
+            pass
 
 
 def _fetch(tracker: Any, run_id: str, path: str, tmp: str, required: bool = True) -> Any:
@@ -109,7 +127,13 @@ def replay_config(stored: dict[str, Any], current: DictConfig, original: Any, st
     if stage in ("evaluation", "saliency"):
         cfg.train_run_id = tags.get(schema.TRAIN_RUN_ID) or None
     if stage == "saliency":
-        cfg.evaluation_run_id = tags.get("Evaluation_summary_run_id") or None
+        cfg.evaluation_run_id = tags.get(schema.EVALUATION_SUMMARY_RUN_ID) or None
+        if tags.get(schema.WORK_HASH) and tags.get(schema.IMAGE_ID) is not None:
+            # the image the run holds now: an edited run (update_run_id) keeps the config of the query that first
+            # selected another image; the work done to an image does not depend on the query (work_hash)
+            cfg.query = {**OmegaConf.to_container(cfg.query, resolve=False), "filter": (
+                f"tags.{schema.IMAGE_ID} = '{tags[schema.IMAGE_ID]}'"), "min_conf": None, "predicted_class": None,
+                "gt_class": None, "max_results": 1}
     return cfg
 
 
@@ -152,10 +176,14 @@ def compare_runs(tracker: Any, original: Any, new: Any, stage: str) -> tuple[lis
     compared = ["params", "metrics", "config_hash"]
     differences += _dict_diff("param", original.data.params, new.data.params)
     differences += _dict_diff("metric", _own_metrics(original), _own_metrics(new))
-    if original.data.tags.get(schema.CONFIG_HASH) != new.data.tags.get(schema.CONFIG_HASH):
-        differences.append(
-            f"config_hash {original.data.tags.get('config_hash')} != {new.data.tags.get('config_hash')}"
-        )
+    # a saliency run: the work done to its image (its config hash also covers the query that selected the image,
+    # which an edited run's stored config no longer holds)
+    key = schema.WORK_HASH if stage == "saliency" and original.data.tags.get(schema.WORK_HASH) else schema.CONFIG_HASH
+    if original.data.tags.get(key) != new.data.tags.get(key):
+        differences.append(f"{key} {original.data.tags.get(key)} != {new.data.tags.get(key)}")
+    if stage == "saliency" and original.data.tags.get(schema.IMAGE_ID) != new.data.tags.get(schema.IMAGE_ID):
+        differences.append(f"Image_id {original.data.tags.get(schema.IMAGE_ID)} != {new.data.tags.get(schema.IMAGE_ID)}")
+    compared[-1] = key
     if stage == "saliency":
         differences += _array_diff(tracker, original.info.run_id, new.info.run_id)
         compared += [Path(a).name for a in ARRAYS]
@@ -203,9 +231,11 @@ def _array_diff(tracker: Any, old_id: str, new_id: str) -> list[str]:
 
 def _children_diff(tracker: Any, old: Any, new: Any) -> list[str]:
     def children(run: Any) -> dict[str, dict[str, float]]:
-        flt = f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
-        return {r.data.tags.get(schema.IMAGE_ID, r.info.run_id): r.data.metrics
-                for r in tracker.search([run.info.experiment_id], flt, None, 50000)}
+        for flt in image_runs_filters(run.info.run_id):  # linked by tag, or nested (stores written before)
+            found = tracker.search([run.info.experiment_id], f"{flt} and tags.{schema.RUN_TYPE} = 'image'", None, 50000)
+            if found:
+                return {r.data.tags.get(schema.IMAGE_ID, r.info.run_id): r.data.metrics for r in found}
+        return {}
 
     a, b = children(old), children(new)
     out = [f"image run {k} missing in the new run" for k in sorted(set(a) - set(b))]

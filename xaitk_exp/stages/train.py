@@ -9,7 +9,7 @@ from xaitk_exp import schema
 from xaitk_exp.models.sklearn import check_fit_memory
 from xaitk_exp.models.sources import is_image_model
 from xaitk_exp.stages.context import Context
-from xaitk_exp.stages.describe import print_where, train_note
+from xaitk_exp.stages.describe import print_where, recorded_model_note, train_note
 from xaitk_exp.stages.lineage import record_trained_model, split_dataset
 from xaitk_exp.tracking.model_io import load_model
 
@@ -20,6 +20,10 @@ def run_train(ctx: Context) -> str | None:
 
         run_id = record(ctx)  # the logged model (none for MAITE, or a run recorded before flavours)
         record_trained_model(ctx, run_id, ctx.tracker.logged_model_of(run_id))
+        run = ctx.tracker.get_run(run_id)
+        if not run.data.tags.get(schema.NOTE):  # also a run recorded before descriptions
+            ctx.tracker.log(run_id, tags={schema.NOTE: recorded_model_note(ctx, run.data.tags)})
+        print_where(ctx, "train", run.info.experiment_id, [run_id])
         return run_id
     if ctx.pretrained_uri:
         ctx.load_pretrained()

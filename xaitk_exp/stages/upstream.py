@@ -43,8 +43,8 @@ def ensure_evaluation(ctx: Context) -> Any:
     name = ctx.experiment_name(schema.EVALUATION)
     if ctx.cfg.evaluation_run_id:
         run = ctx.get_run_in(str(ctx.cfg.evaluation_run_id), "evaluation_run_id", name)
-        if run.data.tags.get(schema.RUN_TYPE) != "summary":
-            parent = run.data.tags.get("mlflow.parentRunId")
+        if run.data.tags.get(schema.RUN_TYPE) != "summary":  # an image run: its summary
+            parent = summary_of(run)
             run = ctx.tracker.get_run(parent) if parent else run
     else:
         flt = "tags.Run_type = 'summary'"
@@ -58,3 +58,19 @@ def ensure_evaluation(ctx: Context) -> Any:
             )
     ctx.evaluation_run_id = run.info.run_id
     return run
+
+
+#: how an image run names its evaluation summary: by tag, or (stores written before) as its MLflow parent
+IMAGE_RUN_LINKS = (schema.EVALUATION_SUMMARY_RUN_ID, schema.PARENT_RUN_ID)
+
+
+def summary_of(image_run: Any) -> str | None:
+    """The evaluation summary run an image run belongs to, in either layout."""
+    tags = image_run.data.tags
+    return next((tags[link] for link in IMAGE_RUN_LINKS if tags.get(link)), None)
+
+
+def image_runs_filters(summary_run_id: str) -> list[str]:
+    """Filter strings selecting a summary's image runs, the current layout first (MLflow filters have no OR: a
+    reader tries them in turn; one summary's runs are all written in one layout)."""
+    return [f"tags.`{link}` = '{summary_run_id}'" for link in IMAGE_RUN_LINKS]

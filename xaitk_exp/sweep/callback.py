@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
@@ -35,18 +36,23 @@ from xaitk_exp.sweep.jobs import (
     probe_configs,
 )
 from xaitk_exp.sweep.records import (
+    JOB_OUTPUT,
     JOB_RECORD,
+    QUIET_KEY,
     SWEEP_KEY,
     end_leaked_fluent_runs,
+    job_output,
     job_value,
     read_job_records,
     read_json,
     write_record,
 )
-from xaitk_exp.sweep.summary import rank_rows, summary_rows, write_summary
+from xaitk_exp.sweep.summary import default_metric, job_line, rank_rows, summary_rows, sweep_note, write_summary
+from xaitk_exp.tracking.ui import run_url, ui_command
 
 _OPEN: list[SweepCallback] = []  # sweeps of this process whose summary is not written yet
 FAILED: list[str] = []  # one line per sweep of this process that ended FAILED (the entry point exits non-zero)
+_JOB_STDOUT: list[Any] = []  # the console of a job process whose own lines go to its folder (see _quiet_job)
 
 
 class SweepCallback(Callback):
@@ -85,7 +91,8 @@ class SweepCallback(Callback):
             for stage in STAGE_EXPERIMENTS:
                 tracker.experiment(schema.experiment_name(cls, stage))
         base_class = model_class(config) or "xaitk-exp"
-        exp_id = tracker.experiment(schema.experiment_name(base_class, FINAL_EXPERIMENT.get(str(config.stage), "Sweeps")))
+        stage = search.stage if search is not None else str(config.stage)  # a study: its objective's stage
+        exp_id = tracker.experiment(schema.experiment_name(base_class, FINAL_EXPERIMENT.get(stage, "Sweeps")))
         sweep_dir = str(Path(str(config.hydra.sweep.dir)).resolve())
         user_overrides = [o for o in config.hydra.overrides.task if not o.startswith(f"{SWEEP_KEY}=")]
         n_jobs = len(jobs) if jobs else int(config.hydra.sweeper.n_trials) if search is not None else "unknown"
@@ -105,10 +112,20 @@ class SweepCallback(Callback):
         _OPEN.append(self)
         with read_write(config.hydra.overrides.task):
             config.hydra.overrides.task.append(f"{SWEEP_KEY}={self.parent_run_id}")
-        exp_name = tracker.client.get_experiment(tracker.get_run(self.parent_run_id).info.experiment_id).name
-        print(f"[sweep] parent run {self.parent_run_id} in '{exp_name}'")
+            if not any(o.lstrip("+~").startswith("progress=") for o in user_overrides):
+                config.hydra.overrides.task.append(f"{QUIET_KEY}=false")  # no progress bars from parallel jobs
+        parent_exp = tracker.get_run(self.parent_run_id).info.experiment_id
+        exp_name = tracker.client.get_experiment(parent_exp).name
+        link = run_url(uri, parent_exp, self.parent_run_id)
+        print(f"[sweep] parent run {self.parent_run_id} in '{exp_name}'" + (f": {link}" if link else ""))
+        tracker.log(self.parent_run_id, tags={schema.NOTE: sweep_note(n_jobs, user_overrides, search)})
         if config.get("sweep", {}).get("prepare_upstream", True):
-            prepare_upstream(shared, self.parent_run_id, Path(sweep_dir) / "upstream", probes=not jobs)
+            upstream_dir = Path(sweep_dir) / "upstream"
+            with job_output(upstream_dir):  # the shared stages' own lines go to their folder's output.txt
+                prepared = prepare_upstream(shared, self.parent_run_id, upstream_dir, probes=not jobs,
+                                            quiet=f"{QUIET_KEY}=false" in config.hydra.overrides.task)
+            if prepared:
+                print(f"[sweep] {prepared}")
         lookup = bool((config.get("sweep") or {}).get("lookup_reused", True))
         if lookup and jobs and tags["Sweep_launcher"] != "BasicLauncher" and all_reused(jobs, tracker):
             # a relaunch with nothing left to compute: one process looks every job's runs up, no worker starts
@@ -136,8 +153,9 @@ class SweepCallback(Callback):
                 records = read_job_records(Path(str(config.hydra.sweep.dir)), parent)
                 rows = summary_rows(tracker, records, parent)
                 sweep_cfg = config.get("sweep") or {}
+                metric = sweep_cfg.get("metric") or default_metric(rows)  # a saliency sweep: by a map's quality
                 try:
-                    rows = rank_rows(rows, sweep_cfg.get("metric"), str(sweep_cfg.get("mode") or "auto"))
+                    rows = rank_rows(rows, metric, str(sweep_cfg.get("mode") or "auto"))
                 except ConfigError as exc:  # the table is still worth having, unranked
                     print(f"xaitk-exp: warning: summary not ranked: {exc}", file=sys.stderr)
                 write_summary(tracker, parent, rows, Path(str(config.hydra.sweep.dir)))
@@ -159,7 +177,12 @@ class SweepCallback(Callback):
             status = "KILLED" if aborted else "FINISHED"
         tracker.finish_run(parent, status)
         what = "trial(s)" if search is not None else "job(s)"
-        print(f"[sweep] parent run {parent} {status}: {len(rows)} {what}, {len(failed)} failed")
+        link = run_url(tracker.uri, tracker.get_run(parent).info.experiment_id, parent)
+        print(f"[sweep] parent run {parent} {status}: {len(rows)} {what}, {len(failed)} failed"
+              + (f": {link}" if link else ""))
+        hint = ui_command(tracker.uri)
+        if hint:
+            print(f"View the runs: {hint}")
         if search is not None:
             from xaitk_exp.sweep.search import forget
 
@@ -172,10 +195,11 @@ class SweepCallback(Callback):
         if not _in_multirun(config):
             return
         end_leaked_fluent_runs()
+        _quiet_job(Path(str(config.hydra.runtime.output_dir)))
         record = {
             "job": int(config.hydra.job.num),
             SWEEP_KEY: config.get(SWEEP_KEY),
-            "overrides": redact_overrides(o for o in config.hydra.overrides.task if not o.startswith(f"{SWEEP_KEY}=")),
+            "overrides": redact_overrides(o for o in config.hydra.overrides.task if not _added(o)),
             "status": "RUNNING",
             "started": time.time(),
         }
@@ -199,6 +223,7 @@ class SweepCallback(Callback):
             record["status"] = "FAILED"
             text = str(value).strip().splitlines()
             record["error"] = f"{type(value).__name__}: {text[0] if text else ''}"[:500]
+            compact_failure(job_return, value, record, folder)
         write_record(folder, record)
         end_leaked_fluent_runs()
         if record["status"] == "FAILED" and _reported(value, config):
@@ -206,6 +231,46 @@ class SweepCallback(Callback):
             # basic sweeper would raise the error again once every job ended (a traceback, the other jobs' summary
             # lost on screen). The entry point exits non-zero after the summary (:data:`FAILED`).
             job_return.status, job_return.return_value = JobStatus.COMPLETED, None
+        _loud_again()
+        if config.get("sweep", {}).get("trial") is None:  # an optuna trial gets the study's own line
+            print(job_line(record, folder), flush=True)
+
+
+class JobFailed(CompactHydraException):
+    """A sweep job's error in one line: what Hydra reports at the end of the sweep instead of the job's traceback
+    (kept in the job's folder)."""
+
+
+def compact_failure(job_return: Any, error: Any, record: dict[str, Any], folder: Path) -> None:
+    """The failed job's traceback into ``traceback.txt`` in its folder; Hydra gets a one-line error to report."""
+    if not isinstance(error, BaseException):
+        return
+    import traceback
+
+    (folder / "traceback.txt").write_text("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+    if hasattr(job_return, "_return_value"):
+        job_return._return_value = JobFailed(f"sweep job #{record.get('job')}: {record['error']} "
+                                             f"(traceback: {folder / 'traceback.txt'})")
+
+
+def _added(override: str) -> bool:
+    """An override the sweep added to every job (not the user's)."""
+    return override.startswith((f"{SWEEP_KEY}=", f"{QUIET_KEY}="))
+
+
+def _quiet_job(folder: Path) -> None:
+    """A job's own console lines (links, reuse notes, the UI hint) go to ``output.txt`` in its folder; the sweep
+    prints one line per job instead (:func:`job_line`). Warnings and errors stay on stderr."""
+    _loud_again()
+    folder.mkdir(parents=True, exist_ok=True)
+    _JOB_STDOUT.append(sys.stdout)
+    sys.stdout = open(folder / JOB_OUTPUT, "a", buffering=1)  # noqa: SIM115 (closed by _loud_again)
+
+
+def _loud_again() -> None:
+    while _JOB_STDOUT:
+        quiet, sys.stdout = sys.stdout, _JOB_STDOUT.pop()
+        quiet.close()
 
 
 def _reported(error: Any, config: DictConfig) -> bool:

@@ -112,9 +112,11 @@ def probe_configs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
 
 
 def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, output_dir: Path,
-                     probes: bool = False) -> None:
+                     probes: bool = False, quiet: bool = False) -> str:
     """Run once each upstream (train, evaluation) that two or more jobs share; the jobs then reuse it.
-    ``probes``: ``jobs`` are the two ends of a search space (:func:`compose_probes`), standing for every trial."""
+    ``probes``: ``jobs`` are the two ends of a search space (:func:`compose_probes`), standing for every trial.
+    Returns one line saying what was prepared ('' for nothing)."""
+    said = []
     from xaitk_exp.stages import Context
 
     groups: dict[tuple, list[tuple[list[str], DictConfig]]] = {}
@@ -136,12 +138,18 @@ def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, outp
 
         with open_dict(job):
             job.stage, job[SWEEP_KEY] = upstream[0], parent
+            if quiet:  # no progress bars (the jobs get none either)
+                job.progress = False
         try:
             ctx = run(job, [*overrides, f"stage={upstream[0]}"], output_dir)
             for stage in upstream[1:]:  # same context: the model stays in memory
                 STAGES[stage](ctx)
         except Exception as exc:  # each job then meets (and records) the error itself
             print(f"xaitk-exp: warning: shared upstream failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+            continue
+        runs = {"train": ctx.train_run_id, "evaluation": ctx.evaluation_run_id}
+        said.append(f"{who} share {', '.join(f'{s} run {runs[s]}' for s in upstream if runs.get(s))}, run once first")
+    return "; ".join(said)
 
 
 #: Hydra's own in-process launcher (a config target: Hydra names it so; nothing of it is imported here)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 SWEEP_KEY = "sweep_run_id"
 JOB_RECORD = "sweep_job.json"
+JOB_OUTPUT = "output.txt"  # a job's own console lines; the sweep prints one line per job
+QUIET_KEY = "progress"  # set false in every job the user did not set it for: parallel progress bars interleave
 
 
 def write_record(folder: Path, record: dict[str, Any]) -> None:
@@ -35,11 +39,15 @@ def read_job_records(sweep_dir: Path, sweep_run_id: str | None = None) -> list[d
 
 def job_value(job_return: Any) -> Any:
     """What a finished job returned, or the exception a failed one raised (Hydra's public ``return_value`` raises
-    it again for a failed job)."""
+    it again for a failed job, after printing "Error executing job with overrides": read quietly where it can)."""
     import contextlib
     import io
 
-    try:  # Hydra prints "Error executing job with overrides" on reading a failed job's value: the job said it
+    from hydra.core.utils import JobStatus
+
+    if job_return.status == JobStatus.FAILED and isinstance(getattr(job_return, "_return_value", None), BaseException):
+        return job_return._return_value
+    try:
         with contextlib.redirect_stderr(io.StringIO()):
             return job_return.return_value
     except Exception as exc:  # the job's own error
@@ -54,3 +62,10 @@ def end_leaked_fluent_runs() -> None:
     while mlflow.active_run() is not None:
         mlflow.end_run(status="KILLED")
 
+
+@contextmanager
+def job_output(folder: Path) -> Iterator[None]:
+    """This process's console lines into ``folder``'s :data:`JOB_OUTPUT` for the time of the block."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / JOB_OUTPUT, "a", buffering=1) as fh, redirect_stdout(fh):
+        yield

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xaitk_exp.errors import ConfigError
 from xaitk_exp.sweep.jobs import compose_probes
-from xaitk_exp.sweep.records import JOB_RECORD, SWEEP_KEY, job_value, read_json
+from xaitk_exp.sweep.records import JOB_RECORD, QUIET_KEY, SWEEP_KEY, job_value, read_json
 from xaitk_exp.sweep.space import Param, check_objectives, directions, objectives, parse_space
 from xaitk_exp.sweep.study import open_study, resolve_storage, sweep_dir_of
 from xaitk_exp.sweep.summary import summary_rows, write_summary
@@ -52,6 +52,7 @@ class Search:
     storage: str
     study: Any
     probes: list[tuple[list[str], DictConfig]] = field(default_factory=list)
+    stage: str = "all"  #: the last stage each trial runs: the last one its objectives need
     parent_run_id: str | None = None
     tracker: Any = None
     trials_run: int = 0
@@ -73,7 +74,8 @@ class Search:
         from optuna.trial import TrialState
 
         fixed = [a for a in self.fixed if not a.startswith(f"{SWEEP_KEY}=")]
-        fixed += [a for a in arguments if a.startswith(f"{SWEEP_KEY}=")]  # the callback's parent run id
+        # the callback's parent run id, and progress=false where the user did not set it
+        fixed += [a for a in arguments if a.startswith((f"{SWEEP_KEY}=", f"{QUIET_KEY}="))]
         dists = {p.key: p.distribution() for p in self.space}
         done = 0
         while done < n_trials:
@@ -253,14 +255,32 @@ def open_search(config: DictConfig) -> Search:
             raise ConfigError(f"hydra.sweeper.{key}", value, "a whole number >= 1")
     probes = compose_probes(config, loader, fixed, space)
     names = objectives(probes[0][1].get("sweep"))
+    stage = objective_stage(names, str(probes[0][1].get("stage")))
+    if stage != str(probes[0][1].get("stage")):  # e.g. an evaluation metric: train and evaluate, no saliency maps
+        fixed = [*fixed, f"sweep.stop_after={stage}"]
+        probes = compose_probes(config, loader, fixed, space)
     for _, job in probes:
         check_objectives(names, job)
     dirs = directions(names, sweeper.get("direction"))
     storage = resolve_storage(config, sweeper.get("storage"))
     study = open_study(config, storage, sweeper, names, dirs)
-    search = Search(config, fixed, space, names, dirs, storage, study, probes)
+    search = Search(config, fixed, space, names, dirs, storage, study, probes, stage=stage)
     _ACTIVE[sweep_dir_of(config)] = search
     return search
+
+
+#: the stages of ``stage=all``, in order; a trial runs up to the last one its objectives read
+PIPELINE = ("train", "evaluation", "saliency")
+
+
+def objective_stage(names: list[str], stage: str) -> str:
+    """The last stage a trial runs: for ``stage=all``, the last stage whose metrics the objectives read (``train``
+    or ``evaluation`` spare every trial its saliency maps: ``sweep.stop_after``); any other stage as given."""
+    needed = [n.split(".", 1)[0] for n in names]
+    if stage != "all" or not needed or any(s not in PIPELINE for s in needed):
+        return stage
+    last = max(PIPELINE.index(s) for s in needed)
+    return "all" if PIPELINE[last] == "saliency" else PIPELINE[last]
 
 
 def active(config: DictConfig) -> Search | None:
@@ -289,7 +309,8 @@ def _job_record(ret: Any, number: int, overrides: list[str], elapsed: float) -> 
             text = str(value).strip().splitlines()
             record.update(status="FAILED", error=f"{type(value).__name__}: {text[0] if text else ''}"[:500])
     record["job"] = number
-    record["overrides"] = [o for o in record.get("overrides") or [] if not o.startswith(f"{TRIAL_KEY}=")]
+    added = (f"{TRIAL_KEY}=", "sweep.stop_after=")  # the sweeper's, not the user's
+    record["overrides"] = [o for o in record.get("overrides") or [] if not o.startswith(added)]
     return record
 
 

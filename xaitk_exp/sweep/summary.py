@@ -76,6 +76,46 @@ def _saliency_metrics(runs: list[Any]) -> dict[str, float]:
     return out
 
 
+#: what a sweep without ``sweep.metric`` ranks by when its jobs made saliency maps: the first of these it has
+DEFAULT_METRICS = ("saliency.Deletion_AUC", "saliency.Insertion_AUC", "saliency.MuFidelity")
+
+
+def default_metric(rows: list[dict[str, Any]]) -> str | None:
+    """The ranking of a sweep that names no ``sweep.metric``: a saliency sweep by its maps' faithfulness (every
+    job's evaluation is often the same one), other sweeps unranked."""
+    return next((m for m in DEFAULT_METRICS if any(isinstance(r.get(m), (int, float)) for r in rows)), None)
+
+
+def job_line(record: dict[str, Any], folder: Path) -> str:
+    """The one console line of a finished sweep job: number, overrides, status, runtime, runs (where its own
+    output went, when it failed)."""
+    status = {"COMPLETED": "FINISHED"}.get(str(record.get("status")), str(record.get("status")))
+    line = f"[sweep] #{record.get('job')} {' '.join(record.get('overrides') or []) or '(no overrides)'}: {status}"
+    if record.get("runtime_s") is not None:
+        line += f" in {float(record['runtime_s']):.1f} s"
+    runs = record.get("runs") or {}
+    maps = len(runs.get("saliency_run_ids") or [])
+    if maps:
+        line += f", {maps} saliency run{'s' if maps > 1 else ''}"
+    elif runs.get("evaluation_run_id"):
+        line += f", evaluation {runs['evaluation_run_id']}"
+    elif runs.get("train_run_id"):
+        line += f", train run {runs['train_run_id']}"
+    if record.get("error"):
+        line += f": {record['error']} (output and traceback in {folder})"
+    return line
+
+
+def sweep_note(n_jobs: Any, overrides: list[str], search: Any) -> str:
+    """The parent run's description."""
+    what = "Optuna study" if search is not None else "Sweep"
+    return (
+        f"{what} of {n_jobs} {'trials' if search is not None else 'jobs'}: `{' '.join(overrides)[:1000]}`.  \n"
+        f"Every run of a job is tagged `Sweep_run_id` with this run's id; the table of jobs, ranked, is the "
+        f"artifact `{SUMMARY_CSV}` (also `{SUMMARY_TABLE}`, and `{MONTAGE}` for saliency maps)."
+    )
+
+
 def rank_rows(rows: list[dict[str, Any]], metric: str | None, mode: str = "auto") -> list[dict[str, Any]]:
     """Rows best first by ``metric`` (a column, or a column's last part such as ``Deletion_AUC``); rows without
     it (failed jobs among them) last. ``mode``: ``max``, ``min`` or ``auto`` (the metric's known direction)."""
@@ -140,14 +180,21 @@ def write_summary(tracker: Any, parent: str, rows: list[dict[str, Any]], sweep_d
     _print_table(rows, columns)
 
 
+#: jobs named on the console's ranking line; the rest are in the table
+SHOWN_RANKS = 5
+
+
 def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    """The first columns: the rank and the ranking metric first when the summary is ranked."""
-    shown = [c for c in columns if c not in ("saliency_run_ids", "error")][:8]
-    ranked = next((r["ranked_by"] for r in rows if r.get("ranked_by")), None)
-    print(f"[sweep] summary, ranked by {ranked}:" if ranked else "[sweep] summary:")
-    print("  " + " | ".join(shown))
-    for r in rows:
-        cells = [f"{r.get(c):.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in shown]
-        line = "  " + " | ".join(cells)
-        print(line + (f"  <- {r['error']}" if r.get("error") else ""))
+    """One line: the ranking (best first, the first few jobs with their value), or the table's place. Each job had
+    its own line when it ended; the whole table is the parent run's artifact."""
+    ranked_by = next((r["ranked_by"] for r in rows if r.get("ranked_by")), None)
+    if ranked_by is None:
+        print(f"[sweep] summary of {len(rows)} job(s): {SUMMARY_CSV} in the parent run (not ranked: sweep.metric)")
+        return
+    column = ranked_by.rsplit(" (", 1)[0]
+    ranked = [r for r in rows if r.get("rank")]
+    shown = [f"#{r['job']}{' ' + r['algorithm'] if r.get('algorithm') else ''} {float(r[column]):.4g}"
+             for r in ranked[:SHOWN_RANKS]]
+    more = f", ... ({len(ranked) - SHOWN_RANKS} more)" if len(ranked) > SHOWN_RANKS else ""
+    print(f"[sweep] ranked by {ranked_by}: {', '.join(shown)}{more}")
 

@@ -18,9 +18,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from xaitk_exp.parallel import share_work
+from xaitk_exp.schema import EVALUATION_SUMMARY_RUN_ID, PARENT_RUN_ID
 from xaitk_exp.tracking.factory import worker_tracker
 from xaitk_exp.tracking.signals import sigterm_raises
-from xaitk_exp.tracking.tracker import Tracker
+from xaitk_exp.tracking.tracker import Tracker, _linked, trial_run_name
 
 #: threads writing per-image runs to a tracking server or a database; SQLite and file stores get one
 PARALLEL_WORKERS = 4
@@ -57,6 +58,7 @@ class LowTracker(Tracker):
         runs: Iterable[tuple[str, Mapping[str, Any], Mapping[str, float]]],
         parent_run_id: str | None = None,
         processes: int = 1,
+        summary_run_id: str | None = None,
     ) -> list[str]:
         """As :meth:`Tracker.log_runs`, with the runs' own ``start_time`` taken in order (strictly increasing, so
         ordering by start time, MLflow's tie-break in searches, gives the order of ``runs``).
@@ -69,15 +71,16 @@ class LowTracker(Tracker):
         """
         context = self._context_tags()
         items = _stamped(
-            (name, {**context, **self._run_tags(experiment_id, tags, parent_run_id)}, dict(metrics))
-            for name, tags, metrics in runs
+            (trial_run_name(name, run_tags), {**context, **run_tags}, dict(metrics))
+            for name, tags, metrics in _linked(runs, summary_run_id)
+            for run_tags in [self._run_tags(experiment_id, tags, parent_run_id)]
         )
         with sigterm_raises():  # a run being written when SIGTERM comes is closed KILLED
             if processes < 2 or self.workers > 1:
                 # a server already takes this process's requests in parallel: more client processes beside it only
                 # slowed it down here (2 cores shared by client, server and database)
                 return self._write_items(experiment_id, items)
-            return self._write_items_in_processes(experiment_id, items, processes, parent_run_id)
+            return self._write_items_in_processes(experiment_id, items, processes, parent_run_id or summary_run_id)
 
     def _write_items(self, experiment_id: str, items: Iterable[tuple]) -> list[str]:
         """Runs ``(name, tags, metrics, start_time)`` of this process: one after another, or by a thread pool."""
@@ -126,13 +129,15 @@ class LowTracker(Tracker):
         return [run_id for k in sorted(results) for run_id in results[k]]
 
     def _close_open_children(self, experiment_id: str, parent_run_id: str) -> None:
-        """Best effort after a stop: the parent's child runs still RUNNING are closed KILLED."""
-        try:
-            flt = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'"
-            for run in self.search([experiment_id], flt, max_results=50000):
-                self.client.set_terminated(run.info.run_id, "KILLED")
-        except Exception:
-            pass
+        """Best effort after a stop: the runs of ``parent_run_id`` (nested, or linked by tag) still RUNNING are
+        closed KILLED."""
+        for link in (PARENT_RUN_ID, EVALUATION_SUMMARY_RUN_ID):
+            try:
+                flt = f"tags.`{link}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+                for run in self.search([experiment_id], flt, max_results=50000):
+                    self.client.set_terminated(run.info.run_id, "KILLED")
+            except Exception:
+                pass
 
     def _write_run(
         self, experiment_id: str, run_name: str, tags: dict[str, str], metrics: Mapping[str, float], start_time: int

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from xaitk_exp.schema import PARENT_RUN_ID
 from xaitk_exp.tracking.lineage import DatasetRecord
 from xaitk_exp.tracking.stores import use_tracking_uri
 from xaitk_exp.tracking.tracker import Tracker
@@ -31,6 +32,8 @@ class MidTracker(Tracker):
         # the parent, if any, is passed as the tag itself so the record matches the other levels
         nested = self._mlflow.active_run() is not None
         active = self._mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested)
+        if nested and PARENT_RUN_ID not in tags:  # fluent start_run nests under the active run; this one is top-level
+            self.client.delete_tag(active.info.run_id, PARENT_RUN_ID)  # (an image run while its summary is open)
         return active.info.run_id
 
     def _resume_run(self, run_id: str) -> None:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from xaitk_exp import schema
 from xaitk_exp.errors import RunKilled, TrackingError
 from xaitk_exp.tracking.limits import (
     MAX_METRICS,
@@ -47,9 +48,12 @@ class Tracker(StoreReader, ModelRecords, ABC):
         self.uri = uri
         self.sqlite_journal = sqlite_journal
         self.artifact_root = artifact_root or default_artifact_root(uri)  # never ./mlruns in the working directory
+        # MLflow prints "View run <name> at: <URL>" and "View experiment at: <URL>" on every fluent end_run against
+        # a server (credentials included): two lines per image run; the stages print their own links instead
+        # (a user may ask for them back with MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=false, never with credentials)
         if "@" in uri.split("://", 1)[-1].split("/", 1)[0]:
-            # MLflow prints "View run <name> at: <tracking URL>/#/..." on every fluent end_run, credentials included
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client = (
             open_sqlite_store(uri, sqlite_journal) if uri.startswith("sqlite:") else MlflowClient(tracking_uri=uri)
         )
@@ -123,7 +127,7 @@ class Tracker(StoreReader, ModelRecords, ABC):
         """
         all_tags = self._run_tags(experiment_id, tags, parent_run_id)
         if run_id is None:
-            run_id = self._start_run(experiment_id, run_name, all_tags)
+            run_id = self._start_run(experiment_id, trial_run_name(run_name, all_tags), all_tags)
         else:
             self._resume_run(run_id)
             if all_tags:
@@ -151,13 +155,14 @@ class Tracker(StoreReader, ModelRecords, ABC):
     def _run_tags(
         self, experiment_id: str, tags: Mapping[str, Any] | None, parent_run_id: str | None
     ) -> dict[str, str]:
-        """A run's tags as strings, with ``mlflow.parentRunId`` (the given parent, else the sweep's run if any) and
-        the process that opens it (``Host``, ``Pid``, ``Process``: a later stage closes it if that process dies)."""
+        """A run's tags as strings, with ``mlflow.parentRunId`` (the given parent, else the sweep's run if any; never
+        the sweep's for an evaluation's image run, which stays top-level, linked to its summary by tag) and the
+        process that opens it (``Host``, ``Pid``, ``Process``: a later stage closes it if that process dies)."""
         all_tags = {**process_tags(), **{k: self._scrub(stringify(v)) for k, v in (tags or {}).items()}}
-        if not parent_run_id and all_tags.get("Sweep_run_id"):
+        if not parent_run_id and all_tags.get("Sweep_run_id") and all_tags.get(schema.RUN_TYPE) != "image":
             parent_run_id = self._sweep_parent_in(experiment_id, all_tags["Sweep_run_id"])
         if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
+            all_tags[schema.PARENT_RUN_ID] = parent_run_id
         return all_tags
 
     def log_runs(
@@ -166,15 +171,18 @@ class Tracker(StoreReader, ModelRecords, ABC):
         runs: Iterable[tuple[str, Mapping[str, Any], Mapping[str, float]]],
         parent_run_id: str | None = None,
         processes: int = 1,
+        summary_run_id: str | None = None,
     ) -> list[str]:
         """Many small runs, one per ``(run_name, tags, metrics)``, each opened and closed like :meth:`run`.
 
         The evaluation's per-image runs come through here, so each level writes them with as few store calls as
         its API allows. ``runs`` may be a lazy iterator; the run ids come back in its order. ``processes``: how
         many processes may write (``n_jobs``); the fluent levels keep one active run per thread and write here.
+        ``summary_run_id``: the run they belong to, as tag ``Evaluation_summary_run_id`` (top-level runs, not
+        nested: MLflow's runs table folds nested runs under their parent, hiding them from a typed query).
         """
         ids = []
-        for run_name, tags, metrics in runs:
+        for run_name, tags, metrics in _linked(runs, summary_run_id):
             with self.run(experiment_id, run_name, tags=tags, parent_run_id=parent_run_id) as run_id:
                 self.log(run_id, metrics=metrics)
             ids.append(run_id)
@@ -326,3 +334,17 @@ class Tracker(StoreReader, ModelRecords, ABC):
     def _log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None) -> None: ...
 
 
+def _linked(
+    runs: Iterable[tuple[str, Mapping[str, Any], Mapping[str, float]]], summary_run_id: str | None
+) -> Iterator[tuple[str, Mapping[str, Any], Mapping[str, float]]]:
+    """``runs`` with the tag that links each to its summary run (when there is one)."""
+    for name, tags, metrics in runs:
+        yield name, ({**tags, schema.EVALUATION_SUMMARY_RUN_ID: summary_run_id} if summary_run_id else tags), metrics
+
+
+def trial_run_name(run_name: str, tags: Mapping[str, str]) -> str:
+    """An optuna trial's runs carry its number in their names (``trial-3_train_info``), so that the runs of
+    different trials (their evaluation summaries above all) are told apart in the UI."""
+    trial = tags.get(schema.TRIAL_NUMBER)
+    prefix = f"trial-{trial}_"
+    return run_name if trial in (None, "") or run_name.startswith(prefix) else prefix + run_name

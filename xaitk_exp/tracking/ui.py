@@ -31,8 +31,8 @@ def runs_table_url(
     """The experiment's runs table (MLflow 3 otherwise opens an experiment on its GenAI overview), filtered by
     ``search_filter`` and sorted by ``order_by`` (``metrics.<name> [ASC|DESC]``).
 
-    Sorting matters: MLflow's table nests child runs (an evaluation's image runs) under their collapsed parent unless
-    it is sorted by something other than the start time, so a sorted link lists the matching runs themselves.
+    MLflow's table folds nested runs under their collapsed parent while it sorts by start time; an evaluation's image
+    runs are top-level (linked to their summary by tag), so a typed query lists them in any order.
     """
     base = ui_base(uri)
     if base is None:

@@ -30,14 +30,15 @@ from xaitk_exp.stages.saliency.image import (
     explain_and_record_parallel,
 )
 from xaitk_exp.stages.saliency.summary import log_evaluation_summary
-from xaitk_exp.stages.upstream import ensure_evaluation, ensure_model
+from xaitk_exp.stages.upstream import ensure_evaluation, ensure_model, image_runs_filters
 from xaitk_exp.tracking.limits import stringify
 from xaitk_exp.tracking.ui import runs_table_url
 
 
-def build_filter(query: Any, parent_run_id: str, class_names: list[str] | None = None) -> str:
-    """The MLflow filter string: ``query.filter`` AND the shortcuts AND this evaluation's image runs."""
-    parts = [f"tags.`mlflow.parentRunId` = '{parent_run_id}'", "tags.Run_type = 'image'"]
+def build_filter(query: Any, parent_run_id: str, link: str | None = None, class_names: list[str] | None = None) -> str:
+    """The MLflow filter string: ``query.filter`` AND the shortcuts AND this evaluation's image runs (``link``: one
+    of :func:`image_runs_filters`, by default the current layout's)."""
+    parts = [link or image_runs_filters(parent_run_id)[0], "tags.Run_type = 'image'"]
     own = user_filter(query, class_names)
     return " and ".join([*parts, own] if own else parts)
 
@@ -72,10 +73,14 @@ def _class_names(model: Any) -> list[str] | None:
 
 def select_images(ctx: Context, evaluation: Any, class_names: list[str] | None = None) -> list[Any]:
     q = ctx.cfg.query
-    flt = build_filter(q, evaluation.info.run_id, class_names)
     order = [str(q.order_by)] if q.get("order_by") else None
     try:
-        runs = ctx.tracker.search([evaluation.info.experiment_id], flt, order, int(q.max_results))
+        for link in image_runs_filters(evaluation.info.run_id):  # a store written before nests the image runs
+            flt = build_filter(q, evaluation.info.run_id, link, class_names)
+            runs = ctx.tracker.search([evaluation.info.experiment_id], flt, order, int(q.max_results))
+            if runs:
+                break
+        flt = build_filter(q, evaluation.info.run_id, None, class_names)
     except TrackingError as exc:
         key, value = ("query.order_by", q.order_by) if "order" in str(exc).lower() else ("query.filter", q.filter)
         raise ConfigError(key, value, f"a valid MLflow filter/order string ({exc})") from exc
