@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from xaitk_exp.errors import ConfigError
-from xaitk_exp.metrics.faithfulness import SUBSTRATES
 from xaitk_exp.settings.nodes import to_dict
 
 AUTO_STEPS = 100  # step=auto: about this many deletion/insertion steps per curve
+SUBSTRATES = ("auto", "zeros", "mean", "blur")  # what deleted pixels become (besides a number)
 
 
 @dataclass(frozen=True)

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from xaitk_exp.errors import ConfigError
 from xaitk_exp.settings.config import Settings, from_node
 from xaitk_exp.settings.metrics import settings_from_config
 from xaitk_exp.settings.nodes import to_dict
 from xaitk_exp.settings.saliency import SaliencySettings
-from xaitk_exp.tracking.lineage import parse_register
 
 #: what :func:`validate` reads besides the records it builds itself
 _PLAIN = ("stage", "seed", "force", "n_jobs", "chunk_size", "progress", "allow_targets", "train_run_id",
           "evaluation_run_id", "update_run_id", "run_id", "sweep_run_id", "evaluation", "query", "maps", "sweep",
           "tracking")
+
+#: MLflow's rules for registered model aliases (letters, digits, ``_`` and ``-``; ``latest`` and ``v<N>`` reserved)
+_ALIAS = re.compile(r"[\w-]{1,255}")
+_VERSION_ALIAS = re.compile(r"[vV]\d+")
 
 
 def validate(cfg: DictConfig | Mapping[str, Any]) -> Settings:
@@ -37,3 +42,22 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> Settings:
         metrics=settings_from_config(node.get("metrics")),
         register=parse_register(OmegaConf.select(node, "model.register", default=None)),
     )
+
+
+def parse_register(value: Any, key: str = "model.register") -> tuple[str, str | None] | None:
+    """``model.register``: ``<name>`` or ``<name>@<alias>`` -> (name, alias); None when unset. One-line errors."""
+    if value is None or value == "":
+        return None
+    allowed = "null, '<name>' or '<name>@<alias>' (name without '/' or ':'; alias of letters, digits, _ and -)"
+    if not isinstance(value, str):
+        raise ConfigError(key, value, allowed)
+    name, _, alias = value.partition("@")
+    if not name.strip() or any(c in name for c in "/:") or name != name.strip():
+        raise ConfigError(key, value, allowed)
+    if "@" in value:
+        if not _ALIAS.fullmatch(alias):
+            raise ConfigError(key, value, allowed)
+        if alias.lower() == "latest" or _VERSION_ALIAS.fullmatch(alias):
+            raise ConfigError(key, value, "an alias other than 'latest' and 'v<number>', which MLflow reserves")
+        return name, alias
+    return name, None

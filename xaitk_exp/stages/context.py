@@ -24,6 +24,9 @@ from xaitk_exp.stages.provenance import config_texts, git_commit
 from xaitk_exp.tracking.model_io import load_model
 from xaitk_exp.tracking.tracker import Tracker
 
+LOGGED_MODEL_ID = "logged_model_id"  #: ctx.results key: the logged model the job trained or loaded
+MODEL_REF = "model_ref"  #: ctx.results key: the registered version it was registered as or loaded from
+
 
 @dataclass
 class Context:
@@ -107,11 +110,14 @@ class Context:
 
     def load_pretrained(self) -> Any:
         if self.model is None:
-            from xaitk_exp.stages.lineage import pretrained_ref
-
             # a models:/ URI is checked against the registry first (one line listing what exists); an alias is
-            # loaded as the version it names now, and that version is what the runs record
-            uri, ref = pretrained_ref(self, str(self.pretrained_uri))
+            # loaded as the version it names now, and that version is what the runs record (evaluation's tags)
+            uri = str(self.pretrained_uri)
+            ref = self.tracker.model_ref(uri)
+            if ref is not None:
+                self.results[MODEL_REF] = ref
+                self.results[LOGGED_MODEL_ID] = ref.model_id
+                uri = f"models:/{ref.name}/{ref.version}" if ref.version else uri
             self.model = load_model(uri, self.tracker.uri, bool(self.cfg.model.get("allow_pickle")))
             self.train_run_id, self.train_exp_id = self._pretrained_source(ref.run_id if ref else None)
         return self.model

@@ -17,10 +17,6 @@ from typing import Any
 
 from xaitk_exp.errors import ConfigError
 
-#: MLflow's rules for registered model aliases (letters, digits, ``_`` and ``-``; ``latest`` and ``v<N>`` reserved)
-_ALIAS = re.compile(r"[\w-]{1,255}")
-_VERSION_ALIAS = re.compile(r"[vV]\d+")
-
 
 @dataclass(frozen=True)
 class DatasetRecord:
@@ -69,26 +65,6 @@ class ModelRef:
     version: str | None
     run_id: str | None
     model_id: str | None
-
-
-# ----- the registry config key ---------------------------------------------------------------------------------------
-def parse_register(value: Any, key: str = "model.register") -> tuple[str, str | None] | None:
-    """``model.register``: ``<name>`` or ``<name>@<alias>`` -> (name, alias); None when unset. One-line errors."""
-    if value is None or value == "":
-        return None
-    allowed = "null, '<name>' or '<name>@<alias>' (name without '/' or ':'; alias of letters, digits, _ and -)"
-    if not isinstance(value, str):
-        raise ConfigError(key, value, allowed)
-    name, _, alias = value.partition("@")
-    if not name.strip() or any(c in name for c in "/:") or name != name.strip():
-        raise ConfigError(key, value, allowed)
-    if "@" in value:
-        if not _ALIAS.fullmatch(alias):
-            raise ConfigError(key, value, allowed)
-        if alias.lower() == "latest" or _VERSION_ALIAS.fullmatch(alias):
-            raise ConfigError(key, value, "an alias other than 'latest' and 'v<number>', which MLflow reserves")
-        return name, alias
-    return name, None
 
 
 # ----- logged models: what the flavour's log_model does besides writing files ------------------------------------------
