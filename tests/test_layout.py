@@ -203,3 +203,14 @@ def test_the_checks_find_a_planted_cycle_and_an_upward_import(tmp_path):
     assert layer_violations(import_graph(_plant(tmp_path / "new", {"plugins.py": ""}))) == [
         "xaitk_exp.plugins: its room is in no layer"
     ]
+
+
+def test_ci_type_checks_with_the_readme_test_command():
+    # .ci/run calls the README's test command, and that command runs mypy (configured in pyproject.toml) before pytest
+    readme = (ROOT / "README.md").read_text()
+    command = next(ln for ln in readme.splitlines() if "pip install '.[test]'" in ln and not ln.startswith("#"))
+    assert ".venv/bin/mypy && .venv/bin/pytest" in command
+    assert command in (ROOT / ".ci" / "run").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'files = ["xaitk_exp"]' in pyproject
+    assert 'module = ["xaitk_exp.tracking.*", "xaitk_exp.settings.*"]\ndisallow_untyped_defs = true' in pyproject

@@ -32,7 +32,7 @@ class MetricSettings:
         for key in ("enabled", "complexity", "sanity"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"metrics.{key}", getattr(self, key), "true or false")
-        step = self.step
+        step: Any = self.step  # a config may say auto
         if step == "auto" or step is None:
             object.__setattr__(self, "step", None)
         elif not _is_int(step) or step < 1:

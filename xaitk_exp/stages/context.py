@@ -187,7 +187,7 @@ class Context:
             schema.DATA_FINGERPRINT: self.split.fingerprint(),
         }
         if git_commit():
-            tags[schema.GIT_COMMIT] = git_commit()
+            tags[schema.GIT_COMMIT] = str(git_commit())
         if self.cfg.get("sweep_run_id"):
             tags[schema.SWEEP_RUN_ID] = str(self.cfg.sweep_run_id)
         if OmegaConf.select(self.cfg, "sweep.trial") is not None:  # an optuna trial's number

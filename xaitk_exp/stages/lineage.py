@@ -76,5 +76,5 @@ def evaluated_model(ctx: Context) -> tuple[str | None, dict[str, str]]:
     model_id = ctx.results.get(LOGGED_MODEL_ID) or (ref.model_id if ref else None)
     if model_id is None and ctx.train_run_id:
         model_id = ctx.tracker.logged_model_of(ctx.train_run_id)
-    tags = {schema.REGISTERED_MODEL: ref.name, schema.MODEL_VERSION: ref.version} if ref and ref.version else {}
+    tags = {schema.REGISTERED_MODEL: str(ref.name), schema.MODEL_VERSION: ref.version} if ref and ref.version else {}
     return model_id, tags

@@ -45,4 +45,4 @@ class HighTracker(MidTracker):
             pip_requirements=pip_requirements(),
         )
         self._log_artifacts(run_id, saved_dir, MODEL_DIR)
-        return info.model_id
+        return str(info.model_id)

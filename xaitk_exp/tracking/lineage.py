@@ -34,18 +34,18 @@ class DatasetRecord:
 
     def to_mlflow(self) -> Any:
         """An ``mlflow.data`` numpy dataset (what ``mlflow.log_input`` takes); the digest is ours, not recomputed."""
-        import mlflow.data
+        from mlflow.data.numpy_dataset import from_numpy
         from mlflow.data.code_dataset_source import CodeDatasetSource
         from mlflow.data.dataset_source_registry import resolve_dataset_source
 
         if self.source_type == "code":
-            source = CodeDatasetSource({"mlflow.source.name": self.source})
+            source: Any = CodeDatasetSource({"mlflow.source.name": self.source})
         else:
             with warnings.catch_warnings():
                 # MLflow 3.17 registers its local-file source twice and warns that a file URI is ambiguous
                 warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
                 source = resolve_dataset_source(self.source)
-        return mlflow.data.from_numpy(
+        return from_numpy(
             self.features, source=source, targets=self.targets, name=self.name, digest=self.digest
         )
 
@@ -108,7 +108,7 @@ def logged_model_of_run(client: Any, experiment_id: str, run_id: str) -> str | N
 def model_id_of_version(version: Any) -> str | None:
     """The logged model a registered version was made from (``models:/<model_id>`` source), if any."""
     if getattr(version, "model_id", None):
-        return version.model_id
+        return str(version.model_id)
     source = str(getattr(version, "source", "") or "").rstrip("/")
     match = re.fullmatch(r"models:/(m-[0-9a-f]+)", source) or re.search(r"/models/(m-[0-9a-f]+)/artifacts$", source)
     return match.group(1) if match else None

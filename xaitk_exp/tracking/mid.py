@@ -6,7 +6,7 @@ share a worker process.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from xaitk_exp.tracking.lineage import DatasetRecord
 from xaitk_exp.tracking.stores import use_tracking_uri
@@ -31,7 +31,7 @@ class MidTracker(Tracker):
         # the parent, if any, is passed as the tag itself so the record matches the other levels
         nested = self._mlflow.active_run() is not None
         active = self._mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested)
-        return active.info.run_id
+        return str(active.info.run_id)
 
     def _resume_run(self, run_id: str) -> None:
         self._mlflow.start_run(run_id=run_id, nested=self._mlflow.active_run() is not None)
@@ -105,7 +105,7 @@ class MidTracker(Tracker):
             name=name, source_run_id=run_id, params=params, experiment_id=experiment_id
         )
 
-    def _finalize_logged_model(self, model_id: str, status: str) -> None:
+    def _finalize_logged_model(self, model_id: str, status: Literal["READY", "FAILED"]) -> None:
         self._mlflow.finalize_logged_model(model_id, status)
 
     def _log_image(self, run_id: str, image: Any, key: str, step: int) -> None:

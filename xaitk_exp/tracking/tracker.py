@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from xaitk_exp.errors import RunKilled, TrackingError
 from xaitk_exp.tracking.limits import (
@@ -66,6 +66,12 @@ class Tracker(StoreReader, ModelRecords, ABC):
         return self.level, self.uri, self.artifact_root, self.sqlite_journal
 
     # ----- experiments -------------------------------------------------------------------------------------------
+    @overload
+    def experiment(self, name: str, create: Literal[True] = True, framework: tuple[str, str] | None = None) -> str: ...
+
+    @overload
+    def experiment(self, name: str, create: bool, framework: tuple[str, str] | None = None) -> str | None: ...
+
     def experiment(self, name: str, create: bool = True, framework: tuple[str, str] | None = None) -> str | None:
         """The id of experiment ``name``, created if missing with tags ``framework`` and ``version`` (the model's
         library: ``framework``, default scikit-learn) and ``Experiment``."""
@@ -91,9 +97,11 @@ class Tracker(StoreReader, ModelRecords, ABC):
                 pass
             exp = self._get_experiment(name)
         if exp is None:
+            if create:  # created, yet not found: the store lost it
+                raise TrackingError(self._scrub(f"tracking.uri: experiment {name!r} was created but cannot be read back"))
             return None
-        self._experiments[name] = exp.experiment_id
-        return exp.experiment_id
+        self._experiments[name] = str(exp.experiment_id)
+        return self._experiments[name]
 
     def created_here(self, experiment_id: str) -> bool:
         """True when this tracker created the experiment, so it holds no run from an earlier job."""
