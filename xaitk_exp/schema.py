@@ -9,6 +9,12 @@ from __future__ import annotations
 # ----- stages and levels ---------------------------------------------------------------------------------------------
 STAGES = ("all", "train", "evaluation", "saliency", "reproduce")
 LEVELS = ("high", "mid", "low")
+#: what each logging level writes with (settings, conf/logging/, the level's module and the README say the same)
+LEVEL_APIS = {
+    "high": "flavour functions (mlflow.sklearn.log_model, mlflow.log_text) over the fluent API",
+    "mid": "the fluent mlflow.* API",
+    "low": "MlflowClient with explicit run ids, batched writes",
+}
 SQLITE_JOURNALS = ("wal", "delete")
 
 # ----- experiments: "<Model class> - <suffix>" -----------------------------------------------------------------------
@@ -54,6 +60,7 @@ TRAIN_EXP_ID = "Train_exp_id"
 TRAIN_RUN_ID = "Train_run_id"
 EVALUATION_EXP_ID = "Evaluation_exp_id"
 EVALUATION_RUN_ID = "Evaluation_run_id"
+EVALUATION_SUMMARY_RUN_ID = "Evaluation_summary_run_id"  # a saliency run: the evaluation summary run it explains
 SALIENCY_ALGORITHM = "Saliency_algorithm"
 MODIFIED_RUN = "Modified_run"
 RUN_TYPE = "Run_type"  # "summary" | "image" | "sweep"

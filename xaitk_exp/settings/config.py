@@ -19,7 +19,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from xaitk_exp.errors import ConfigError
-from xaitk_exp.schema import LEVELS, SQLITE_JOURNALS, STAGES
+from xaitk_exp.schema import LEVELS, PREDICTED_CLASS_CONF, SQLITE_JOURNALS, STAGES
 from xaitk_exp.settings.metrics import MetricSettings
 from xaitk_exp.settings.nodes import to_dict
 from xaitk_exp.settings.saliency import SaliencySettings
@@ -99,7 +99,7 @@ class QuerySettings:
     min_conf: float | None = None  # shortcut: metrics.Predicted_class_conf >= value, a confidence in [0, 1]
     predicted_class: Any = None  # shortcut: tags.Predicted_class = value
     gt_class: Any = None  # shortcut: tags.GT_class = value
-    order_by: str | None = "metrics.Predicted_class_conf DESC"  # '<entity>.<name> [ASC|DESC]'
+    order_by: str | None = f"metrics.{PREDICTED_CLASS_CONF} DESC"  # '<entity>.<name> [ASC|DESC]'
     max_results: int = 1  # images explained (>= 1)
 
     def __post_init__(self) -> None:
@@ -183,7 +183,7 @@ class TrackingSettings:
 
 @dataclass(frozen=True)
 class LoggingSettings:
-    level: str = "mid"  # high (fluent mlflow.*) | mid (MlflowClient) | low (batched writes)
+    level: str = "mid"  # an API level of schema.LEVEL_APIS: high, mid (the fluent mlflow.* API) or low
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:

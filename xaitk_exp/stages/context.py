@@ -165,7 +165,7 @@ class Context:
         exp_id = self.tracker.experiment(self.experiment_name(stage_experiment), create=False)
         if exp_id is None:
             return None
-        flt = f"tags.config_hash = '{self.hash_for(stage)}' and attributes.status = 'FINISHED'"
+        flt = f"tags.{schema.CONFIG_HASH} = '{self.hash_for(stage)}' and attributes.status = 'FINISHED'"
         if extra_filter:
             flt += f" and {extra_filter}"
         runs = self.tracker.search([exp_id], flt, ["attributes.start_time DESC"], 1)

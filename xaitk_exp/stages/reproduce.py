@@ -104,7 +104,7 @@ def replay_config(stored: dict[str, Any], current: DictConfig, original: Any, st
     if stage in ("evaluation", "saliency"):
         cfg.train_run_id = tags.get(schema.TRAIN_RUN_ID) or None
     if stage == "saliency":
-        cfg.evaluation_run_id = tags.get("Evaluation_summary_run_id") or None
+        cfg.evaluation_run_id = tags.get(schema.EVALUATION_SUMMARY_RUN_ID) or None
     return cfg
 
 
@@ -144,12 +144,13 @@ def compare_runs(tracker: Any, original: Any, new: Any, stage: str) -> tuple[lis
     """(differences, what was compared): params, metrics (exact), the config hash, saliency arrays (bytes), and
     an evaluation's per-image runs."""
     differences: list[str] = []
-    compared = ["params", "metrics", "config_hash"]
+    compared = ["params", "metrics", schema.CONFIG_HASH]
     differences += _dict_diff("param", original.data.params, new.data.params)
     differences += _dict_diff("metric", _own_metrics(original), _own_metrics(new))
     if original.data.tags.get(schema.CONFIG_HASH) != new.data.tags.get(schema.CONFIG_HASH):
         differences.append(
-            f"config_hash {original.data.tags.get('config_hash')} != {new.data.tags.get('config_hash')}"
+            f"{schema.CONFIG_HASH} {original.data.tags.get(schema.CONFIG_HASH)} != "
+            f"{new.data.tags.get(schema.CONFIG_HASH)}"
         )
     if stage == "saliency":
         differences += _array_diff(tracker, original.info.run_id, new.info.run_id)

@@ -168,7 +168,7 @@ def job_experiments(cfg: Any) -> list[str]:
     if not target or OmegaConf.select(cfg, "model.uri", default=None):
         return []
     cls = str(target).rsplit(".", 1)[-1]
-    return [f"{cls} - {stage}" for stage in STAGE_EXPERIMENTS.get(str(cfg.get("stage", "all")), ())]
+    return [schema.experiment_name(cls, stage) for stage in STAGE_EXPERIMENTS.get(str(cfg.get("stage", "all")), ())]
 
 
 def check_access(cfg: Any, tracker: Tracker) -> None:

@@ -1,4 +1,4 @@
-"""Low level: ``MlflowClient`` with explicit run ids; one ``log_batch`` per write. No global state.
+"""Low level: MlflowClient with explicit run ids, batched writes (one ``log_batch`` per write). No global state.
 
 A run costs ``create_run`` + one ``log_batch`` + ``set_terminated``, the least MLflow's public API allows. Against a
 server or a database (not SQLite, whose writes queue behind one lock) the per-image runs of :meth:`log_runs` are

@@ -1,4 +1,5 @@
-"""Mid level: the fluent ``mlflow.*`` API, which keeps a per-thread stack of active runs.
+"""Mid level: the fluent mlflow.* API (``mlflow.start_run``, ``log_params``, ...), which keeps a per-thread stack of
+active runs.
 
 Every run opened here is closed here (``end_run`` in :meth:`Tracker.run`), so nothing leaks between jobs that
 share a worker process.

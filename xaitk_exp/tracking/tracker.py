@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, overload
 
+from xaitk_exp import schema
 from xaitk_exp.errors import RunKilled, TrackingError
 from xaitk_exp.tracking.limits import (
     MAX_METRICS,
@@ -160,8 +161,8 @@ class Tracker(StoreReader, ModelRecords, ABC):
     ) -> dict[str, str]:
         """A run's tags as strings, with ``mlflow.parentRunId`` (the given parent, else the sweep's run if any)."""
         all_tags = {k: self._scrub(stringify(v)) for k, v in (tags or {}).items()}
-        if not parent_run_id and all_tags.get("Sweep_run_id"):
-            parent_run_id = self._sweep_parent_in(experiment_id, all_tags["Sweep_run_id"])
+        if not parent_run_id and all_tags.get(schema.SWEEP_RUN_ID):
+            parent_run_id = self._sweep_parent_in(experiment_id, all_tags[schema.SWEEP_RUN_ID])
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         return all_tags
@@ -208,7 +209,7 @@ class Tracker(StoreReader, ModelRecords, ABC):
         try:
             if exc is not None:
                 text = self._scrub("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-                self._log(run_id, {}, {}, {"error": self._scrub(short_error(exc))}, 0)
+                self._log(run_id, {}, {}, {schema.ERROR: self._scrub(short_error(exc))}, 0)
                 self.log_text(run_id, text, "traceback.txt")
         except Exception:
             pass

@@ -215,8 +215,8 @@ def explain(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask) -> Exp
     root = Path(task.folder)
     npy = root / NPY_DIR
     npy.mkdir(parents=True, exist_ok=True)
-    np.save(npy / "saliency_maps.npy", maps)
-    np.save(npy / "image.npy", task.image)
+    np.save(npy / schema.MAPS_NPY, maps)
+    np.save(npy / schema.IMAGE_NPY, task.image)
     conf = f" ({task.conf:.3f})" if task.conf is not None else ""
     title = f"{algo.name} | image {task.image_id} | predicted {task.predicted}{conf}"
     saliency_figure(task.image, shown, labels, pred_idx, root / FIGURE, title)

@@ -37,7 +37,7 @@ from xaitk_exp.tracking.ui import runs_table_url
 
 def build_filter(query: Any, parent_run_id: str) -> str:
     """The MLflow filter string: ``query.filter`` AND the shortcuts AND this evaluation's image runs."""
-    parts = [f"tags.`mlflow.parentRunId` = '{parent_run_id}'", "tags.Run_type = 'image'"]
+    parts = [f"tags.`mlflow.parentRunId` = '{parent_run_id}'", f"tags.{schema.RUN_TYPE} = 'image'"]
     own = user_filter(query)
     return " and ".join([*parts, own] if own else parts)
 
@@ -48,11 +48,11 @@ def user_filter(query: Any) -> str:
     if query.get("filter"):
         parts.append(str(query.filter))
     if query.get("min_conf") is not None:
-        parts.append(f"metrics.Predicted_class_conf >= {float(query.min_conf)}")
+        parts.append(f"metrics.{schema.PREDICTED_CLASS_CONF} >= {float(query.min_conf)}")
     if query.get("predicted_class") is not None:
-        parts.append(f"tags.Predicted_class = '{query.predicted_class}'")
+        parts.append(f"tags.{schema.PREDICTED_CLASS} = '{query.predicted_class}'")
     if query.get("gt_class") is not None:
-        parts.append(f"tags.GT_class = '{query.gt_class}'")
+        parts.append(f"tags.{schema.GT_CLASS} = '{query.gt_class}'")
     return " and ".join(parts)
 
 
@@ -139,7 +139,7 @@ def _finished_runs(ctx: Context, exp_id: str) -> dict[str, str]:
     (``work_hash``: the query that selected the image does not count), to be reused."""
     flt = (
         f"tags.{schema.WORK_HASH} = '{ctx.hash_for('saliency_work')}' and attributes.status = 'FINISHED' "
-        f"and tags.Evaluation_summary_run_id = '{ctx.evaluation_run_id}'"
+        f"and tags.{schema.EVALUATION_SUMMARY_RUN_ID} = '{ctx.evaluation_run_id}'"
     )
     found: dict[str, str] = {}
     for run in ctx.tracker.search([exp_id], flt, ["attributes.start_time DESC"], 10000):
@@ -187,7 +187,7 @@ def _explain_and_record(
         experiment_id=exp_id,
         tags={
             schema.DATASET: ctx.dataset_name,
-            "Evaluation_summary_run_id": ctx.evaluation_run_id or "",
+            schema.EVALUATION_SUMMARY_RUN_ID: ctx.evaluation_run_id or "",
             schema.SALIENCY_ALGORITHM: algo.name,
             schema.WORK_HASH: ctx.hash_for("saliency_work"),
             schema.TRAIN_RUN_ID: ctx.train_run_id or "",
