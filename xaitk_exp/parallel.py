@@ -14,7 +14,7 @@ call starts fresh workers (:class:`WorkerDied`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 from xaitk_exp.errors import WorkerDied
@@ -29,10 +29,10 @@ def share_work(
     jobs: Iterable[Any],
     here: Callable[[Any], Any],
     remote: Callable[..., Any],
-    remote_args: tuple,
+    remote_args: tuple[Any, ...],
     processes: int,
     warmup: Callable[..., Any] | None = None,
-) -> Iterator[tuple[int, Any]]:
+) -> Generator[tuple[int, Any], None, None]:
     """``(index, result)`` of every job as it finishes: ``here(job)`` in this process, ``remote(*remote_args,
     job)`` in ``processes - 1`` workers once ``warmup(*remote_args)`` has run in one of them (module-level
     functions, as they are pickled by name). ``jobs`` may be lazy: it is read only as fast as the work goes.

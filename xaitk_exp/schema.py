@@ -9,6 +9,12 @@ from __future__ import annotations
 # ----- stages and levels ---------------------------------------------------------------------------------------------
 STAGES = ("all", "train", "evaluation", "saliency", "reproduce")
 LEVELS = ("high", "mid", "low")
+#: what each logging level writes with (settings, conf/logging/, the level's module and the README say the same)
+LEVEL_APIS = {
+    "high": "flavour functions (mlflow.sklearn.log_model, mlflow.log_text) over the fluent API",
+    "mid": "the fluent mlflow.* API",
+    "low": "MlflowClient with explicit run ids, batched writes",
+}
 SQLITE_JOURNALS = ("wal", "delete")
 
 # ----- experiments: "<Model class> - <suffix>" -----------------------------------------------------------------------

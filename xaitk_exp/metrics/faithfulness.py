@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from xaitk_exp.settings.metrics import SUBSTRATES
+
 Seed = int | Sequence[int]
 Predict = Callable[[np.ndarray], np.ndarray]
-
-SUBSTRATES = ("auto", "zeros", "mean", "blur")
 
 
 def make_substrate(image: np.ndarray, kind: str | float = "auto", blur_sigma: float = 2.0) -> np.ndarray:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from xaitk_exp import schema
 from xaitk_exp.metrics.names import DIRECTIONS, METRICS, RANKED
 
 
@@ -25,7 +26,7 @@ def _latest_per_image(runs: Iterable[Any], group_tag: str) -> dict[str, list[Any
         tags = run.data.tags
         if group_tag not in tags:
             continue
-        key = (tags[group_tag], tags.get("Image_id", run.info.run_id))
+        key = (tags[group_tag], tags.get(schema.IMAGE_ID, run.info.run_id))
         if key not in best or (run.info.start_time or 0) > (best[key].info.start_time or 0):
             best[key] = run
     groups: dict[str, list[Any]] = {}
@@ -43,7 +44,7 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 
 def aggregate(
     runs: Iterable[Any],
-    group_tag: str = "Saliency_algorithm",
+    group_tag: str = schema.SALIENCY_ALGORITHM,
     metrics: Sequence[str] = METRICS,
     common_images: bool = False,
 ) -> list[dict[str, Any]]:
@@ -63,8 +64,10 @@ def aggregate(
     """
     groups = _latest_per_image(runs, group_tag)
     if common_images and groups:
-        shared = set.intersection(*({r.data.tags.get("Image_id") for r in members} for members in groups.values()))
-        groups = {g: [r for r in members if r.data.tags.get("Image_id") in shared] for g, members in groups.items()}
+        shared = set.intersection(*({r.data.tags.get(schema.IMAGE_ID) for r in members} for members in groups.values()))
+        groups = {
+            g: [r for r in members if r.data.tags.get(schema.IMAGE_ID) in shared] for g, members in groups.items()
+        }
         groups = {g: members for g, members in groups.items() if members}
     rows: list[dict[str, Any]] = []
     for name, members in groups.items():

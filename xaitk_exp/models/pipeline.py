@@ -273,21 +273,21 @@ class ClassView:
         out: dict[str, Any] = {}
         if self.truth is not None:
             if self.names is None:
-                out["GT_class"] = self.dataset_names[int(raw_label)]
+                out[schema.GT_CLASS] = self.dataset_names[int(raw_label)]
             else:
-                out["GT_class"] = self.labels[int(self.truth[k])]
-                out["GT_label"] = self.names[int(self.truth[k])]
-        out["Predicted_class"] = self.labels[top]
+                out[schema.GT_CLASS] = self.labels[int(self.truth[k])]
+                out[schema.GT_LABEL] = self.names[int(self.truth[k])]
+        out[schema.PREDICTED_CLASS] = self.labels[top]
         if self.names is not None:
-            out["Predicted_label"] = self.names[top]
+            out[schema.PREDICTED_LABEL] = self.names[top]
         return out
 
     def metrics(self, probs: np.ndarray) -> dict[str, float]:
         """``Predicted_class_conf`` and ``Class_<c>_conf`` for every class up to 20, else the 5 most confident."""
         top = int(np.argmax(probs))
-        out = {"Predicted_class_conf": float(probs[top])}
+        out = {schema.PREDICTED_CLASS_CONF: float(probs[top])}
         for c in top_classes(probs, self.n_metric):
-            out[f"Class_{self.labels[c]}_conf"] = float(probs[c])
+            out[schema.class_conf(self.labels[c])] = float(probs[c])
         return out
 
 

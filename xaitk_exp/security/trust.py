@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from xaitk_exp.errors import ConfigError, UnsafeConfigError
-from xaitk_exp.models.lazy import import_skops
+from xaitk_exp.lazy import import_skops
 
 #: a stored skops model may ask to trust only classes defined in these packages (scikit-learn's own classes:
 #: ``builtins.``/``numpy.`` prefixes would let a crafted MLmodel trust ``builtins.eval`` and run code)

@@ -16,13 +16,16 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from xaitk_exp.errors import ConfigError
-from xaitk_exp.schema import LEVELS, SQLITE_JOURNALS, STAGES
+from xaitk_exp.schema import LEVELS, PREDICTED_CLASS_CONF, SQLITE_JOURNALS, STAGES
 from xaitk_exp.settings.metrics import MetricSettings
 from xaitk_exp.settings.nodes import to_dict
 from xaitk_exp.settings.saliency import SaliencySettings
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 SPLITS = ("train", "test")
 SWEEP_MODES = ("auto", "max", "min")
@@ -56,7 +59,10 @@ def check_text(key: str, v: Any) -> None:
         raise ConfigError(key, v, "a string or null")
 
 
-def from_node(cls: type, node: Any, key: str, **given: Any) -> Any:
+R = TypeVar("R", bound="DataclassInstance")  # a settings record
+
+
+def from_node(cls: type[R], node: Any, key: str, **given: Any) -> R:
     """``cls`` built from a config mapping (``None``: all defaults) and the fields in ``given``. Missing keys take
     the field's default (saved configs of older versions lack some); keys the record does not know are left to
     whoever reads them."""
@@ -115,7 +121,7 @@ class QuerySettings:
     min_conf: float | None = None  # shortcut: metrics.Predicted_class_conf >= value, a confidence in [0, 1]
     predicted_class: Any = None  # shortcut: tags.Predicted_class = value
     gt_class: Any = None  # shortcut: tags.GT_class = value
-    order_by: str | None = "metrics.Predicted_class_conf DESC"  # '<entity>.<name> [ASC|DESC]'
+    order_by: str | None = f"metrics.{PREDICTED_CLASS_CONF} DESC"  # '<entity>.<name> [ASC|DESC]'
     max_results: int = 1  # images explained (>= 1)
 
     def __post_init__(self) -> None:
@@ -134,7 +140,7 @@ class MapSettings:
     KEY: ClassVar[str] = "maps.top_k"
 
     def __post_init__(self) -> None:
-        if self.top_k == "auto":
+        if self.top_k == "auto":  # type: ignore[comparison-overlap]  # a config may say auto
             object.__setattr__(self, "top_k", None)
         elif self.top_k is not None and not (is_int(self.top_k) and self.top_k >= 0):
             raise ConfigError(self.KEY, self.top_k, "auto, 0 (every class) or a positive number of classes")
@@ -202,7 +208,7 @@ class TrackingSettings:
 
 @dataclass(frozen=True)
 class LoggingSettings:
-    level: str = "mid"  # high (fluent mlflow.*) | mid (MlflowClient) | low (batched writes)
+    level: str = "mid"  # an API level of schema.LEVEL_APIS: high, mid (the fluent mlflow.* API) or low
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -265,7 +271,7 @@ class Settings:
             return self.n_jobs
         from joblib import cpu_count
 
-        return max(1, cpu_count() + 1 + self.n_jobs)
+        return max(1, int(cpu_count()) + 1 + self.n_jobs)
 
 
 def tracking_settings(cfg: Any) -> TrackingSettings:

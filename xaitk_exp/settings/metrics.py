@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from xaitk_exp.errors import ConfigError
-from xaitk_exp.metrics.faithfulness import SUBSTRATES
 from xaitk_exp.settings.nodes import to_dict
 
 AUTO_STEPS = 100  # step=auto: about this many deletion/insertion steps per curve
+SUBSTRATES = ("auto", "zeros", "mean", "blur")  # what deleted pixels become (besides a number)
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class MetricSettings:
         for key in ("enabled", "complexity", "sanity"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"metrics.{key}", getattr(self, key), "true or false")
-        step = self.step
+        step: Any = self.step  # a config may say auto
         if step == "auto" or step is None:
             object.__setattr__(self, "step", None)
         elif not _is_int(step) or step < 1:

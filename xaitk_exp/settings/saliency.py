@@ -4,7 +4,7 @@ silently but cannot use. Sizes are checked against the data once per job (:meth:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +160,7 @@ class SaliencySettings:
         validate_saliency(arguments)
         return cls(name=str(node["name"]), sign=saliency_sign(node), fill=node.get("fill"), arguments=arguments)
 
-    def check_fits(self, image_hw: tuple[int, int]) -> None:
+    def check_fits(self, image_hw: Sequence[int]) -> None:
         """Refuse a window or grid larger than the images (``image_hw``: their height and width)."""
-        validate_saliency(resolve_auto(self.arguments, tuple(image_hw[:2])), tuple(image_hw[:2]))
+        hw = (int(image_hw[0]), int(image_hw[1]))
+        validate_saliency(resolve_auto(self.arguments, hw), hw)

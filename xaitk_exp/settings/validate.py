@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -14,12 +15,15 @@ from xaitk_exp.settings.config import Settings, from_node, resolved_num_images
 from xaitk_exp.settings.metrics import settings_from_config
 from xaitk_exp.settings.nodes import to_dict
 from xaitk_exp.settings.saliency import SaliencySettings
-from xaitk_exp.tracking.lineage import parse_register
 
 #: what :func:`validate` reads besides the records it builds itself
 _PLAIN = ("stage", "seed", "force", "n_jobs", "chunk_size", "progress", "allow_targets", "train_run_id",
           "evaluation_run_id", "update_run_id", "run_id", "sweep_run_id", "evaluation", "query", "maps", "sweep",
           "tracking")
+
+#: MLflow's rules for registered model aliases (letters, digits, ``_`` and ``-``; ``latest`` and ``v<N>`` reserved)
+_ALIAS = re.compile(r"[\w-]{1,255}")
+_VERSION_ALIAS = re.compile(r"[vV]\d+")
 
 
 def validate(cfg: DictConfig | Mapping[str, Any]) -> Settings:
@@ -61,3 +65,22 @@ def check_model_name(node: DictConfig) -> None:
         if not schema.model_name_ok(stem):
             raise ConfigError("model.name", None, schema.model_name_rule(),
                               f"the default, model.path's file name {stem!r}, is not one: set model.name")
+
+
+def parse_register(value: Any, key: str = "model.register") -> tuple[str, str | None] | None:
+    """``model.register``: ``<name>`` or ``<name>@<alias>`` -> (name, alias); None when unset. One-line errors."""
+    if value is None or value == "":
+        return None
+    allowed = "null, '<name>' or '<name>@<alias>' (name without '/' or ':'; alias of letters, digits, _ and -)"
+    if not isinstance(value, str):
+        raise ConfigError(key, value, allowed)
+    name, _, alias = value.partition("@")
+    if not name.strip() or any(c in name for c in "/:") or name != name.strip():
+        raise ConfigError(key, value, allowed)
+    if "@" in value:
+        if not _ALIAS.fullmatch(alias):
+            raise ConfigError(key, value, allowed)
+        if alias.lower() == "latest" or _VERSION_ALIAS.fullmatch(alias):
+            raise ConfigError(key, value, "an alias other than 'latest' and 'v<number>', which MLflow reserves")
+        return name, alias
+    return name, None

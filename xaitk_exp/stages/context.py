@@ -25,6 +25,9 @@ from xaitk_exp.stages.provenance import config_texts, git_commit
 from xaitk_exp.tracking.model_io import load_model
 from xaitk_exp.tracking.tracker import Tracker
 
+LOGGED_MODEL_ID = "logged_model_id"  #: ctx.results key: the logged model the job trained or loaded
+MODEL_REF = "model_ref"  #: ctx.results key: the registered version it was registered as or loaded from
+
 
 @dataclass
 class Context:
@@ -124,11 +127,14 @@ class Context:
 
     def load_pretrained(self) -> Any:
         if self.model is None:
-            from xaitk_exp.stages.lineage import pretrained_ref
-
             # a models:/ URI is checked against the registry first (one line listing what exists); an alias is
-            # loaded as the version it names now, and that version is what the runs record
-            uri, ref = pretrained_ref(self, str(self.pretrained_uri))
+            # loaded as the version it names now, and that version is what the runs record (evaluation's tags)
+            uri = str(self.pretrained_uri)
+            ref = self.tracker.model_ref(uri)
+            if ref is not None:
+                self.results[MODEL_REF] = ref
+                self.results[LOGGED_MODEL_ID] = ref.model_id
+                uri = f"models:/{ref.name}/{ref.version}" if ref.version else uri
             self.model = load_model(uri, self.tracker.uri, bool(self.cfg.model.get("allow_pickle")))
             self.train_run_id, self.train_exp_id = self._pretrained_source(ref.run_id if ref else None)
         return self.model
@@ -181,7 +187,7 @@ class Context:
         exp_id = self.tracker.experiment(self.experiment_name(stage_experiment), create=False)
         if exp_id is None:
             return None
-        flt = f"tags.config_hash = '{self.hash_for(stage)}' and attributes.status = 'FINISHED'"
+        flt = f"tags.{schema.CONFIG_HASH} = '{self.hash_for(stage)}' and attributes.status = 'FINISHED'"
         if extra_filter:
             flt += f" and {extra_filter}"
         runs = self.tracker.search([exp_id], flt, ["attributes.start_time DESC"], 1)
@@ -203,7 +209,7 @@ class Context:
             schema.DATA_FINGERPRINT: self.split.fingerprint(),
         }
         if git_commit():
-            tags[schema.GIT_COMMIT] = git_commit()
+            tags[schema.GIT_COMMIT] = str(git_commit())
         if self.cfg.get("sweep_run_id"):
             tags[schema.SWEEP_RUN_ID] = str(self.cfg.sweep_run_id)
         if OmegaConf.select(self.cfg, "sweep.trial") is not None:  # an optuna trial's number

@@ -75,8 +75,8 @@ def saliency_note(
     conf_text = f" ({float(conf):.3f})" if isinstance(conf, (int, float)) else ""
     return (
         f"**{algorithm}** saliency maps of image {image_id} of **{ctx.dataset_name}** / "
-        f"{tags.get('Datasplit', 'test')}, for **{ctx.model_class}**: predicted **{predicted}**{conf_text}, "
-        f"ground truth {tags.get('GT_class', '?')}.  \n"
+        f"{tags.get(schema.DATASPLIT, 'test')}, for **{ctx.model_class}**: predicted **{predicted}**{conf_text}, "
+        f"ground truth {tags.get(schema.GT_CLASS, '?')}.  \n"
         f"From {run_link('evaluation run', str(evaluation.get('experiment_id')), str(evaluation.get('run_id')))} "
         f"of {run_link('train run', ctx.train_exp_id, ctx.train_run_id)}."
     )

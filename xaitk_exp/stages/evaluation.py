@@ -25,7 +25,7 @@ def run_evaluation(ctx: Context) -> str:
     model = ensure_model(ctx)
     ctx.check_image_shape(model)
     if not settings.force:
-        flt = f"tags.Run_type = 'summary' and tags.Train_run_id = '{ctx.train_run_id or ''}'"
+        flt = f"tags.{schema.RUN_TYPE} = 'summary' and tags.{schema.TRAIN_RUN_ID} = '{ctx.train_run_id or ''}'"
         previous = ctx.find_latest(schema.EVALUATION, "evaluation", flt)
         if previous is not None:
             ctx.evaluation_run_id = previous.info.run_id

@@ -8,16 +8,11 @@ Everything goes through the tracker (stages never call ``mlflow``). State shared
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from xaitk_exp import schema
+from xaitk_exp.stages.context import LOGGED_MODEL_ID, MODEL_REF, Context
 from xaitk_exp.tracking.lineage import DatasetRecord, ModelRef
-
-if TYPE_CHECKING:  # the context calls into this module: the type only, for annotations
-    from xaitk_exp.stages.context import Context
-
-LOGGED_MODEL_ID = "logged_model_id"  #: ctx.results key: the logged model the job trained or loaded
-MODEL_REF = "model_ref"  #: ctx.results key: the registered version it was registered as or loaded from
 
 
 def dataset_source(node: Any) -> tuple[str, str]:
@@ -81,16 +76,5 @@ def evaluated_model(ctx: Context) -> tuple[str | None, dict[str, str]]:
     model_id = ctx.results.get(LOGGED_MODEL_ID) or (ref.model_id if ref else None)
     if model_id is None and ctx.train_run_id:
         model_id = ctx.tracker.logged_model_of(ctx.train_run_id)
-    tags = {schema.REGISTERED_MODEL: ref.name, schema.MODEL_VERSION: ref.version} if ref and ref.version else {}
+    tags = {schema.REGISTERED_MODEL: str(ref.name), schema.MODEL_VERSION: ref.version} if ref and ref.version else {}
     return model_id, tags
-
-
-def pretrained_ref(ctx: Context, uri: str) -> tuple[str, ModelRef | None]:
-    """``model.uri`` checked against the registry before anything is downloaded: the URI to load (an alias is
-    pinned to the version it names now) and the version, remembered for the evaluation's tags."""
-    ref = ctx.tracker.model_ref(uri)
-    if ref is None:
-        return uri, None
-    ctx.results[MODEL_REF] = ref
-    ctx.results[LOGGED_MODEL_ID] = ref.model_id
-    return (f"models:/{ref.name}/{ref.version}" if ref.version else uri), ref

@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -43,7 +44,7 @@ def package_versions() -> dict[str, str]:
 
 @functools.cache
 def _package_versions() -> dict[str, str]:
-    out = {"python": os.sys.version.split()[0]}
+    out = {"python": sys.version.split()[0]}
     for pkg in PACKAGES:
         try:
             out[pkg] = version(pkg)

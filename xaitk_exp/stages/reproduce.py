@@ -173,7 +173,7 @@ def compare_runs(tracker: Any, original: Any, new: Any, stage: str) -> tuple[lis
     """(differences, what was compared): params, metrics (exact), the config hash, saliency arrays (bytes), and
     an evaluation's per-image runs."""
     differences: list[str] = []
-    compared = ["params", "metrics", "config_hash"]
+    compared = ["params", "metrics", schema.CONFIG_HASH]
     differences += _dict_diff("param", original.data.params, new.data.params)
     differences += _dict_diff("metric", _own_metrics(original), _own_metrics(new))
     # a saliency run: the work done to its image (its config hash also covers the query that selected the image,
@@ -182,7 +182,7 @@ def compare_runs(tracker: Any, original: Any, new: Any, stage: str) -> tuple[lis
     if original.data.tags.get(key) != new.data.tags.get(key):
         differences.append(f"{key} {original.data.tags.get(key)} != {new.data.tags.get(key)}")
     if stage == "saliency" and original.data.tags.get(schema.IMAGE_ID) != new.data.tags.get(schema.IMAGE_ID):
-        differences.append(f"Image_id {original.data.tags.get(schema.IMAGE_ID)} != {new.data.tags.get(schema.IMAGE_ID)}")
+        differences.append(f"{schema.IMAGE_ID} {original.data.tags.get(schema.IMAGE_ID)} != {new.data.tags.get(schema.IMAGE_ID)}")
     compared[-1] = key
     if stage == "saliency":
         differences += _array_diff(tracker, original.info.run_id, new.info.run_id)

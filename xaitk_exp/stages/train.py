@@ -54,7 +54,7 @@ def run_train(ctx: Context) -> str | None:
         if caught:
             tracker.log(run_id, tags={"fit_warnings": "; ".join(sorted({str(w.message)[:200] for w in caught}))})
         if hasattr(model, "loss_curve_"):
-            tracker.log_metric_history(run_id, "Train loss", list(model.loss_curve_))
+            tracker.log_metric_history(run_id, schema.TRAIN_LOSS, list(model.loss_curve_))
         tracker.log(run_id, metrics={schema.TRAIN_ACCURACY: float(model.score(X, split.train_labels))})
         model_id = tracker.log_model(run_id, model, X[:2])
         record_trained_model(ctx, run_id, model_id)

@@ -47,9 +47,9 @@ def ensure_evaluation(ctx: Context) -> Any:
             parent = summary_of(run)
             run = ctx.tracker.get_run(parent) if parent else run
     else:
-        flt = "tags.Run_type = 'summary'"
+        flt = f"tags.{schema.RUN_TYPE} = 'summary'"
         if ctx.train_run_id:
-            flt += f" and tags.Train_run_id = '{ctx.train_run_id}'"
+            flt += f" and tags.{schema.TRAIN_RUN_ID} = '{ctx.train_run_id}'"
         run = ctx.find_latest(schema.EVALUATION, "evaluation", flt)
         if run is None:
             raise TrackingError(

@@ -97,7 +97,7 @@ class SweepCallback(Callback):
         user_overrides = [o for o in config.hydra.overrides.task if not o.startswith(f"{SWEEP_KEY}=")]
         n_jobs = len(jobs) if jobs else int(config.hydra.sweeper.n_trials) if search is not None else "unknown"
         tags = {
-            "Run_type": "sweep",
+            schema.RUN_TYPE: "sweep",
             "Sweep_dir": sweep_dir,
             "Sweep_overrides": " ".join(redact_overrides(user_overrides))[:5000],
             "Sweep_launcher": str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1],

@@ -155,7 +155,7 @@ def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, outp
 #: Hydra's own in-process launcher (a config target: Hydra names it so; nothing of it is imported here)
 IN_PROCESS_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 #: per job stage: (experiment, hash stage, extra filter) of the runs that make the job's result
-FINAL_RUNS = {"train": (schema.TRAIN, "train", ""), "evaluation": (schema.EVALUATION, "evaluation", "tags.Run_type = 'summary'"),
+FINAL_RUNS = {"train": (schema.TRAIN, "train", ""), "evaluation": (schema.EVALUATION, "evaluation", f"tags.{schema.RUN_TYPE} = 'summary'"),
               "saliency": (schema.SALIENCY, "saliency", ""), "all": (schema.SALIENCY, "saliency", "")}
 
 

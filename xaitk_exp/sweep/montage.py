@@ -6,6 +6,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from xaitk_exp import schema
+
 MONTAGE = "sweep_montage.png"
 MONTAGE_MAX_IMAGES = 12
 
@@ -30,11 +32,11 @@ def sweep_montage(tracker: Any, rows: list[dict[str, Any]], path: Path) -> Path 
         for col, row in enumerate(jobs):
             for run_id in row["saliency_run_ids"].split(","):
                 run = tracker.get_run(run_id)
-                k = int(run.data.tags.get("Image_id", -1))
-                folder = Path(tracker.download(run_id, "saliency_map_np_arrays", f"{tmp}/{run_id}"))
-                maps = class_maps(np.load(folder / "saliency_maps.npy"))
-                images.setdefault(k, np.load(folder / "image.npy"))
-                index = run.data.tags.get("Predicted_class_index")
+                k = int(run.data.tags.get(schema.IMAGE_ID, -1))
+                folder = Path(tracker.download(run_id, schema.NPY_DIR, f"{tmp}/{run_id}"))
+                maps = class_maps(np.load(folder / schema.MAPS_NPY))
+                images.setdefault(k, np.load(folder / schema.IMAGE_NPY))
+                index = run.data.tags.get(schema.PREDICTED_CLASS_INDEX)
                 idx = int(index) if index is not None else int(np.argmax(np.clip(maps, 0, None).sum(axis=(1, 2))))
                 cells[(k, col)] = maps[idx]
     ids = sorted(images)[:MONTAGE_MAX_IMAGES]

@@ -16,6 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from xaitk_exp import schema
 from xaitk_exp.errors import ConfigError
 
 #: the stages whose runs a job's summary row holds, by the job's ``stage``
@@ -29,11 +30,13 @@ STAGE_COLUMNS = {
 #: metrics each stage logs (summary column ``<stage>.<name>``); saliency adds the quality metrics of
 #: ``xaitk_exp.metrics.summary.DIRECTIONS`` (and their ``_std`` spreads)
 STAGE_METRICS = {
-    "train": ("Train accuracy", "Train loss"),
-    "evaluation": ("Accuracy", "Accuracy_evaluated", "Mean_predicted_class_conf", "Evaluated_images", "Split_images"),
-    "saliency": ("Predicted_class_conf",),
+    "train": (schema.TRAIN_ACCURACY, schema.TRAIN_LOSS),
+    "evaluation": (
+        schema.ACCURACY, "Accuracy_evaluated", "Mean_predicted_class_conf", "Evaluated_images", "Split_images"
+    ),
+    "saliency": (schema.PREDICTED_CLASS_CONF,),
 }
-_MINIMISED = ("Train loss",)
+_MINIMISED = (schema.TRAIN_LOSS,)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from xaitk_exp import schema
 from xaitk_exp.sweep.montage import MONTAGE, sweep_montage
 
 SUMMARY_TABLE = "sweep_summary.json"
@@ -43,10 +44,10 @@ def summary_rows(tracker: Any, records: list[dict[str, Any]], parent: str) -> li
                         row[f"{stage}.{key}"] = value
         row.update(_saliency_metrics(fetched["saliency"]))
         final = fetched["saliency"] or fetched["evaluation"] or fetched["train"]
-        if row["status"] == "FINISHED" and final and all(r.data.tags.get("Sweep_run_id") != parent for r in final):
+        if row["status"] == "FINISHED" and final and all(r.data.tags.get(schema.SWEEP_RUN_ID) != parent for r in final):
             row["status"] = "REUSED"
         if fetched["saliency"]:
-            row["algorithm"] = fetched["saliency"][0].data.tags.get("Saliency_algorithm", "")
+            row["algorithm"] = fetched["saliency"][0].data.tags.get(schema.SALIENCY_ALGORITHM, "")
         row["saliency_run_ids"] = ",".join(r.info.run_id for r in fetched["saliency"])
         rows.append(row)
     return rows

@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 
+from xaitk_exp import schema
 from xaitk_exp.teamserver import (
     ADMIN_PASSWORD_FILE,
     DEFAULT_AUTH_CACHE_TTL,
@@ -146,7 +147,7 @@ def _user(args: argparse.Namespace) -> int:
     if args.action in ("grant", "revoke"):
         if args.action == "grant" and args.permission not in users.PERMISSIONS:
             raise TeamServerError(f"--permission={args.permission!r} is invalid: one of {', '.join(users.PERMISSIONS)}")
-        names = [*args.experiment, *(f"{cls} - {stage}" for cls in args.model for stage in users.STAGES)]
+        names = [*args.experiment, *(schema.experiment_name(c, s) for c in args.model for s in users.STAGES)]
         if not names:
             raise TeamServerError("--experiment is missing: name at least one experiment (or --model CLASS)")
     if args.action != "list":

@@ -18,11 +18,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, MutableMapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from xaitk_exp import schema
 from xaitk_exp.errors import ConfigError, TrackingError
+
+if TYPE_CHECKING:
+    from xaitk_exp.tracking.tracker import Tracker
 
 CURRENT_USER = "/api/2.0/mlflow/users/current"
 GET_PERMISSION = "/api/3.0/mlflow/users/permissions/get"
@@ -165,10 +168,10 @@ def job_experiments(cfg: Any) -> list[str]:
     if not target or OmegaConf.select(cfg, "model.uri", default=None):
         return []
     cls = str(target).rsplit(".", 1)[-1]
-    return [f"{cls} - {stage}" for stage in STAGE_EXPERIMENTS.get(str(cfg.get("stage", "all")), ())]
+    return [schema.experiment_name(cls, stage) for stage in STAGE_EXPERIMENTS.get(str(cfg.get("stage", "all")), ())]
 
 
-def check_access(cfg: Any, tracker: Any) -> None:
+def check_access(cfg: Any, tracker: Tracker) -> None:
     """Refuse a job, before it opens any run, that the tracking server would refuse halfway.
 
     Only for ``http(s)://`` servers with MLflow's basic-auth app; admins pass. An experiment that does not exist
@@ -193,7 +196,7 @@ def check_access(cfg: Any, tracker: Any) -> None:
             )
 
 
-def _experiment(tracker: Any, name: str) -> Any:
+def _experiment(tracker: Tracker, name: str) -> Any:
     """Experiment ``name`` or None; a 401/403 on the lookup itself is the refusal to report."""
     from mlflow.exceptions import MlflowException
 
@@ -270,7 +273,8 @@ def _get(uri: str, endpoint: str, params: Mapping[str, str] | None = None) -> tu
     from mlflow.utils.rest_utils import http_request
 
     try:
-        resp = http_request(get_default_host_creds(uri), endpoint, "GET", params=dict(params or {}))
+        creds = get_default_host_creds(uri)  # type: ignore[no-untyped-call]  # MLflow leaves both unannotated
+        resp = http_request(creds, endpoint, "GET", params=dict(params or {}))  # type: ignore[no-untyped-call]
     except Exception as exc:
         from xaitk_exp.security.redact import redact_text
 

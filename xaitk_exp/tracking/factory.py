@@ -11,6 +11,9 @@ from xaitk_exp.errors import ConfigError
 if TYPE_CHECKING:
     from xaitk_exp.tracking.tracker import Tracker
 
+#: what reopens a tracker in another process: (level, uri, artifact_root, sqlite_journal)
+ReopenArgs = tuple[str, str, str | None, str]
+
 IMPLEMENTATIONS = {
     "high": "xaitk_exp.tracking.high:HighTracker",
     "mid": "xaitk_exp.tracking.mid:MidTracker",
@@ -24,14 +27,15 @@ def make_tracker(level: str, uri: str, artifact_root: str | None = None, sqlite_
     if level not in IMPLEMENTATIONS:
         raise ConfigError("logging.level", level, f"one of {', '.join(IMPLEMENTATIONS)}")
     module, cls = IMPLEMENTATIONS[level].split(":")
-    return getattr(importlib.import_module(module), cls)(uri, artifact_root, sqlite_journal)
+    tracker: Tracker = getattr(importlib.import_module(module), cls)(uri, artifact_root, sqlite_journal)
+    return tracker
 
 
 #: per worker process: the tracker of the last store it wrote to (see :func:`worker_tracker`)
-_WORKER_TRACKERS: dict[tuple, Tracker] = {}
+_WORKER_TRACKERS: dict[ReopenArgs, Tracker] = {}
 
 
-def worker_tracker(reopen_args: tuple) -> Tracker:
+def worker_tracker(reopen_args: ReopenArgs) -> Tracker:
     """The tracker :meth:`Tracker.reopen_args` describes, opened once per process: worker processes that write
     runs to the stage's store open it with this."""
     tracker = _WORKER_TRACKERS.get(reopen_args)

@@ -1,5 +1,5 @@
-"""High level: MLflow's convenience and flavour functions (``mlflow.sklearn.log_model``, ``mlflow.log_dict``,
-``mlflow.log_text``) on top of the fluent API."""
+"""High level: flavour functions (mlflow.sklearn.log_model, mlflow.log_text) over the fluent API: the mid level's
+fluent calls, with MLflow's own model logging and text artifacts."""
 
 from __future__ import annotations
 
@@ -45,4 +45,4 @@ class HighTracker(MidTracker):
             pip_requirements=pip_requirements(),
         )
         self._log_artifacts(run_id, saved_dir, MODEL_DIR)
-        return info.model_id
+        return str(info.model_id)

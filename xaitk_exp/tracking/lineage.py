@@ -17,10 +17,6 @@ from typing import Any
 
 from xaitk_exp.errors import ConfigError
 
-#: MLflow's rules for registered model aliases (letters, digits, ``_`` and ``-``; ``latest`` and ``v<N>`` reserved)
-_ALIAS = re.compile(r"[\w-]{1,255}")
-_VERSION_ALIAS = re.compile(r"[vV]\d+")
-
 
 @dataclass(frozen=True)
 class DatasetRecord:
@@ -38,18 +34,18 @@ class DatasetRecord:
 
     def to_mlflow(self) -> Any:
         """An ``mlflow.data`` numpy dataset (what ``mlflow.log_input`` takes); the digest is ours, not recomputed."""
-        import mlflow.data
+        from mlflow.data.numpy_dataset import from_numpy
         from mlflow.data.code_dataset_source import CodeDatasetSource
         from mlflow.data.dataset_source_registry import resolve_dataset_source
 
         if self.source_type == "code":
-            source = CodeDatasetSource({"mlflow.source.name": self.source})
+            source: Any = CodeDatasetSource({"mlflow.source.name": self.source})
         else:
             with warnings.catch_warnings():
                 # MLflow 3.17 registers its local-file source twice and warns that a file URI is ambiguous
                 warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
                 source = resolve_dataset_source(self.source)
-        return mlflow.data.from_numpy(
+        return from_numpy(
             self.features, source=source, targets=self.targets, name=self.name, digest=self.digest
         )
 
@@ -69,26 +65,6 @@ class ModelRef:
     version: str | None
     run_id: str | None
     model_id: str | None
-
-
-# ----- the registry config key ---------------------------------------------------------------------------------------
-def parse_register(value: Any, key: str = "model.register") -> tuple[str, str | None] | None:
-    """``model.register``: ``<name>`` or ``<name>@<alias>`` -> (name, alias); None when unset. One-line errors."""
-    if value is None or value == "":
-        return None
-    allowed = "null, '<name>' or '<name>@<alias>' (name without '/' or ':'; alias of letters, digits, _ and -)"
-    if not isinstance(value, str):
-        raise ConfigError(key, value, allowed)
-    name, _, alias = value.partition("@")
-    if not name.strip() or any(c in name for c in "/:") or name != name.strip():
-        raise ConfigError(key, value, allowed)
-    if "@" in value:
-        if not _ALIAS.fullmatch(alias):
-            raise ConfigError(key, value, allowed)
-        if alias.lower() == "latest" or _VERSION_ALIAS.fullmatch(alias):
-            raise ConfigError(key, value, "an alias other than 'latest' and 'v<number>', which MLflow reserves")
-        return name, alias
-    return name, None
 
 
 # ----- logged models: what the flavour's log_model does besides writing files ------------------------------------------
@@ -132,7 +108,7 @@ def logged_model_of_run(client: Any, experiment_id: str, run_id: str) -> str | N
 def model_id_of_version(version: Any) -> str | None:
     """The logged model a registered version was made from (``models:/<model_id>`` source), if any."""
     if getattr(version, "model_id", None):
-        return version.model_id
+        return str(version.model_id)
     source = str(getattr(version, "source", "") or "").rstrip("/")
     match = re.fullmatch(r"models:/(m-[0-9a-f]+)", source) or re.search(r"/models/(m-[0-9a-f]+)/artifacts$", source)
     return match.group(1) if match else None

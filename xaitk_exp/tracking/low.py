@@ -1,4 +1,4 @@
-"""Low level: ``MlflowClient`` with explicit run ids; one ``log_batch`` per write. No global state.
+"""Low level: MlflowClient with explicit run ids, batched writes (one ``log_batch`` per write). No global state.
 
 A run costs ``create_run`` + one ``log_batch`` + ``set_terminated``, the least MLflow's public API allows. Against a
 server or a database (not SQLite, whose writes queue behind one lock) the per-image runs of :meth:`log_runs` are
@@ -14,12 +14,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from xaitk_exp.parallel import share_work
 from xaitk_exp.schema import EVALUATION_SUMMARY_RUN_ID, PARENT_RUN_ID
-from xaitk_exp.tracking.factory import worker_tracker
+from xaitk_exp.tracking.factory import ReopenArgs, worker_tracker
 from xaitk_exp.tracking.signals import sigterm_raises
 from xaitk_exp.tracking.tracker import Tracker, _linked, trial_run_name
 
@@ -50,7 +50,7 @@ class LowTracker(Tracker):
 
     def _start_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(experiment_id, run_name=run_name, tags={**self._context_tags(), **tags})
-        return run.info.run_id
+        return str(run.info.run_id)
 
     def log_runs(
         self,
@@ -82,19 +82,19 @@ class LowTracker(Tracker):
                 return self._write_items(experiment_id, items)
             return self._write_items_in_processes(experiment_id, items, processes, parent_run_id or summary_run_id)
 
-    def _write_items(self, experiment_id: str, items: Iterable[tuple]) -> list[str]:
+    def _write_items(self, experiment_id: str, items: Iterable[tuple[Any, ...]]) -> list[str]:
         """Runs ``(name, tags, metrics, start_time)`` of this process: one after another, or by a thread pool."""
         if self.workers < 2:
             return [self._write_run(experiment_id, *item) for item in items]
         slots = threading.Semaphore(2 * self.workers)  # submit just ahead of the writers: start times stay honest
-        failed: list[Future] = []
+        failed: list[Future[str]] = []
 
-        def done(f: Future) -> None:
+        def done(f: Future[str]) -> None:
             slots.release()
             if not f.cancelled() and f.exception() is not None:
                 failed.append(f)
 
-        futures: list[Future] = []
+        futures: list[Future[str]] = []
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="xaitk-exp-runs")
         try:
             for item in items:
@@ -110,7 +110,7 @@ class LowTracker(Tracker):
             pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: runs not yet begun are never created
 
     def _write_items_in_processes(
-        self, experiment_id: str, items: Iterator[tuple], processes: int, parent_run_id: str | None
+        self, experiment_id: str, items: Iterator[tuple[Any, ...]], processes: int, parent_run_id: str | None
     ) -> list[str]:
         """Batches of runs shared by this process and ``processes - 1`` workers
         (:func:`xaitk_exp.parallel.share_work`); a run a stopped worker left open is closed KILLED."""
@@ -148,7 +148,7 @@ class LowTracker(Tracker):
         with self.closed_on_error(run_id):
             self.log(run_id, metrics=metrics)
         self.client.set_terminated(run_id, "FINISHED", end_time=max(int(time.time() * 1000), start_time))
-        return run_id
+        return str(run_id)
 
     def _resume_run(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
@@ -189,7 +189,7 @@ class LowTracker(Tracker):
         )
 
 
-def _stamped(runs: Iterable[tuple[str, dict[str, str], dict[str, float]]]) -> Iterator[tuple]:
+def _stamped(runs: Iterable[tuple[str, dict[str, str], dict[str, float]]]) -> Iterator[tuple[Any, ...]]:
     """``(name, tags, metrics, start_time)``: start times taken as the runs come, kept strictly increasing."""
     last = 0
     for name, tags, metrics in runs:
@@ -197,12 +197,12 @@ def _stamped(runs: Iterable[tuple[str, dict[str, str], dict[str, float]]]) -> It
         yield name, tags, metrics, last
 
 
-def open_worker_tracker(reopen_args: tuple, experiment_id: str = "") -> LowTracker:
+def open_worker_tracker(reopen_args: ReopenArgs, experiment_id: str = "") -> LowTracker:
     """Warm-up of a worker: its tracker on the store (:func:`xaitk_exp.tracking.worker_tracker`)."""
-    return worker_tracker(reopen_args)
+    return cast(LowTracker, worker_tracker(reopen_args))  # reopen_args name the low level (LowTracker.log_runs)
 
 
-def write_runs(reopen_args: tuple, experiment_id: str, batch: list[tuple]) -> list[str]:
+def write_runs(reopen_args: ReopenArgs, experiment_id: str, batch: list[tuple[Any, ...]]) -> list[str]:
     """Worker body of :meth:`LowTracker.log_runs` with processes: the batch written through this process's own
     tracker on the same store."""
     return open_worker_tracker(reopen_args)._write_items(experiment_id, batch)

@@ -1,4 +1,5 @@
-"""Mid level: the fluent ``mlflow.*`` API, which keeps a per-thread stack of active runs.
+"""Mid level: the fluent mlflow.* API (``mlflow.start_run``, ``log_params``, ...), which keeps a per-thread stack of
+active runs.
 
 Every run opened here is closed here (``end_run`` in :meth:`Tracker.run`), so nothing leaks between jobs that
 share a worker process.
@@ -6,7 +7,7 @@ share a worker process.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from xaitk_exp.schema import PARENT_RUN_ID
 from xaitk_exp.tracking.lineage import DatasetRecord
@@ -34,7 +35,7 @@ class MidTracker(Tracker):
         active = self._mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, nested=nested)
         if nested and PARENT_RUN_ID not in tags:  # fluent start_run nests under the active run; this one is top-level
             self.client.delete_tag(active.info.run_id, PARENT_RUN_ID)  # (an image run while its summary is open)
-        return active.info.run_id
+        return str(active.info.run_id)
 
     def _resume_run(self, run_id: str) -> None:
         self._mlflow.start_run(run_id=run_id, nested=self._mlflow.active_run() is not None)
@@ -108,7 +109,7 @@ class MidTracker(Tracker):
             name=name, source_run_id=run_id, params=params, experiment_id=experiment_id
         )
 
-    def _finalize_logged_model(self, model_id: str, status: str) -> None:
+    def _finalize_logged_model(self, model_id: str, status: Literal["READY", "FAILED"]) -> None:
         self._mlflow.finalize_logged_model(model_id, status)
 
     def _log_image(self, run_id: str, image: Any, key: str, step: int) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from xaitk_exp.errors import ConfigError, TrackingError
-from xaitk_exp.models.lazy import import_skops
+from xaitk_exp.lazy import import_skops
 from xaitk_exp.security.trust import check_model_types, trusted_types
 from xaitk_exp.tracking.stores import use_tracking_uri
 

@@ -9,7 +9,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from xaitk_exp.schema import MODEL_DIR, logged_model_name
 from xaitk_exp.tracking.limits import MAX_METRICS
@@ -31,6 +31,9 @@ class ModelRecords:
 
     client: Any
     uri: str
+
+    def _log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None) -> None:
+        raise NotImplementedError  # each level's (Tracker declares it abstract)
 
     def log_model(self, run_id: str, model: Any, input_example: Any) -> str:
         """The estimator as an MLflow sklearn model (skops format) in the run's ``sklearn-model/`` folder, and the
@@ -69,7 +72,7 @@ class ModelRecords:
             self._finalize_logged_model(logged.model_id, "FAILED")
             raise
         self._finalize_logged_model(logged.model_id, "READY")
-        return logged.model_id
+        return str(logged.model_id)
 
     def _create_logged_model(self, experiment_id: str, run_id: str, params: dict[str, str], name: str) -> Any:
         from mlflow.tracking.context.registry import resolve_tags
@@ -78,7 +81,7 @@ class ModelRecords:
             experiment_id, name=name, source_run_id=run_id, tags=resolve_tags({}), params=params
         )
 
-    def _finalize_logged_model(self, model_id: str, status: str) -> None:
+    def _finalize_logged_model(self, model_id: str, status: Literal["READY", "FAILED"]) -> None:
         self.client.finalize_logged_model(model_id, status)
 
     # ----- lineage: dataset inputs, models as inputs, the registry, images -----------------------------------------

@@ -66,5 +66,5 @@ class StoreReader:
         return redact_uri(self.uri)
 
     def download(self, run_id: str, artifact_path: str, dst: str) -> str:
-        return self.client.download_artifacts(run_id, safe_artifact_path(artifact_path) or "", dst)
+        return str(self.client.download_artifacts(run_id, safe_artifact_path(artifact_path) or "", dst))
 

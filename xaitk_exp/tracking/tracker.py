@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from xaitk_exp import schema
 from xaitk_exp.errors import RunKilled, TrackingError
@@ -71,6 +71,12 @@ class Tracker(StoreReader, ModelRecords, ABC):
         return self.level, self.uri, self.artifact_root, self.sqlite_journal
 
     # ----- experiments -------------------------------------------------------------------------------------------
+    @overload
+    def experiment(self, name: str, create: Literal[True] = True, framework: tuple[str, str] | None = None) -> str: ...
+
+    @overload
+    def experiment(self, name: str, create: bool, framework: tuple[str, str] | None = None) -> str | None: ...
+
     def experiment(self, name: str, create: bool = True, framework: tuple[str, str] | None = None) -> str | None:
         """The id of experiment ``name``, created if missing with tags ``framework`` and ``version`` (the model's
         library: ``framework``, default scikit-learn) and ``Experiment``."""
@@ -96,9 +102,11 @@ class Tracker(StoreReader, ModelRecords, ABC):
                 pass
             exp = self._get_experiment(name)
         if exp is None:
+            if create:  # created, yet not found: the store lost it
+                raise TrackingError(self._scrub(f"tracking.uri: experiment {name!r} was created but cannot be read back"))
             return None
-        self._experiments[name] = exp.experiment_id
-        return exp.experiment_id
+        self._experiments[name] = str(exp.experiment_id)
+        return self._experiments[name]
 
     def created_here(self, experiment_id: str) -> bool:
         """True when this tracker created the experiment, so it holds no run from an earlier job."""
@@ -159,8 +167,8 @@ class Tracker(StoreReader, ModelRecords, ABC):
         the sweep's for an evaluation's image run, which stays top-level, linked to its summary by tag) and the
         process that opens it (``Host``, ``Pid``, ``Process``: a later stage closes it if that process dies)."""
         all_tags = {**process_tags(), **{k: self._scrub(stringify(v)) for k, v in (tags or {}).items()}}
-        if not parent_run_id and all_tags.get("Sweep_run_id") and all_tags.get(schema.RUN_TYPE) != "image":
-            parent_run_id = self._sweep_parent_in(experiment_id, all_tags["Sweep_run_id"])
+        if not parent_run_id and all_tags.get(schema.SWEEP_RUN_ID) and all_tags.get(schema.RUN_TYPE) != "image":
+            parent_run_id = self._sweep_parent_in(experiment_id, all_tags[schema.SWEEP_RUN_ID])
         if parent_run_id:
             all_tags[schema.PARENT_RUN_ID] = parent_run_id
         return all_tags
@@ -221,7 +229,7 @@ class Tracker(StoreReader, ModelRecords, ABC):
         try:
             if exc is not None:
                 text = self._scrub("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-                self._log(run_id, {}, {}, {"error": self._scrub(short_error(exc))}, 0)
+                self._log(run_id, {}, {}, {schema.ERROR: self._scrub(short_error(exc))}, 0)
                 self.log_text(run_id, text, "traceback.txt")
         except Exception:
             pass

@@ -218,8 +218,8 @@ def explain(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask) -> Exp
     root = Path(task.folder)
     npy = root / NPY_DIR
     npy.mkdir(parents=True, exist_ok=True)
-    np.save(npy / "saliency_maps.npy", maps)
-    np.save(npy / "image.npy", task.image)
+    np.save(npy / schema.MAPS_NPY, maps)
+    np.save(npy / schema.IMAGE_NPY, task.image)
     conf = f" ({task.conf:.3f})" if task.conf is not None else ""
     gt = task.evaluation["tags"].get(schema.GT_CLASS)
     truth = labels.index(str(gt)) if gt is not None and str(gt) in labels else None

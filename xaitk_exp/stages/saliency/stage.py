@@ -38,7 +38,7 @@ from xaitk_exp.tracking.ui import runs_table_url
 def build_filter(query: Any, parent_run_id: str, link: str | None = None, class_names: list[str] | None = None) -> str:
     """The MLflow filter string: ``query.filter`` AND the shortcuts AND this evaluation's image runs (``link``: one
     of :func:`image_runs_filters`, by default the current layout's)."""
-    parts = [link or image_runs_filters(parent_run_id)[0], "tags.Run_type = 'image'"]
+    parts = [link or image_runs_filters(parent_run_id)[0], f"tags.{schema.RUN_TYPE} = 'image'"]
     own = user_filter(query, class_names)
     return " and ".join([*parts, own] if own else parts)
 
@@ -54,7 +54,7 @@ def user_filter(query: Any, class_names: list[str] | None = None) -> str:
     if query.get("filter"):
         parts.append(str(query.filter))
     if query.get("min_conf") is not None:
-        parts.append(f"metrics.Predicted_class_conf >= {float(query.min_conf)}")
+        parts.append(f"metrics.{schema.PREDICTED_CLASS_CONF} >= {float(query.min_conf)}")
     for key, by_index, by_label in (("predicted_class", schema.PREDICTED_CLASS, schema.PREDICTED_LABEL),
                                     ("gt_class", schema.GT_CLASS, schema.GT_LABEL)):
         value = query.get(key)
@@ -164,7 +164,7 @@ def _finished_runs(ctx: Context, exp_id: str) -> dict[str, str]:
     (``work_hash``: the query that selected the image does not count), to be reused."""
     flt = (
         f"tags.{schema.WORK_HASH} = '{ctx.hash_for('saliency_work')}' and attributes.status = 'FINISHED' "
-        f"and tags.Evaluation_summary_run_id = '{ctx.evaluation_run_id}'"
+        f"and tags.{schema.EVALUATION_SUMMARY_RUN_ID} = '{ctx.evaluation_run_id}'"
     )
     found: dict[str, str] = {}
     for run in ctx.tracker.search([exp_id], flt, ["attributes.start_time DESC"], 10000):
@@ -213,7 +213,7 @@ def _explain_and_record(
         experiment_id=exp_id,
         tags={
             schema.DATASET: ctx.dataset_name,
-            "Evaluation_summary_run_id": ctx.evaluation_run_id or "",
+            schema.EVALUATION_SUMMARY_RUN_ID: ctx.evaluation_run_id or "",
             schema.SALIENCY_ALGORITHM: algo.name,
             schema.WORK_HASH: ctx.hash_for("saliency_work"),
             schema.TRAIN_RUN_ID: ctx.train_run_id or "",

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from xaitk_exp import schema
 from xaitk_exp.metrics.names import METRICS, RANKED
 from xaitk_exp.metrics.summary import aggregate, flat_metrics
 from xaitk_exp.viz.curves import comparison_figure
@@ -30,7 +31,7 @@ def log_evaluation_summary(ctx: Any, saliency_exp_id: str) -> list[dict[str, Any
     """
     if not ctx.settings.metrics.enabled or not ctx.evaluation_run_id:
         return []
-    flt = f"tags.Evaluation_summary_run_id = '{ctx.evaluation_run_id}' and attributes.status = 'FINISHED'"
+    flt = f"tags.{schema.EVALUATION_SUMMARY_RUN_ID} = '{ctx.evaluation_run_id}' and attributes.status = 'FINISHED'"
     runs = ctx.tracker.search([saliency_exp_id], flt, None, 50000)
     rows = [r for r in aggregate(runs, common_images=True) if any(k.endswith("_mean") for k in r)]
     if not rows:
