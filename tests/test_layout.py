@@ -50,7 +50,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("models", "metrics", "viz", "data"),
     ("tracking",),  # the tracker and its writers: the only room that talks to MLflow
     ("security", "parallel"),
-    ("settings", "schema", "errors", "lazy"),  # the bottom: import nothing of the package above them
+    ("settings", "schema", "errors", "failures", "lazy"),  # the bottom: import nothing of the package above them
 )
 
 

@@ -69,7 +69,7 @@ def test_a_later_stage_closes_runs_of_dead_processes_of_this_host(run_stage, cli
     alive = _open_run(client, exp, "alive", process_tags())
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        from xaitk_exp.tracking.stale import _process_tags
+        from xaitk_exp.tracking.processes import _process_tags
 
         other_live = _open_run(client, exp, "other-live", dict(_process_tags(sleeper.pid)))
         run_stage("stage=train")  # reuses the train run; the scan comes first

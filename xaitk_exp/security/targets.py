@@ -11,6 +11,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as _instantiate
 
 from xaitk_exp.errors import ConfigError, UnsafeConfigError
+from xaitk_exp.settings.config import prefix_parts  # the rule lives with the setting
 from xaitk_exp.settings.nodes import to_dict
 
 #: module prefixes a ``_target_`` may name; ``allow_targets`` in the config adds more.
@@ -27,14 +28,7 @@ def trusted_prefixes(extra_allowed: Iterable[str] = ()) -> tuple[tuple[str, ...]
     """
     out: list[tuple[str, ...]] = []
     for prefix in [*ALLOWED_TARGET_PREFIXES, *extra_allowed]:
-        text = str(prefix).strip()
-        parts = tuple(text[:-1].split(".") if text.endswith(".") else text.split("."))
-        if not text or any(not p.isidentifier() for p in parts):
-            raise ConfigError(
-                "allow_targets", prefix,
-                "module prefixes made of dotted Python names, such as mylab.models. (a blank prefix would trust "
-                "every module)",
-            )
+        parts = prefix_parts(prefix)
         if parts not in out:
             out.append(parts)
     return tuple(out)

@@ -256,9 +256,8 @@ class Settings:
         targets = self.allow_targets
         if not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets):
             raise ConfigError("allow_targets", targets, "a list of module prefixes, e.g. [my_package.models]")
-        from xaitk_exp.security.targets import trusted_prefixes
-
-        trusted_prefixes(targets)  # a blank prefix ('' or '  ') would trust every module: one line naming the key
+        for prefix in targets:  # a blank prefix ('' or '  ') would trust every module: one line naming the key
+            prefix_parts(prefix)
         object.__setattr__(self, "allow_targets", tuple(targets))
         for key in ("train_run_id", "evaluation_run_id", "update_run_id", "run_id", "sweep_run_id"):
             value = getattr(self, key)  # a run id Hydra read as a number stays the id it is
@@ -277,3 +276,18 @@ class Settings:
 def tracking_settings(cfg: Any) -> TrackingSettings:
     """The checked ``tracking`` block of a config, for code that runs before (or beside) a job: the sweep's launcher."""
     return from_node(TrackingSettings, cfg.get("tracking"), "tracking")
+
+
+def prefix_parts(prefix: object) -> tuple[str, ...]:
+    """An ``allow_targets`` prefix as dotted components (``"mylab."`` -> ``("mylab",)``). A blank prefix, or one with
+    an empty component (``"a..b"``, ``".x"``), would trust everything or nothing predictable: one line naming
+    ``allow_targets``."""
+    text = str(prefix).strip()
+    parts = tuple(text[:-1].split(".") if text.endswith(".") else text.split("."))
+    if not text or any(not p.isidentifier() for p in parts):
+        raise ConfigError(
+            "allow_targets", prefix,
+            "module prefixes made of dotted Python names, such as mylab.models. (a blank prefix would trust "
+            "every module)",
+        )
+    return parts

@@ -58,8 +58,8 @@ def run_evaluation(ctx: Context) -> str:
         schema.RUN_TYPE: "summary",
         **ctx.provenance_tags("evaluation"),
     }
-    same_work = f"tags.Run_type = 'summary' and tags.config_hash = '{ctx.hash_for('evaluation')}' and " \
-                f"tags.Train_run_id = '{ctx.train_run_id or ''}'"
+    same_work = f"tags.{schema.RUN_TYPE} = 'summary' and tags.{schema.CONFIG_HASH} = '{ctx.hash_for('evaluation')}' " \
+                f"and tags.{schema.TRAIN_RUN_ID} = '{ctx.train_run_id or ''}'"
     if not tracker.created_here(exp_id) and (dropped := tracker.replace_killed(exp_id, same_work)):
         print(f"[evaluation] replacing a KILLED evaluation of the same config ({dropped} run(s) with its images)")
     with tracker.run(exp_id, schema.evaluation_summary_run(split_name), tags=summary_tags) as parent:

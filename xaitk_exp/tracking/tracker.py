@@ -33,7 +33,7 @@ from xaitk_exp.tracking.limits import (
 from xaitk_exp.tracking.model_records import ModelRecords
 from xaitk_exp.tracking.reads import StoreReader
 from xaitk_exp.tracking.signals import install_sigterm, restore_sigterm
-from xaitk_exp.tracking.stale import drop_killed, process_tags
+from xaitk_exp.tracking.processes import drop_killed, process_tags
 from xaitk_exp.tracking.stores import default_artifact_root, open_sqlite_store
 
 
@@ -218,7 +218,7 @@ class Tracker(StoreReader, ModelRecords, ABC):
         self, experiment_id: str, filter_string: str, key: str | None = None, keys: Iterable[str] | None = None
     ) -> int:
         """Delete the KILLED runs (and their children) of the work about to be redone, so that a relaunch after a
-        kill leaves one run per unit of work (:func:`xaitk_exp.tracking.stale.drop_killed`). Best effort."""
+        kill leaves one run per unit of work (:func:`xaitk_exp.tracking.processes.drop_killed`). Best effort."""
         try:
             return drop_killed(self, experiment_id, filter_string, key, keys)
         except Exception:

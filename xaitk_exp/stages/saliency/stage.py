@@ -132,7 +132,7 @@ def run_saliency(ctx: Context) -> list[str]:
         )
     if todo and not update and not tracker.created_here(exp_id):  # a killed earlier attempt: replaced, not doubled
         same_work = f"tags.{schema.WORK_HASH} = '{ctx.hash_for('saliency_work')}' and " \
-                    f"tags.Evaluation_summary_run_id = '{ctx.evaluation_run_id}'"
+                    f"tags.{schema.EVALUATION_SUMMARY_RUN_ID} = '{ctx.evaluation_run_id}'"
         images_todo = [r.data.tags[schema.IMAGE_ID] for r in todo]
         if dropped := tracker.replace_killed(exp_id, same_work, schema.IMAGE_ID, images_todo):
             print(f"[saliency] {algo.name}: replacing {dropped} KILLED run(s) of the same image(s) and settings")
