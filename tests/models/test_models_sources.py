@@ -412,8 +412,8 @@ def _bad_cases(zoo):
         (["model=onnx", f"model.path={zoo['onnx']}", "metrics.sanity=true"], "metrics.sanity", "True", "retrains"),
         (["model=torch", "model._target_=model_zoo.SmallCNN", f"model.weights={zoo['onnx']}",
           "allow_targets=[model_zoo.]"], "model.weights", "small_cnn.onnx", "state_dict"),
-        (["model=maite", "model._target_=model_zoo.nothing_here", "allow_targets=[model_zoo.]"], "model",
-         "model_zoo.nothing_here", "accepts"),
+        (["model=maite", "model._target_=model_zoo.nothing_here", "allow_targets=[model_zoo.]"], "model._target_",
+         "model_zoo.nothing_here", "an importable class"),
         (["model=onnx", f"model.path={zoo['onnx']}", f"dataset.path={zoo['named']}"], "dataset.class_map", "None",
          "not among the model's classes"),
     ]
