@@ -52,8 +52,7 @@ class ImageSplit:
 
 def check_test_size(test_size: object) -> float:
     """``dataset.test_size`` as a float strictly between 0 and 1, else one :class:`ConfigError` naming the key."""
-    ok = isinstance(test_size, (int, float)) and not isinstance(test_size, bool) and 0.0 < float(test_size) < 1.0
-    if not ok:
+    if not isinstance(test_size, (int, float)) or isinstance(test_size, bool) or not 0.0 < float(test_size) < 1.0:
         raise ConfigError("dataset.test_size", test_size, "a fraction strictly between 0 and 1 (the share of test images)")
     return float(test_size)
 

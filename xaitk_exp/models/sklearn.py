@@ -42,7 +42,7 @@ def _check_layer_sizes(model: Any, key: str) -> None:
     values = list(sizes) if isinstance(sizes, (list, tuple)) or hasattr(sizes, "__array__") else [sizes]
     import numbers
 
-    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in values):
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) >= 1 for v in values):
         raise ConfigError(f"{key}.hidden_layer_sizes", sizes, "a list of positive integers, one per hidden layer "
                                                               f"({type(model).__name__})")
 

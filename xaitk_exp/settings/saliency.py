@@ -58,7 +58,7 @@ def resolve_auto(node: Any, image_shape: tuple[int, ...]) -> Any:
     and white in the image's channels. Nested nodes (an occlusion's perturber) are resolved too."""
     if not isinstance(node, Mapping):
         return node
-    sizes = auto_sizes(tuple(image_shape[:2]))
+    sizes = auto_sizes((int(image_shape[0]), int(image_shape[1])))
     channels = int(image_shape[2]) if len(image_shape) > 2 else 1
     target = str(node.get("_target_", ""))
     out = {k: resolve_auto(v, image_shape) if isinstance(v, Mapping) else v for k, v in node.items()}

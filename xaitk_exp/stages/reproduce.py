@@ -131,7 +131,7 @@ def replay_config(stored: dict[str, Any], current: DictConfig, original: Any, st
         if tags.get(schema.WORK_HASH) and tags.get(schema.IMAGE_ID) is not None:
             # the image the run holds now: an edited run (update_run_id) keeps the config of the query that first
             # selected another image; the work done to an image does not depend on the query (work_hash)
-            cfg.query = {**OmegaConf.to_container(cfg.query, resolve=False), "filter": (
+            cfg.query = {**OmegaConf.to_container(cfg.query, resolve=False), "filter": (  # type: ignore[dict-item]
                 f"tags.{schema.IMAGE_ID} = '{tags[schema.IMAGE_ID]}'"), "min_conf": None, "predicted_class": None,
                 "gt_class": None, "max_results": 1}
     return cfg

@@ -49,6 +49,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 from xaitk_exp.teamserver.files import TeamServerError, check_folder, own_subfolder, read_secret, write_secret
 from xaitk_exp.teamserver.postgres import (
@@ -225,7 +226,7 @@ def team_server(
                  "postgres": pg_pid, "postgres_port": pg.port}
         _write_public(root / STATE_FILE, json.dumps(state) + "\n")
         _write_public(root / URL_FILE, url + "\n")
-        stack.callback(lambda: [(root / n).unlink(missing_ok=True) for n in (URL_FILE, STATE_FILE)])
+        stack.callback(_unlink_all, [root / n for n in (URL_FILE, STATE_FILE)])
         yield url
 
 
@@ -475,7 +476,7 @@ def _start_mlflow(
     log_path = root / "mlflow-server.log"
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     stack.callback(os.close, log_fd)
-    who = {"user": uid, "group": gid, "extra_groups": []} if run_as else {}
+    who: dict[str, Any] = {"user": uid, "group": gid, "extra_groups": []} if run_as else {}
     proc = subprocess.Popen(cmd, stdout=log_fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                             cwd=root, start_new_session=True, umask=0o077, **who)
     stack.callback(stop_group, proc)
@@ -504,3 +505,6 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)

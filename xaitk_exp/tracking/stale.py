@@ -44,9 +44,9 @@ def _experiments(tracker: Any) -> dict[str, str]:
             return out
 
 
-def _close(tracker: Any, runs: list[Any], reason: str, names: dict[str, str]) -> Counter:
+def _close(tracker: Any, runs: list[Any], reason: str, names: dict[str, str]) -> Counter[str]:
     """Close ``runs`` KILLED with a ``Closed_stale`` tag; per experiment name, how many were closed."""
-    closed: Counter = Counter()
+    closed: Counter[str] = Counter()
     for run in runs:
         try:
             tracker.client.set_tag(run.info.run_id, schema.CLOSED_STALE, reason)
@@ -57,7 +57,7 @@ def _close(tracker: Any, runs: list[Any], reason: str, names: dict[str, str]) ->
     return closed
 
 
-def _says(closed: Counter) -> str:
+def _says(closed: Counter[str]) -> str:
     return ", ".join(f"{n} in '{name}'" for name, n in sorted(closed.items()))
 
 
@@ -89,7 +89,7 @@ def close_dead_runs(tracker: Any) -> int:
 
 
 def close_older_than(tracker: Any, seconds: float, experiments: list[str] | None = None,
-                     dry_run: bool = False) -> Counter:
+                     dry_run: bool = False) -> Counter[str]:
     """Close KILLED every RUNNING run started more than ``seconds`` ago (in ``experiments``, by name, else all),
     whichever host opened it; ``dry_run`` only counts them. Per experiment name, how many."""
     names = _experiments(tracker)
