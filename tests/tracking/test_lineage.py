@@ -62,11 +62,14 @@ def test_train_and_evaluation_log_the_data_as_a_dataset_input_with_the_fingerpri
         assert ds.dataset.source_type == "local" and "digits.csv.gz" in ds.dataset.source
         assert {t.key: t.value for t in ds.tags} == {"mlflow.data.context": context}
     # the UI's dataset.* filters
-    digest = train.data.tags["data_fingerprint"]
     exp = client.get_experiment_by_name("MLPClassifier - Evaluation").experiment_id
-    found = client.search_runs([exp], f"dataset.name = 'digits' AND dataset.digest = '{digest}' AND "
-                                      "dataset.context = 'test'")
-    assert {r.info.run_id for r in found} == {s.info.run_id for s in summaries}
+    found = set()
+    for summary in summaries:  # the registered model, not trained here, is evaluated on every image: its own digest
+        digest = summary.data.tags["data_fingerprint"]
+        found |= {r.info.run_id for r in client.search_runs(
+            [exp], f"dataset.name = 'digits' AND dataset.digest = '{digest}' AND dataset.context = 'test'")}
+    assert found == {s.info.run_id for s in summaries}
+    assert len({s.data.tags["data_fingerprint"] for s in summaries}) == 2  # the test split, every image
     # per-image runs carry no dataset input (one more store call each: see benchmarks/bench_lineage.py)
     image = _runs(client, "MLPClassifier - Evaluation", "tags.Run_type = 'image'")[0]
     assert not image.inputs.dataset_inputs
@@ -99,7 +102,7 @@ def test_logged_model_links_the_train_run_and_the_evaluations(store, tmp_path):
     assert hasattr(mlflow.sklearn.load_model(f"runs:/{train.info.run_id}/sklearn-model"), "predict_proba")
 
 
-def test_registered_model_by_alias_gives_bit_identical_maps_and_records_its_version(store, tmp_path):
+def test_registered_model_by_alias_records_its_version(store, tmp_path):
     client = _client(store)
     (train,) = _runs(client, "MLPClassifier - Train")
     assert (train.data.tags["Registered_model"], train.data.tags["Model_version"]) == ("lineage-mlp", "1")
@@ -118,9 +121,11 @@ def test_registered_model_by_alias_gives_bit_identical_maps_and_records_its_vers
     for r in saliency:
         by_evaluation.setdefault(r.data.tags["Evaluation_summary_run_id"], []).append(r)
     assert set(by_evaluation) == {s.info.run_id for s in summaries}
-    first, second = (_maps(client, by_evaluation[s.info.run_id], tmp_path / s.info.run_id) for s in summaries)
-    assert first.keys() == second.keys() and len(first) == 2
-    assert all(first[k] == second[k] for k in first)
+    # the two jobs explain different images (the registered model, not trained here, sees every image): each has
+    # its two maps; that a job on the alias gives the same maps again is test_version_uri...'s reproduce MATCH
+    for s in summaries:
+        maps = _maps(client, by_evaluation[s.info.run_id], tmp_path / s.info.run_id)
+        assert len(maps) == 2 and all(len(m) > 0 for m in maps.values())
 
 
 def test_version_uri_records_its_version_and_reproduce_of_an_alias_job_matches(store, capsys):
