@@ -48,7 +48,28 @@ def postgres_missing_reason() -> str | None:
         return f"PostgreSQL server binaries ({', '.join(PG_BINARIES)}) not found on PATH or in $PG_BINDIR"
     if os.geteuid() == 0 and not _user_exists(PG_RUN_AS):
         return f"running as root, and PostgreSQL refuses root: no {PG_RUN_AS!r} user to run it as"
+    if os.geteuid() == 0:
+        import sysconfig
+
+        private = [p for p in (sysconfig.get_paths()["purelib"], os.path.dirname(os.path.dirname(__file__)))
+                   if not _passable(p)]
+        if private:  # mlflow server runs as an unprivileged account, which must read this environment's packages
+            return f"the server's account could not read this environment's packages: {private[0]} is private"
     return None
+
+
+def _passable(path: str) -> bool:
+    """True when every folder from ``/`` down to ``path`` lets other accounts through."""
+    import stat
+
+    current = os.path.realpath(path)
+    while True:
+        if not os.stat(current).st_mode & stat.S_IXOTH:
+            return False
+        parent = os.path.dirname(current)
+        if parent == current:
+            return True
+        current = parent
 
 
 def postgres_available() -> bool:
