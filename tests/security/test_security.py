@@ -253,10 +253,11 @@ def test_credentials_never_reach_the_record(tmp_path):
         config = yaml.safe_load(next((tmp_path / "dl").rglob("config.yaml")).read_text())
         assert config["tracking"]["uri"] == url  # the user info moved into MLFLOW_TRACKING_USERNAME/PASSWORD
     assert SECRET not in single.stdout + single.stderr
-    # Hydra's launcher prints each job's overrides: those lines are scrubbed
-    launched = [line for line in (sweep.stdout + sweep.stderr).splitlines() if re.search(r"#\d+ : ", line)]
-    assert len(launched) == 2 and not [line for line in launched if SECRET in line]
-    assert SECRET not in sweep.stderr
+    # each job's console line names its overrides (the tracking URI among them): scrubbed there too
+    launched = [line for line in (sweep.stdout + sweep.stderr).splitlines() if re.search(r"\[sweep\] #\d+ ", line)]
+    assert len(launched) == 2, sweep.stdout + sweep.stderr
+    assert "tracking.uri=http://127.0.0.1:" in launched[0] and not [line for line in launched if SECRET in line]
+    assert SECRET not in sweep.stdout + sweep.stderr
     logs = [p for p in (tmp_path / "outputs").rglob("*.log")]
     assert not [p for p in logs if SECRET in p.read_text()]
 

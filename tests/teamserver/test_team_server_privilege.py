@@ -118,7 +118,9 @@ def server():
             except OSError:
                 entries = []
             for entry in entries:
-                secret = entry.name in SECRETS or entry.name.startswith(".")
+                # every dot-file is a temporary of a secret, but for the two public files (the URL and the pids)
+                public = entry.name.startswith((".url.", ".server.json."))
+                secret = entry.name in SECRETS or (entry.name.startswith(".") and not public)
                 try:
                     mode = entry.stat(follow_symlinks=False).st_mode
                 except OSError:
