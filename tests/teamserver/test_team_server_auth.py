@@ -165,9 +165,14 @@ def server():
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        time.sleep(0.2)  # the reader thread's last lines
+        while not lines.empty():  # what it printed after "use it:" (why it stopped, when it did)
+            console += lines.get()
+        log = folder / "mlflow-server.log"
+        console += log.read_text()[-3000:] if proc.returncode and log.exists() else ""
         proc.stdout.close()
         shutil.rmtree(folder, ignore_errors=True)
-    assert proc.returncode == 0, console[-2000:]
+    assert proc.returncode == 0, console[-5000:]
     assert not _answers(url)
 
 

@@ -164,7 +164,8 @@ def test_a_real_kill_then_a_relaunch_leaves_one_finished_run_per_image(tmp_path)
     args = ["stage=evaluation", "evaluation.num_images=150", "logging=mid", "progress=false"]
     assert run_cli(["stage=train", "progress=false"], tmp_path).returncode == 0
     client = local_client(tmp_path)
-    proc = subprocess.Popen([*exe(), *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    err = (tmp_path / "killed.err").open("w")
+    proc = subprocess.Popen([*exe(), *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err)
     deadline, exp = time.time() + 300, None
     while time.time() < deadline and proc.poll() is None:
         found = client.get_experiment_by_name("MLPClassifier - Evaluation")
@@ -173,8 +174,13 @@ def test_a_real_kill_then_a_relaunch_leaves_one_finished_run_per_image(tmp_path)
             if len(client.search_runs([exp], "tags.Run_type = 'image'", max_results=20)) >= 10:
                 break
         time.sleep(0.1)
+    if proc.poll() is not None:  # it must still be writing its image runs
+        pytest.fail(f"the evaluation ended (exit {proc.returncode}) before it was killed, with "
+                    f"{len(client.search_runs([exp], max_results=1000)) if exp else 0} runs: "
+                    f"{(tmp_path / 'killed.err').read_text()[-2000:]}")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    err.close()
     assert exp is not None and client.search_runs([exp], "attributes.status = 'RUNNING'"), "killed too late"
     again = run_cli(args, tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]

@@ -15,12 +15,14 @@ as Flask ``before_request``/``after_request`` hooks that run before MLflow's own
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
 import sqlite3
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -40,9 +42,29 @@ def create_app(app: Any = None) -> Any:
     from mlflow.server.auth import create_app as auth_create_app
 
     flask_app = app or flask_app
-    served = auth_create_app(flask_app)
+    with _one_worker_at_a_time():  # each worker migrates the users database and creates the admin if missing
+        served = auth_create_app(flask_app)
     _install(flask_app, logins=True)
     return served
+
+
+@contextlib.contextmanager
+def _one_worker_at_a_time() -> Iterator[None]:
+    """Hold an exclusive lock in the state folder while a worker sets up MLflow's auth app: without it, two
+    workers booting together both try to create the admin user, one fails on the unique name, and gunicorn stops
+    the whole server ("Worker failed to boot")."""
+    folder = os.environ.get(STATE_DIR_ENV)
+    if not folder:
+        yield
+        return
+    import fcntl
+
+    fd = os.open(os.path.join(folder, "auth-setup.lock"), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def create_open_app(app: Any = None) -> Any:
