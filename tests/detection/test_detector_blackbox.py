@@ -100,6 +100,14 @@ def test_boxes_come_back_in_the_input_images_pixels_when_preprocessing_resizes(s
     np.testing.assert_array_equal(_sorted(big).boxes, _sorted(plain).boxes)
 
 
+def test_images_of_different_sizes_go_to_separate_calls(scenes):
+    small = toy.draw_scene(np.random.default_rng(2), (32, 40), 1)
+    bb = TorchDetector(toy.shapes_detector(), toy.CLASSES, chunk_size=8)
+    found = list(bb.detect([scenes[0].image, small.image, scenes[1].image]))
+    assert bb.n_calls == 3 and len(found) == 3
+    np.testing.assert_array_equal(found[1].boxes, small.boxes)
+
+
 def test_min_score_drops_weak_detections(scenes, onnx_path):
     # the ONNX detector reports a box for every colour; an absent colour scores 0
     one_colour = toy.draw_scene(np.random.default_rng(1), (48, 48), 1)

@@ -136,26 +136,36 @@ class DetectorBlackbox(DetectImageObjects):
         raise NotImplementedError
 
     def detect(self, images: Iterable[np.ndarray]) -> Iterator[Detections]:
-        """Per image (``[H, W(, C)]``), its detections in that image's pixels, ``chunk_size`` images per model call."""
+        """Per image (``[H, W(, C)]``), its detections in that image's pixels, ``chunk_size`` images per model call
+        (images of different sizes go to separate calls)."""
         it = iter(images)
         while True:
             chunk = list(itertools.islice(it, self.chunk_size))
             if not chunk:
                 return
-            batch = self.preprocess(np.stack(chunk))
-            self.n_calls += 1
-            found = self._detect_batch(batch)
-            if len(found) != len(chunk):  # a shortfall would shift every later image's detections
-                raise RuntimeError(f"the detector returned {len(found)} results for {len(chunk)} images")
-            in_hw = batch.shape[2:4] if self.layout == "NCHW" else batch.shape[1:3]
-            h, w = chunk[0].shape[:2]
-            scale = np.array([w / in_hw[1], h / in_hw[0]] * 2)
-            for d in found:
-                keep = d.scores >= self.min_score
-                d = d.select(keep) if not keep.all() else d
-                if not np.array_equal(scale, np.ones(4)):
-                    d.boxes = d.boxes * scale
-                yield d
+            start = 0
+            while start < len(chunk):
+                stop = start + 1
+                while stop < len(chunk) and chunk[stop].shape == chunk[start].shape:
+                    stop += 1
+                yield from self._detect_same_size(chunk[start:stop])
+                start = stop
+
+    def _detect_same_size(self, images: list[np.ndarray]) -> Iterator[Detections]:
+        batch = self.preprocess(np.stack(images))
+        self.n_calls += 1
+        found = self._detect_batch(batch)
+        if len(found) != len(images):  # a shortfall would shift every later image's detections
+            raise RuntimeError(f"the detector returned {len(found)} results for {len(images)} images")
+        in_hw = batch.shape[2:4] if self.layout == "NCHW" else batch.shape[1:3]
+        h, w = images[0].shape[:2]
+        scale = np.array([w / in_hw[1], h / in_hw[0]] * 2)
+        for d in found:
+            keep = d.scores >= self.min_score
+            d = d.select(keep) if not keep.all() else d
+            if not np.array_equal(scale, np.ones(4)):
+                d.boxes = d.boxes * scale
+            yield d
 
     def detect_objects(self, img_iter: Iterable[np.ndarray]) -> Iterator[list[tuple[Any, dict[Hashable, float]]]]:
         from smqtk_image_io.bbox import AxisAlignedBoundingBox

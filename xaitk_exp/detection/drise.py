@@ -80,10 +80,12 @@ class ChunkedDRISE:
             dtype = np.promote_types(sims.dtype, masks.dtype)  # weight_regions_by_scalar's common type
             if sal.dtype != dtype:
                 sal, mask_sum, tmp = sal.astype(dtype), mask_sum.astype(dtype), tmp.astype(dtype)
-            for mask, row in zip(masks.astype(dtype, copy=False), sims.astype(dtype, copy=False), strict=True):
-                np.multiply(row[:, None, None], mask, out=tmp)  # `mask * scalar` per detection, in mask order
+            # xaitk-saliency casts all masks to the common type first; casting one mask at a time inside each
+            # operation gives the same values (float32 -> float64 is exact) without a chunk-sized copy
+            for mask, row in zip(masks, sims.astype(dtype, copy=False), strict=True):
+                np.multiply(row[:, None, None], mask, out=tmp, dtype=dtype)  # `mask * scalar` per detection
                 np.add(sal, tmp, out=sal)
-                np.add(mask_sum, mask, out=mask_sum)
+                np.add(mask_sum, mask, out=mask_sum, dtype=dtype)
         mask_sum[mask_sum == 0] = 1.0
         sal /= mask_sum
         sal = maxabs_scale(sal.reshape(sal.shape[0], -1), axis=1).reshape(sal.shape)
