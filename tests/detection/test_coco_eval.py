@@ -9,7 +9,7 @@ import pytest
 
 from xaitk_exp.detection import toy
 from xaitk_exp.detection.blackbox import Detections, TorchDetector
-from xaitk_exp.detection.coco import load_annotations, evaluate
+from xaitk_exp.detection.coco import evaluate, load_annotations
 from xaitk_exp.errors import ConfigError
 
 

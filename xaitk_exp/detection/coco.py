@@ -67,7 +67,7 @@ class CocoAnnotations:
 
 
 def load_annotations(path: str | Path) -> CocoAnnotations:
-    """Read and check a COCO ``instances.json``; a bad file raises :class:`ConfigError` naming ``dataset.annotations``."""
+    """Read and check a COCO ``instances.json``; a bad file raises :class:`ConfigError` naming the config key."""
     p = Path(path)
     try:
         data = json.loads(p.read_text())
