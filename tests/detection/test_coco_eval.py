@@ -135,3 +135,33 @@ def test_categories_map_by_order_when_names_differ(tmp_path):
     assert ann.category_index({0: "x", 1: "y"}) == {1: 0, 7: 1}
     with pytest.raises(ConfigError, match="categories the detector knows"):
         ann.category_index({0: "x"})
+
+
+def test_per_image_ap_equals_a_separate_cocoeval_of_each_image(folder):
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    ann = load_annotations(folder[0])
+    rng = np.random.default_rng(4)
+    dets = {}
+    for i, d in _ground_truth_as_detections(ann).items():  # jittered boxes, a false positive, random scores
+        boxes = np.vstack([d.boxes + rng.integers(-4, 5, d.boxes.shape), [[30, 30, 40, 40]]])
+        dets[i] = Detections(boxes, np.append(d.labels, rng.integers(0, 4)), rng.random(len(boxes)))
+    got = evaluate(ann, dets, toy.CLASSES).image_ap_50
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(folder[0]))
+        dt = gt.loadRes([{"image_id": i, "category_id": int(c) + 1, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": s}
+                         for i, d in dets.items()
+                         for (x0, y0, x1, y1), c, s in zip(d.boxes.tolist(), d.labels, d.scores.tolist(),
+                                                           strict=True)])
+        for image_id in got:
+            ev = COCOeval(gt, dt, iouType="bbox")
+            ev.params.imgIds = [image_id]
+            ev.evaluate()
+            ev.accumulate()
+            p = ev.eval["precision"][0, :, :, 0, -1]
+            assert got[image_id] == pytest.approx(p[p > -1].mean())
+    assert len(set(got.values())) > 1  # the case is not trivial

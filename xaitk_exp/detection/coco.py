@@ -153,18 +153,36 @@ def evaluate(annotations: CocoAnnotations, detections: Mapping[int, Detections],
         ev.accumulate()
         ev.summarize()
         precision = ev.eval["precision"]  # [T iou, R recall, K classes, A areas, M max dets]
-        per_image = {}
-        for image_id in ev.params.imgIds:  # COCOeval.accumulate(p) cannot subset images: one small eval each
-            one = COCOeval(gt, dt, iouType="bbox")
-            one.params.imgIds, one.params.iouThrs = [image_id], np.array([0.5])
-            one.evaluate()
-            one.accumulate()
-            per_image[int(image_id)] = _mean_ap(one.eval["precision"][0, :, :, 0, -1])
+        per_image = _per_image_ap_50(ev)
     names = [annotations.categories[c] for c in ev.params.catIds]
     ap_50 = {n: _mean_ap(precision[0, :, k, 0, -1]) for k, n in enumerate(names)}
     ap_50_95 = {n: _mean_ap(precision[:, :, k, 0, -1]) for k, n in enumerate(names)}
     map_50, map_50_95 = (float(v) if v > -1 else float("nan") for v in ev.stats[1::-1])  # -1: no ground truth
     return CocoSummary(map_50, map_50_95, ap_50, ap_50_95, per_image)
+
+
+def _per_image_ap_50(ev: Any) -> dict[int, float]:
+    """Each image's AP@0.5 from an evaluated ``COCOeval``: its ``accumulate`` run on that image's share of the
+    per-image matches ``evaluate`` already made. (``accumulate(p)`` with a subset of images reads the wrong entries,
+    and a fresh ``COCOeval`` per image would match everything again: about 3x the summary's time.)"""
+    import copy
+
+    matches, evaluated = ev.evalImgs, ev._paramsEval
+    n_images, n_areas = len(evaluated.imgIds), len(evaluated.areaRng)
+    n_classes = len(evaluated.catIds) if evaluated.useCats else 1
+    out = {}
+    try:
+        for i, image_id in enumerate(evaluated.imgIds):
+            one = copy.copy(evaluated)  # this image, every area (range 0), at most 100 detections (the last)
+            one.imgIds, one.areaRng, one.maxDets = [image_id], evaluated.areaRng[:1], evaluated.maxDets[-1:]
+            ev._paramsEval = one
+            # evaluate() orders its entries by class, then area range, then image
+            ev.evalImgs = [matches[k * n_areas * n_images + i] for k in range(n_classes)]
+            ev.accumulate(one)
+            out[int(image_id)] = _mean_ap(ev.eval["precision"][0, :, :, 0, 0])
+    finally:
+        ev.evalImgs, ev._paramsEval = matches, evaluated
+    return out
 
 
 def _mean_ap(precision: np.ndarray) -> float:
