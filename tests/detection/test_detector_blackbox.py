@@ -83,6 +83,15 @@ def test_detect_objects_yields_boxes_and_a_score_for_every_class_in_label_order(
     np.testing.assert_array_equal(objectness, single.scores)
 
 
+def test_detections_are_chosen_by_score_and_label():
+    d = Detections(np.zeros((4, 4)), np.array([0, 2, 2, 1]), np.array([0.9, 0.4, 0.8, 0.7]))
+    assert d.chosen().tolist() == [0, 1, 2, 3]
+    assert d.chosen(min_score=0.7).tolist() == [0, 2, 3]
+    assert d.chosen(labels=[2]).tolist() == [1, 2]
+    assert d.chosen(min_score=0.5, labels=[2, 1]).tolist() == [2, 3]
+    assert d.select(d.chosen(labels=[3])).boxes.shape == (0, 4)
+
+
 def test_float_images_in_unit_range_give_the_same_detections(scenes):
     bb = TorchDetector(toy.shapes_detector(), toy.CLASSES)
     as_uint8 = next(bb.detect([scenes[1].image]))

@@ -49,6 +49,16 @@ class Detections:
         cs = None if self.class_scores is None else self.class_scores[index]
         return Detections(self.boxes[index], self.labels[index], self.scores[index], cs)
 
+    def chosen(self, min_score: float | None = None, labels: Iterable[int] | None = None) -> np.ndarray:
+        """Indices (in detection order) of the detections scoring at least ``min_score`` whose label is one of
+        ``labels`` (class indices); None: no condition. What ``query.min_score`` / ``query.label`` select."""
+        keep = np.ones(len(self), bool)
+        if min_score is not None:
+            keep &= self.scores >= float(min_score)
+        if labels is not None:
+            keep &= np.isin(self.labels, np.asarray(list(labels), np.int64))
+        return np.flatnonzero(keep)
+
     def xaitk_inputs(self, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``(bboxes [N, 4], scores [N, n_classes], objectness [N] or None)`` for
         ``GenerateObjectDetectorBlackboxSaliency.generate``: with a single score per detection, xaitk-saliency's
