@@ -47,7 +47,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sweep",),  # Hydra's callback and jobs: one app.run per job
     ("app",),  # run(cfg): what the CLI, the sweep and the tests call
     ("stages",),
-    ("models", "metrics", "viz", "data"),
+    ("models", "metrics", "viz", "data", "detection"),
     ("tracking",),  # the tracker and its writers: the only room that talks to MLflow
     ("security", "parallel"),
     ("settings", "schema", "errors", "failures", "lazy"),  # the bottom: import nothing of the package above them
