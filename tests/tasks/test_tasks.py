@@ -108,8 +108,8 @@ def test_the_evaluation_records_are_the_tasks(run_stage, client):
     summary = client.get_run(ctx.evaluation_run_id)
     records = ctx.task.evaluation(ctx.split, ctx.model, "test", ctx.task.blackbox(ctx.model, 256))
     assert summary.data.metrics == pytest.approx(records.summary(3))
-    images = client.search_runs([exp.experiment_id],
-                                f"tags.Evaluation_summary_run_id = '{ctx.evaluation_run_id}'", order_by=["tags.Image_id"])
+    link = f"tags.Evaluation_summary_run_id = '{ctx.evaluation_run_id}'"
+    images = client.search_runs([exp.experiment_id], link, order_by=["tags.Image_id"])
     assert len(images) == 3
     for run in images:
         tags, metrics = records.image(int(run.data.tags["Image_id"]))
