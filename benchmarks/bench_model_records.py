@@ -94,7 +94,7 @@ def one(tracker, exp: str, node: dict, size: int, work: Path, flavoured: bool) -
     with tracker.run(exp, "train_info") as run_id:
         if flavoured:
             fmt = recorded.save(model, work / "model", shape)
-            assert fmt in recorded.FLAVOURED, fmt
+            assert recorded.flavoured(fmt), fmt
             tracker.log_model_folder(run_id, str(work / "model"), "model", "m")
         else:
             tracker.log_artifact(run_id, model.file, "model")

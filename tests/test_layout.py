@@ -47,6 +47,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sweep",),  # Hydra's callback and jobs: one app.run per job
     ("app",),  # run(cfg): what the CLI, the sweep and the tests call
     ("stages",),
+    ("tasks",),  # what a model answers and what the stages record about it: classification (detection next)
     ("models", "metrics", "viz", "data", "detection"),
     ("tracking",),  # the tracker and its writers: the only room that talks to MLflow
     ("security", "parallel"),

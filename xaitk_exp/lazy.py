@@ -5,14 +5,20 @@ every one of its sub-packages for that, including ``sklearn.externals.array_api_
 PyTorch whenever it is installed (about 1-2 s and a few hundred MB for a digits MLP that never touches it).
 :func:`import_skops` imports skops once with ``torch`` hidden unless this process already uses it; the walk
 skips the package it cannot import, and nothing of skops depends on it.
+
+:func:`registered_in` finds the modules of a package that register something (a model source, a dataset, a task)
+and imports only those, on first use.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 HIDDEN = ("torch",)
@@ -51,3 +57,21 @@ def import_skops() -> Any:
         return sys.modules["skops.io"]
     with hidden():
         return importlib.import_module("skops.io")
+
+
+def registered_in(package: str, attr: str) -> list[tuple[str, object]]:
+    """``(module, value)`` for every module of ``package`` (one folder, not its sub-packages) that assigns ``attr`` at
+    its top level (``SOURCE = ModelSource(...)``), imported in name order. The files are read first, so modules
+    that register nothing are not imported."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    assigns = re.compile(rf"^{re.escape(attr)}\s*(:[^=\n]+)?=", re.MULTILINE)
+    found = []
+    for folder in spec.submodule_search_locations:
+        for path in sorted(Path(folder).glob("*.py")):
+            if path.stem != "__init__" and assigns.search(path.read_text(encoding="utf-8")):
+                module = importlib.import_module(f"{package}.{path.stem}")
+                if hasattr(module, attr):
+                    found.append((module.__name__, getattr(module, attr)))
+    return found

@@ -85,6 +85,10 @@ TRAIN_LOSS = "Train loss"
 TRAIN_ACCURACY = "Train accuracy"
 PREDICTED_CLASS_CONF = "Predicted_class_conf"
 ACCURACY = "Accuracy"
+ACCURACY_EVALUATED = "Accuracy_evaluated"  # classification summary: accuracy on the evaluated images only
+MEAN_PREDICTED_CLASS_CONF = "Mean_predicted_class_conf"
+EVALUATED_IMAGES = "Evaluated_images"  # any task's summary: image runs, and images in the split
+SPLIT_IMAGES = "Split_images"
 
 
 def class_conf(label: object) -> str:
@@ -99,6 +103,7 @@ IMAGE_NPY = "image.npy"
 SALIENCY_FIGURE = "Image_saliency_maps.png"
 CONFIG_DIR = "config"
 CONFUSION_FIGURE = "confusion_matrix.png"
+CONFUSION_TABLE = "confusion_matrix.json"
 
 # ----- added for telling runs apart (descriptions, reuse by the work done) ---------------------------------------------
 NOTE = "mlflow.note.content"  # the run's description in the MLflow UI (Markdown)

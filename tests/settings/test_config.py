@@ -11,7 +11,21 @@ from xaitk_exp.security.targets import instantiate
 from xaitk_exp.settings.nodes import estimator_node
 
 SALIENCY = group_options("saliency")
-MODELS = [m for m in group_options("model") if m not in ("pretrained", "onnx", "torch", "maite")]  # estimators
+
+
+def _trained_here(option: str) -> bool:
+    """The option's model source (from the registry) is one the train stage fits: a scikit-learn estimator."""
+    from pathlib import Path
+
+    import yaml
+
+    from xaitk_exp.models.registry import source_for
+
+    node = yaml.safe_load((Path(__file__).resolve().parents[2] / "conf" / "model" / f"{option}.yaml").read_text())
+    return source_for(node).trained_here
+
+
+MODELS = [m for m in group_options("model") if _trained_here(m)]  # estimators
 
 
 def test_groups_list_the_shipped_options():

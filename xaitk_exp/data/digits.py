@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from xaitk_exp.data.base import ImageSplit, split_arrays
+from xaitk_exp.data.registry import DatasetKind
 
 
 class Digits:
@@ -17,3 +18,15 @@ class Digits:
         bunch = load_digits()
         images = (bunch.images / 16.0).astype("float64")
         return split_arrays(self.name, images, bunch.target.astype(int), self.test_size, self.seed)
+
+
+def _shipped_file(node: object) -> tuple[str, str]:
+    """The file scikit-learn ships the digits in."""
+    from pathlib import Path
+
+    import sklearn.datasets
+
+    return "local", (Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz").as_uri()
+
+
+DATASET = DatasetKind(name="digits", loader=Digits, lineage=_shipped_file)

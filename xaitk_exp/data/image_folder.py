@@ -8,6 +8,7 @@ import numpy as np
 
 from xaitk_exp.data.base import ImageSplit, split_arrays
 from xaitk_exp.data.bounds import bomb_check, check_memory, check_shape
+from xaitk_exp.data.registry import DatasetKind
 from xaitk_exp.errors import ConfigError, DataError
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -107,3 +108,6 @@ class ImageFolder:
         )
         split.class_map = dict(self.class_map) or None
         return split
+
+
+DATASET = DatasetKind(name="image_folder", loader=ImageFolder)  # lineage: its folder (dataset.path)

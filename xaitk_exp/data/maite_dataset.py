@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from xaitk_exp.data.base import ImageSplit, split_arrays
+from xaitk_exp.data.registry import DatasetKind
 from xaitk_exp.errors import ConfigError, DataError
 
 
@@ -102,3 +103,6 @@ def _numpy(value: Any) -> Any:
         if hasattr(value, step) and callable(getattr(value, step)):
             value = getattr(value, step)()
     return value
+
+
+DATASET = DatasetKind(name="maite", loader=MaiteDataset, extra="maite")  # lineage: the loader's class

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from xaitk_exp.data.base import ImageSplit, split_arrays
+from xaitk_exp.data.registry import DatasetKind
 from xaitk_exp.errors import DataError
 
 
@@ -48,3 +51,13 @@ class OpenML:
         return split_arrays(
             self.name, images, labels.astype(int), self.test_size, self.seed, class_names=[str(c) for c in classes]
         )
+
+
+def _openml_page(node: Any) -> tuple[str, str]:
+    """The dataset's OpenML page (its version, when pinned)."""
+    version = node.get("version")
+    suffix = f"&version={version}" if version is not None else ""
+    return "http", f"https://www.openml.org/search?type=data&name={node.get('name')}{suffix}"
+
+
+DATASET = DatasetKind(name="mnist", loader=OpenML, lineage=_openml_page)

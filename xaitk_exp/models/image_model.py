@@ -13,9 +13,6 @@ import numpy as np
 from xaitk_exp.errors import ConfigError
 from xaitk_exp.models.preprocess import Preprocess
 
-SOURCES = ("onnx", "torch", "maite")
-
-
 OUTPUTS = ("auto", "logits", "probabilities")
 #: how far a row of probabilities may sum from 1 (float32 softmax outputs of a 1000-class network stay well within)
 PROBABILITY_TOLERANCE = 1e-3

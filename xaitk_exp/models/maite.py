@@ -11,6 +11,7 @@ import numpy as np
 
 from xaitk_exp.errors import ConfigError
 from xaitk_exp.models.image_model import ImageModel
+from xaitk_exp.models.registry import ModelSource
 
 
 class MaiteModel(ImageModel):
@@ -68,3 +69,8 @@ def _digest(target: str, args: Any, model_id: Any) -> str:
 
     blob = json.dumps([target, args, model_id], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+#: no recorder: any Python object, so the train run records ``model_info.json`` and the config's factory (``none``);
+#: the digest covers the factory, its arguments and the model's metadata id, known once it is built
+SOURCE = ModelSource(name="maite", load=MaiteModel, framework="maite", extra="maite")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from xaitk_exp.errors import ConfigError
 from xaitk_exp.models.image_model import ImageModel, existing_file, file_sha256
+from xaitk_exp.models.registry import ModelSource
 
 #: metadata keys (``onnx.helper.set_model_props``) read as class names: a JSON list, or a JSON {index: name} map
 NAME_KEYS = ("class_names", "index2label")
@@ -97,3 +99,59 @@ class OnnxModel(ImageModel):
             raise RuntimeError(f"the ONNX input takes batches of exactly {step} images")
         return np.concatenate([runtime.run(None, {self._input: batch[i : i + step]})[0]
                                for i in range(0, len(batch), step)])
+
+
+# ----- the source: recorded as MLflow's onnx flavour ----------------------------------------------------------------
+#: the format (tag ``Model_format``) of a run that stored the model as an MLflow onnx model
+ONNX = "mlflow.onnx"
+#: ONNX files above this size keep their tensors in an external data file (protobuf's 2 GB limit)
+ONNX_EXTERNAL_DATA_BYTES = 1 << 30
+
+
+def save_onnx(model: ImageModel, folder: Path, image_shape: Sequence[int]) -> str:
+    """Store the model's file as an MLflow onnx model in ``folder``; ONNX Runtime loads ``model.onnx`` back."""
+    import mlflow.onnx
+    import onnx
+
+    from xaitk_exp.models.recorded import requirements, signature
+
+    proto = onnx.load(str(model.file))  # with its external data, if it has any
+    big = Path(str(model.file)).stat().st_size > ONNX_EXTERNAL_DATA_BYTES or _has_external_data(proto)
+    mlflow.onnx.save_model(
+        proto,
+        str(folder),
+        signature=signature(model, image_shape),
+        pip_requirements=requirements("onnx", "onnxruntime"),
+        save_as_external_data=big,  # small models: one model.onnx, the same name every time
+    )
+    return ONNX
+
+
+def _has_external_data(proto: Any) -> bool:
+    from onnx.external_data_helper import uses_external_data
+
+    return any(uses_external_data(t) for t in proto.graph.initializer)
+
+
+def load_onnx(folder: Path, flavour: Mapping[str, Any], shared: dict[str, Any], extra_allowed: Sequence[str]) -> Any:
+    path = Path(folder, flavour.get("data") or "model.onnx")
+    return OnnxModel({**shared, "source": "onnx", "path": str(path)}, extra_allowed)
+
+
+def _digest(node: Mapping[str, Any]) -> str | None:
+    from xaitk_exp.models.recorded import file_digest
+
+    return file_digest(node, "path")
+
+
+SOURCE = ModelSource(
+    name="onnx",
+    load=OnnxModel,
+    framework="onnxruntime",
+    extra=None,  # onnxruntime is a core dependency
+    digest=_digest,
+    record=save_onnx,
+    flavour="onnx",
+    load_recorded=load_onnx,
+    formats=(ONNX,),
+)

@@ -103,15 +103,15 @@ def record(ctx: Any) -> str:
     with tracker.run(exp_id, schema.TRAIN_RUN, tags=tags) as run_id:
         tracker.log(run_id, params=params)
         ctx.record_config(run_id)
-        if fmt in recorded.FLAVOURED:
+        if recorded.flavoured(fmt):
             tracker.log_model_folder(run_id, str(folder), MODEL_DIR, _logged_name(model))
         elif model.file:
             tracker.log_artifact(run_id, model.file, MODEL_DIR)
         tracker.log_dict(run_id, info, f"{MODEL_DIR}/model_info.json")
     ctx.train_run_id, ctx.train_exp_id = run_id, exp_id
-    if fmt in recorded.FLAVOURED:
+    if recorded.flavoured(fmt):
         ctx.model = _load_recorded(ctx, folder, model.sha256, model)
-    how = f"as an MLflow model ({fmt})" if fmt in recorded.FLAVOURED else "(not trained)"
+    how = f"as an MLflow model ({fmt})" if recorded.flavoured(fmt) else "(not trained)"
     print(f"[train] {model.source} model {model.display_name} recorded {how}: run {run_id} in "
           f"'{ctx.experiment_name(schema.TRAIN)}'")
     return run_id
@@ -129,7 +129,7 @@ def ensure(ctx: Any) -> ImageModel:
     (``train_run_id``, else the latest FINISHED one with this config and SHA-256): the MLflow model that run stored,
     or, for runs recorded as a file (before flavours) and MAITE models, the config's file or factory as before. With
     ``train_run_id`` and a stored MLflow model, the config's file may be gone (reproduction from the store alone)."""
-    from xaitk_exp.models.recorded import FLAVOURED, source_digest
+    from xaitk_exp.models.recorded import flavoured, source_digest
     from xaitk_exp.settings.nodes import to_dict
 
     if isinstance(ctx.model, ImageModel) and ctx.train_run_id:
@@ -141,7 +141,7 @@ def ensure(ctx: Any) -> ImageModel:
     if ctx.cfg.get("train_run_id"):
         run = ctx.get_run_in(str(ctx.cfg.train_run_id), "train_run_id", ctx.experiment_name(schema.TRAIN))
         recorded = run.data.tags.get(schema.MODEL_SHA256)
-        if digest is None and run.data.tags.get(schema.MODEL_FORMAT) not in FLAVOURED:
+        if digest is None and not flavoured(run.data.tags.get(schema.MODEL_FORMAT)):
             built = build(ctx)
             digest = built.sha256
         if digest is not None and recorded != digest:
@@ -183,9 +183,9 @@ def _local_folder(ctx: Any, key: str) -> Path:
 def _recorded_model(ctx: Any, run: Any) -> ImageModel | None:
     """The MLflow model train run ``run`` stored, downloaded and loaded; None when it stored none (a file record
     made before flavours, a MAITE model)."""
-    from xaitk_exp.models.recorded import FLAVOURED
+    from xaitk_exp.models.recorded import flavoured
 
-    if run.data.tags.get(schema.MODEL_FORMAT) not in FLAVOURED:
+    if not flavoured(run.data.tags.get(schema.MODEL_FORMAT)):
         return None
     folder = _local_folder(ctx, run.info.run_id)
     try:

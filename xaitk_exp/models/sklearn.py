@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from xaitk_exp.errors import ConfigError
+from xaitk_exp.models.registry import ModelSource
 
 
 def check_classifier(model: Any, key: str = "model._target_") -> None:
@@ -76,3 +78,31 @@ def check_fit_memory(model: Any, n_features: int, n_classes: int, key: str = "mo
             f"need about {gigabytes(need)} while training, {gigabytes(available)} is available (make dataset.shape "
             "or the layers smaller)",
         )
+
+
+# ----- the source: an estimator the train stage fits here, recorded in MLflow's sklearn flavour (skops) -------------
+def build_estimator(node: Mapping[str, Any], extra_allowed: Sequence[str] = ()) -> Any:
+    """The unfitted estimator of a ``model`` node (without ``name`` and ``register``), checked before any run opens."""
+    from xaitk_exp.security.targets import instantiate
+    from xaitk_exp.settings.nodes import estimator_node
+
+    model = instantiate(estimator_node(node), "model", list(extra_allowed))
+    check_classifier(model)
+    check_params(model)
+    return model
+
+
+def _is_estimator(node: Mapping[str, Any]) -> bool:
+    return not node.get("source") and not node.get("uri")
+
+
+#: the recorder is the train stage's ``tracker.log_model`` (flavour ``sklearn``, skops format): it records a fitted
+#: model, so it runs inside the train run rather than on a loaded one
+SOURCE = ModelSource(
+    name="estimator",
+    load=build_estimator,
+    framework="scikit-learn",
+    matches=_is_estimator,
+    trained_here=True,
+    image_model=False,
+)

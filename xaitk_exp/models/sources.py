@@ -1,7 +1,8 @@
 """Image classifiers that are not scikit-learn estimators: ONNX Runtime files, PyTorch models and MAITE models.
 
-The config group ``model`` picks a source with ``model.source`` (``onnx``, ``torch``, ``maite``; the scikit-learn
-configs have no ``source``). Every source becomes an :class:`ImageModel`: class indices in ``classes_``, names in
+The config group ``model`` picks a source with ``model.source`` (the sources registered in
+:mod:`xaitk_exp.models.registry`: ``onnx``, ``torch``, ``maite``; the scikit-learn configs have no ``source``).
+Every such source becomes an :class:`ImageModel`: class indices in ``classes_``, names in
 ``class_names``, and :meth:`ImageModel.predict_proba` mapping images in ``[0, 1]`` to probabilities. The black box
 xaitk-saliency queries is :class:`xaitk_exp.models.blackbox.ImageModelBlackbox` around it.
 
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from xaitk_exp.errors import ConfigError
-from xaitk_exp.models.image_model import SOURCES, ImageModel
+from xaitk_exp.models import registry
+from xaitk_exp.models.image_model import ImageModel
 
 #: at most this many classes get a ``Class_<c>_conf`` metric and a map by default
 MANY_CLASSES = 20
@@ -25,30 +27,25 @@ TOP_K_MANY = 5
 
 
 def is_image_model(node: Any) -> bool:
-    """True when the ``model`` config node (or a built model) is one of :data:`SOURCES`."""
+    """True when the ``model`` config node (or a built model) is of a source loaded as an :class:`ImageModel`."""
     if isinstance(node, ImageModel):
         return True
-    get = getattr(node, "get", None)
-    return get is not None and get("source") in SOURCES
+    if getattr(node, "get", None) is None or not node.get("source"):
+        return False
+    try:
+        return registry.source_for(node).image_model
+    except ConfigError:  # an unknown model.source: building the model says so in one line
+        return False
 
 
 def build_image_model(node: Mapping[str, Any], extra_allowed: Sequence[str] = ()) -> ImageModel:
-    """The :class:`ImageModel` of a ``model`` config node with ``source`` in :data:`SOURCES` (loaded, not yet
+    """The :class:`ImageModel` of a ``model`` config node whose source is an image-model source (loaded, not yet
     probed: :meth:`ImageModel.check_images` learns the output size)."""
-    source = node.get("source")
-    if source == "onnx":
-        from xaitk_exp.models.onnx import OnnxModel
-
-        return OnnxModel(node, extra_allowed)
-    if source == "torch":
-        from xaitk_exp.models.torch import TorchModel
-
-        return TorchModel(node, extra_allowed)
-    if source == "maite":
-        from xaitk_exp.models.maite import MaiteModel
-
-        return MaiteModel(node, extra_allowed)
-    raise ConfigError("model.source", source, f"one of {', '.join(SOURCES)}")
+    source = registry.source_for(node)
+    if not source.image_model or source.load is None:
+        raise ConfigError("model.source", node.get("source"), f"one of {', '.join(registry.names(True))}")
+    model: ImageModel = source.load(node, extra_allowed)
+    return model
 
 
 def display_name(node: Mapping[str, Any]) -> str:

@@ -5,12 +5,14 @@ arguments in ``model.args``) with a ``state_dict`` file (``model.weights``). PyT
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from xaitk_exp.errors import ConfigError
 from xaitk_exp.models.image_model import ImageModel, existing_file, file_sha256
+from xaitk_exp.models.registry import FILE, ModelSource
 
 
 def import_torch() -> Any:
@@ -130,3 +132,90 @@ class TorchModel(ImageModel):
         if isinstance(out, (tuple, list)):
             out = out[0]
         return out.detach().to("cpu").numpy()
+
+
+# ----- the source: recorded as MLflow's pytorch flavour -------------------------------------------------------------
+#: formats (tag ``Model_format``) of runs that stored the model as an MLflow pytorch model
+TORCHSCRIPT = "mlflow.pytorch/torchscript"
+PT2 = "mlflow.pytorch/pt2"
+
+
+def save_torch(model: ImageModel, folder: Path, image_shape: Sequence[int]) -> str:
+    """Store the module as an MLflow pytorch model in ``folder``: TorchScript as TorchScript, an ``nn.Module`` as a
+    ``torch.export`` program; a module ``torch.export`` cannot trace returns ``file`` after a one-line note."""
+    import mlflow.pytorch
+    import torch
+
+    from xaitk_exp.models.recorded import quiet, requirements, signature
+
+    module = model._runtime
+    reqs = requirements("torch")
+    if isinstance(module, torch.jit.ScriptModule):
+        with quiet("mlflow.pytorch"):
+            mlflow.pytorch.save_model(module, str(folder), serialization_format="pickle",
+                                      signature=signature(model, image_shape), pip_requirements=reqs)
+        return TORCHSCRIPT
+    example = model.preprocess(np.zeros((2, *image_shape), dtype=np.float32))  # batch 2: a dynamic batch axis
+    try:
+        mlflow.pytorch.save_model(module, str(folder), serialization_format="pt2", input_example=example,
+                                  pip_requirements=reqs)
+    except Exception as exc:
+        import shutil
+
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"[train] note: torch.export cannot trace {model.display_name} ({type(exc).__name__}: {first}); "
+              "recording its file instead of an MLflow pytorch model")
+        shutil.rmtree(folder, ignore_errors=True)
+        return FILE
+    return PT2
+
+
+class RecordedTorchModel(TorchModel):
+    """A PyTorch model loaded back from an MLflow ``pytorch`` folder: TorchScript through ``torch.jit.load``; a
+    ``torch.export`` program through ``mlflow.pytorch.load_model`` with pickled payloads refused."""
+
+    def _load_runtime(self) -> Any:
+        if self.path is None or self.path.suffix != ".pt2":
+            return super()._load_runtime()
+        import mlflow.pytorch
+
+        from xaitk_exp.models.recorded import env
+
+        torch = import_torch()
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        with env("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false"):  # MLflow 3.17 allows it unless told otherwise
+            try:
+                module = mlflow.pytorch.load_model(str(self.path.parent.parent), device=self.device)
+            except Exception as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise ConfigError(
+                    "train_run_id", str(self.path), f"a pickle-free torch.export model ({first})"
+                ) from exc
+        return module
+
+
+def load_torch(folder: Path, flavour: Mapping[str, Any], shared: dict[str, Any], extra_allowed: Sequence[str]) -> Any:
+    data = Path(folder, flavour.get("model_data") or "data")
+    path = data / "model.pt2" if (data / "model.pt2").is_file() else data / "model.pth"
+    return RecordedTorchModel({**shared, "source": "torch", "path": str(path)}, extra_allowed)
+
+
+def _digest(node: Mapping[str, Any]) -> str | None:
+    """``model.weights`` for a module class, else ``model.path``."""
+    from xaitk_exp.models.recorded import file_digest
+
+    return file_digest(node, "weights" if node.get("_target_") else "path")
+
+
+SOURCE = ModelSource(
+    name="torch",
+    load=TorchModel,
+    framework="torch",
+    extra="torch",
+    digest=_digest,
+    record=save_torch,
+    flavour="pytorch",
+    load_recorded=load_torch,
+    formats=(TORCHSCRIPT, PT2),
+)

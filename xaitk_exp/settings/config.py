@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 SPLITS = ("train", "test")
+#: the ``task`` values: the names of the tasks in ``xaitk_exp/tasks/`` (``tests/test_tasks.py`` keeps them equal)
+TASKS = ("classification",)
 SWEEP_MODES = ("auto", "max", "min")
 _ORDER_BY = re.compile(r"[\w.`' ]+?( (ASC|DESC))?", re.IGNORECASE)
 
@@ -84,15 +86,12 @@ def from_node(cls: type[R], node: Any, key: str, **given: Any) -> R:
 # ----- the blocks of conf/config.yaml ---------------------------------------------------------------------------------
 #: ``evaluation.num_images: auto`` for a model trained here (the first 20 test images get a run each)
 AUTO_NUM_IMAGES = 20
-#: ``model.source`` values of models made elsewhere (``xaitk_exp.models.image_model.SOURCES``, without numpy)
-OUTSIDE_SOURCES = ("onnx", "torch", "maite")
-
-
 def trained_here(model: Any) -> bool:
-    """True when the train stage fits the ``model`` node's estimator here (scikit-learn); False for a model made
-    elsewhere (``onnx``, ``torch``, ``maite``, ``pretrained``): no train split, every image is evaluated."""
+    """True when the train stage fits the ``model`` node's estimator here (scikit-learn: no ``model.source``, no
+    ``model.uri``); False for a model made elsewhere (any registered source, ``pretrained``): no train split, every
+    image is evaluated. The same rule as the sources' ``trained_here`` in ``xaitk_exp.models.registry``."""
     model = to_dict(model) if model is not None else {}
-    return not (isinstance(model, Mapping) and (model.get("source") in OUTSIDE_SOURCES or model.get("uri")))
+    return not (isinstance(model, Mapping) and (model.get("source") or model.get("uri")))
 
 
 def resolved_num_images(value: Any, model: Any) -> Any:
@@ -222,6 +221,7 @@ class Settings:
     are the ones configured: the runs a job finds or makes are handed on in the context (``ctx.train_run_id``)."""
 
     stage: str = "all"  # all | train | evaluation | saliency | reproduce
+    task: str = "classification"  # what the model answers: classification (xaitk_exp/tasks/)
     seed: int = 0  # seeds the data split and every saliency algorithm (>= 0)
     force: bool = False  # rerun a stage even when a FINISHED run with the same config exists
     n_jobs: int = 1  # processes per stage (-1: every core, -2: all but one; never 0)
@@ -246,6 +246,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ConfigError("stage", self.stage, f"one of {', '.join(STAGES)}")
+        if self.task not in TASKS:
+            raise ConfigError("task", self.task, f"one of {', '.join(TASKS)}")
         check_int("seed", self.seed, 0)
         check_int("n_jobs", self.n_jobs)
         if self.n_jobs == 0:

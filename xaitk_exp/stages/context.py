@@ -5,25 +5,27 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from xaitk_exp import schema
 from xaitk_exp.data import ImageSplit
 from xaitk_exp.errors import ConfigError, DataError, TrackingError
-from xaitk_exp.models.sklearn import check_classifier, check_params
+from xaitk_exp.models.registry import source_for
 from xaitk_exp.models.sources import display_name, is_image_model
 from xaitk_exp.security.targets import instantiate
 from xaitk_exp.settings.config import Settings, resolved_num_images, trained_here
-from xaitk_exp.settings.nodes import config_hash, estimator_node, to_dict
+from xaitk_exp.settings.nodes import config_hash, to_dict
 from xaitk_exp.settings.saliency import auto_keys, resolve_auto
 from xaitk_exp.settings.validate import validate
 from xaitk_exp.stages.provenance import config_texts, git_commit
 from xaitk_exp.tracking.model_io import load_model
 from xaitk_exp.tracking.tracker import Tracker
+
+if TYPE_CHECKING:
+    from xaitk_exp.tasks import Task
 
 LOGGED_MODEL_ID = "logged_model_id"  #: ctx.results key: the logged model the job trained or loaded
 MODEL_REF = "model_ref"  #: ctx.results key: the registered version it was registered as or loaded from
@@ -57,9 +59,19 @@ class Context:
         """``n_jobs`` as a number of processes (-1: every core)."""
         return self.settings.processes
 
+    @cached_property
+    def task(self) -> Task:
+        """The task ``task`` selects (``classification``): what the stages record and which algorithms apply."""
+        from xaitk_exp.tasks import task_named
+
+        return task_named(self.settings.task)
+
     def check_saliency_fits(self) -> None:
-        """Refuse a saliency window or grid larger than the images, once per job (before the first run opens)."""
+        """Refuse a saliency generator or quality metric the task has none of, and a saliency window or grid larger
+        than the images, once per job (before the first run opens)."""
         if not self.__dict__.get("_saliency_fits") and self.settings.saliency is not None:
+            self.task.check_saliency(to_dict(self.cfg.saliency), tuple(self.extra_allowed))
+            self.task.check_metrics(self.settings.metrics)
             self.settings.saliency.check_fits(tuple(self.split.image_shape[:2]))
             self.__dict__["_saliency_fits"] = True
 
@@ -107,12 +119,10 @@ class Context:
             from xaitk_exp.models.pipeline import build
 
             return build(self)
-
-        node = estimator_node(self.cfg.model)  # without name and register
-        model = instantiate(node, "model", self.extra_allowed)
-        check_classifier(model)
-        check_params(model)
-        return model
+        source = source_for(to_dict(self.cfg.model))  # a scikit-learn estimator, unfitted and checked
+        if source.load is None:
+            return self.load_pretrained()
+        return source.load(to_dict(self.cfg.model), self.extra_allowed)
 
     @property
     def model_class(self) -> str:
@@ -151,12 +161,7 @@ class Context:
     @property
     def framework(self) -> tuple[str, str]:
         """The model's library and its version, for the experiments' ``framework`` and ``version`` tags."""
-        source = self.cfg.model.get("source")
-        name = {"onnx": "onnxruntime", "torch": "torch", "maite": "maite"}.get(str(source), "scikit-learn")
-        try:
-            return name, version(name)
-        except PackageNotFoundError:
-            return name, "unknown"
+        return source_for(to_dict(self.cfg.model)).framework_version()
 
     def experiment_name(self, suffix: str) -> str:
         """``<Model class> - <suffix>``, e.g. ``MLPClassifier - Train``."""

@@ -1,29 +1,26 @@
 """Evaluation: one run per image in ``<Model> - Evaluation``, and a summary run for the split that the image runs
-name in their tag ``Evaluation_summary_run_id``."""
+name in their tag ``Evaluation_summary_run_id``. What the runs hold (tags, metrics, artifacts) is the task's
+(``ctx.task.evaluation``); this stage opens, links and reuses them."""
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
-import numpy as np
-
 from xaitk_exp import schema
-from xaitk_exp.models.blackbox import blackbox_for
-from xaitk_exp.models.pipeline import class_view
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.describe import evaluation_image_note, evaluation_summary_note, print_where
 from xaitk_exp.stages.lineage import evaluated_model, split_dataset
 from xaitk_exp.stages.upstream import ensure_model
-from xaitk_exp.viz.figures import confusion_figure
+from xaitk_exp.tasks.classification import label_name
+
+__all__ = ["label_name", "run_evaluation"]  # label_name: the saliency stage's, from the classification task
 
 
 def run_evaluation(ctx: Context) -> str:
     from tqdm import tqdm
 
-    settings, tracker, split = ctx.settings, ctx.tracker, ctx.split
+    settings, tracker, split, task = ctx.settings, ctx.tracker, ctx.split, ctx.task
     model = ensure_model(ctx)
     ctx.check_image_shape(model)
+    task.check_model(model)
     if not settings.force:
         flt = f"tags.{schema.RUN_TYPE} = 'summary' and tags.{schema.TRAIN_RUN_ID} = '{ctx.train_run_id or ''}'"
         previous = ctx.find_latest(schema.EVALUATION, "evaluation", flt)
@@ -31,18 +28,12 @@ def run_evaluation(ctx: Context) -> str:
             ctx.evaluation_run_id = previous.info.run_id
             print(f"[evaluation] reusing run {previous.info.run_id} (same config; force=true reruns)")
             print_where(ctx, "evaluation", previous.info.experiment_id, [previous.info.run_id],
-                        order_by=f"metrics.{schema.PREDICTED_CLASS_CONF} DESC")
+                        order_by=task.order_by)
             return previous.info.run_id
     split_name = settings.evaluation.split
-    images, labels = split.images(split_name), split.labels(split_name)
-    n = len(images) if settings.evaluation.num_images is None else min(settings.evaluation.num_images, len(images))
-    blackbox = blackbox_for(model, settings.chunk_size)
-    probs = blackbox.predict(images)  # the whole split, for the summary; chunked
-    names = [str(c) for c in split.class_names]
-    class_labels = [label_name(c, names) for c in blackbox.get_labels()]
-    # tags and metrics per class: image models tag indices (names in *_label), top 5 above 20 classes, no ground truth
-    view = class_view(split, model, split_name, class_labels)
-    class_labels = view.labels
+    n_split = len(split.images(split_name))
+    n = n_split if settings.evaluation.num_images is None else min(settings.evaluation.num_images, n_split)
+    records = task.evaluation(split, model, split_name, task.blackbox(model, settings.chunk_size))
     exp_id = tracker.experiment(ctx.experiment_name(schema.EVALUATION), framework=ctx.framework)
     model_id, version_tags = evaluated_model(ctx)  # the logged model, and the registered version it came from
     base_tags = {
@@ -63,67 +54,33 @@ def run_evaluation(ctx: Context) -> str:
     if not tracker.created_here(exp_id) and (dropped := tracker.replace_killed(exp_id, same_work)):
         print(f"[evaluation] replacing a KILLED evaluation of the same config ({dropped} run(s) with its images)")
     with tracker.run(exp_id, schema.evaluation_summary_run(split_name), tags=summary_tags) as parent:
-        tracker.log(parent, tags={schema.NOTE: evaluation_summary_note(ctx, split_name, n, len(images), exp_id, parent)})
+        tracker.log(parent, tags={schema.NOTE: evaluation_summary_note(ctx, split_name, n, n_split, exp_id, parent)})
         dataset = split_dataset(ctx, split_name)
         tracker.log_dataset(parent, dataset, split_name)
         ctx.record_config(parent)
 
         def image_runs():  # (run name, tags, metrics) per image, made as the tracker asks for them
             for k in tqdm(range(n), desc="evaluation runs", unit="img", disable=not settings.progress):
-                tags = {**base_tags, schema.RUN_TYPE: "image", schema.IMAGE_ID: k, **view.tags(k, probs[k], labels[k])}
-                top = int(np.argmax(probs[k]))
-                tags[schema.NOTE] = evaluation_image_note(
-                    ctx, split_name, k, str(tags.get(schema.PREDICTED_LABEL) or tags[schema.PREDICTED_CLASS]),
-                    float(probs[k, top]), str(tags.get(schema.GT_LABEL) or tags.get(schema.GT_CLASS) or "unknown"),
-                    summary=(exp_id, parent),
-                )
+                own_tags, metrics = records.image(k)
+                tags = {**base_tags, schema.RUN_TYPE: "image", schema.IMAGE_ID: k, **own_tags}
+                answer, score, truth = records.headline(k)
+                tags[schema.NOTE] = evaluation_image_note(ctx, split_name, k, answer, score, truth,
+                                                          summary=(exp_id, parent))
                 if split.test_paths is not None and split_name == "test":
                     tags[schema.IMAGE_PATH] = split.test_paths[k]
-                yield schema.evaluation_image_run(k), tags, view.metrics(probs[k])
+                yield schema.evaluation_image_run(k), tags, metrics
 
         # one top-level run per image, linked to the summary by tag (a nested run is folded away in the UI's table),
         # few store calls each; with n_jobs > 1 the low level spreads them over processes
         tracker.log_runs(exp_id, image_runs(), processes=ctx.processes, summary_run_id=parent)
-        predicted = np.asarray(blackbox.get_labels())[probs.argmax(axis=1)]
-        truth = view.truth
-        top_conf = probs.max(axis=1)
-        summary = {
-            "Mean_predicted_class_conf": float(top_conf.mean()),
-            "Evaluated_images": n,
-            "Split_images": len(images),
-        }
-        if truth is not None:  # a folder without class sub-folders has no ground truth: no accuracy
-            summary[schema.ACCURACY] = float(np.mean(predicted == truth))
-            summary["Accuracy_evaluated"] = float(np.mean(predicted[:n] == truth[:n]))
+        summary = records.summary(n)
         if model_id:  # also on the logged model's page, measured on this dataset
             tracker.log_model_metrics(parent, model_id, summary, dataset)
         else:
             tracker.log(parent, metrics=summary)
-        if view.show_confusion:  # with ground truth, and at most 20 classes for an image model
-            matrix = _confusion(truth, predicted, list(model.classes_))
-            with tempfile.TemporaryDirectory() as tmp:
-                figure = Path(tmp, schema.CONFUSION_FIGURE)
-                confusion_figure(matrix, class_labels, figure, f"{split_name} split, {len(images)} images")
-                tracker.log_artifact(parent, str(figure))
-            tracker.log_dict(parent, {"labels": class_labels, "matrix": matrix.tolist()}, "confusion_matrix.json")
+        records.log_artifacts(tracker, parent, f"{split_name} split, {n_split} images")
     ctx.evaluation_run_id = parent
-    accuracy = f"accuracy on {split_name}: {np.mean(predicted == truth):.3f}" if truth is not None else "no ground truth"
-    print(f"[evaluation] {n} image runs + summary {parent} in '{ctx.experiment_name(schema.EVALUATION)}' ({accuracy})")
-    print_where(ctx, "evaluation", exp_id, [parent], order_by=f"metrics.{schema.PREDICTED_CLASS_CONF} DESC")
+    print(f"[evaluation] {n} image runs + summary {parent} in '{ctx.experiment_name(schema.EVALUATION)}' "
+          f"({records.outcome(split_name)})")
+    print_where(ctx, "evaluation", exp_id, [parent], order_by=task.order_by)
     return parent
-
-
-def label_name(c: object, names: list[str]) -> str:
-    """A class as users see it: the dataset's class name for an integer label, else the label itself."""
-    if isinstance(c, (int, np.integer)) and 0 <= int(c) < len(names):
-        return names[int(c)]
-    return str(c)
-
-
-def _confusion(truth: np.ndarray, predicted: np.ndarray, classes: list) -> np.ndarray:
-    index = {c: i for i, c in enumerate(classes)}
-    m = np.zeros((len(classes), len(classes)), dtype=int)
-    for t, p in zip(truth, predicted, strict=True):
-        if t in index:
-            m[index[t], index[p]] += 1
-    return m

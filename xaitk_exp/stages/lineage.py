@@ -7,7 +7,6 @@ Everything goes through the tracker (stages never call ``mlflow``). State shared
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from xaitk_exp import schema
@@ -16,20 +15,13 @@ from xaitk_exp.tracking.lineage import DatasetRecord, ModelRef
 
 
 def dataset_source(node: Any) -> tuple[str, str]:
-    """(source type, source) of a dataset config: its folder for image folders, the OpenML page for OpenML, the
-    file scikit-learn ships for digits, else the loader's class."""
-    target = str(node.get("_target_", ""))
-    if node.get("path"):
-        return "local", Path(str(node.get("path"))).expanduser().resolve().as_uri()
-    if target.endswith(".OpenML"):
-        version = node.get("version")
-        suffix = f"&version={version}" if version is not None else ""
-        return "http", f"https://www.openml.org/search?type=data&name={node.get('name')}{suffix}"
-    if target.endswith(".Digits"):
-        import sklearn.datasets
+    """(source type, source) of a dataset config, as its registered kind says (:mod:`xaitk_exp.data.registry`): its
+    folder for image folders, the OpenML page for OpenML, the file scikit-learn ships for digits, else the loader's
+    class."""
+    from xaitk_exp.data.registry import dataset_source as source_of
+    from xaitk_exp.settings.nodes import to_dict
 
-        return "local", (Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz").as_uri()
-    return "code", target or "unknown"
+    return source_of(to_dict(node))
 
 
 def split_dataset(ctx: Context, split_name: str) -> DatasetRecord:

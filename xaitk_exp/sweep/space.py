@@ -32,7 +32,8 @@ STAGE_COLUMNS = {
 STAGE_METRICS = {
     "train": (schema.TRAIN_ACCURACY, schema.TRAIN_LOSS),
     "evaluation": (
-        schema.ACCURACY, "Accuracy_evaluated", "Mean_predicted_class_conf", "Evaluated_images", "Split_images"
+        schema.ACCURACY, schema.ACCURACY_EVALUATED, schema.MEAN_PREDICTED_CLASS_CONF, schema.EVALUATED_IMAGES,
+        schema.SPLIT_IMAGES,
     ),
     "saliency": (schema.PREDICTED_CLASS_CONF,),
 }

@@ -1,0 +1,86 @@
+"""The interface every task implements (see the package's docstring for what each part decides)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from xaitk_exp.errors import ConfigError
+from xaitk_exp.settings.metrics import MetricSettings
+
+
+class EvaluationRecords(Protocol):
+    """What one evaluation records, built by :meth:`Task.evaluation` from the model's outputs on the whole split."""
+
+    def image(self, k: int) -> tuple[dict[str, Any], dict[str, float]]:
+        """Tags and metrics of image ``k``'s run."""
+        ...
+
+    def headline(self, k: int) -> tuple[str, float, str]:
+        """What image ``k``'s note says: the model's answer, its score and the ground truth (``unknown``)."""
+        ...
+
+    def summary(self, n: int) -> dict[str, float]:
+        """The summary run's metrics, ``n`` the number of evaluated images."""
+        ...
+
+    def log_artifacts(self, tracker: Any, run_id: str, title: str) -> None:
+        """The summary run's artifacts (figures, tables), ``title`` naming the split."""
+        ...
+
+    def outcome(self, split_name: str) -> str:
+        """The stage's closing words on the split (accuracy, or why there is none)."""
+        ...
+
+
+class Task(ABC):
+    """A kind of model and what the stages record about it; one instance per task, ``TASK`` in its module."""
+
+    #: the ``task`` config value
+    name: str
+    #: dotted path of the xaitk-saliency interface a saliency generator of this task implements
+    generator_interface: str
+    #: the quality metrics (``metrics/names.py``) its saliency runs may record
+    quality_metrics: tuple[str, ...]
+    #: the metric evaluation image runs are listed by, best first (``metrics.<name> DESC``)
+    order_by: str
+
+    @abstractmethod
+    def check_model(self, model: Any, key: str = "model") -> None:
+        """Refuse, in one line naming ``key``, a built model whose outputs this task cannot read."""
+
+    @abstractmethod
+    def blackbox(self, model: Any, chunk_size: int) -> Any:
+        """The black box xaitk-saliency queries for ``model``, ``chunk_size`` images per model call."""
+
+    @abstractmethod
+    def evaluation(self, split: Any, model: Any, split_name: str, blackbox: Any) -> EvaluationRecords:
+        """The records of one evaluation of ``model`` on ``split_name``: the model runs on every image of it here."""
+
+    def check_saliency(self, node: Mapping[str, Any], extra_allowed: tuple[str, ...] = ()) -> None:
+        """Refuse a ``saliency`` node whose generator does not implement :attr:`generator_interface` (the class is
+        imported behind the allow-list)."""
+        import importlib
+
+        from xaitk_exp.security.targets import check_targets
+
+        target = str(node.get("_target_", ""))
+        check_targets({"_target_": target}, extra_allowed, "saliency")
+        module, _, cls_name = target.rpartition(".")
+        cls = getattr(importlib.import_module(module), cls_name, None)
+        base_module, _, base_name = self.generator_interface.rpartition(".")
+        base = getattr(importlib.import_module(base_module), base_name)
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise ConfigError(
+                "saliency._target_", target,
+                f"a {self.name} saliency generator (a {base_name}) for task={self.name}",
+                f"saliency={node.get('name')} explains another kind of model",
+            )
+
+    def check_metrics(self, metrics: MetricSettings) -> None:
+        """Refuse quality metrics switched on that this task does not record."""
+        if metrics.enabled and metrics.sanity and "Sanity_permuted_labels_xcorr" not in self.quality_metrics:
+            raise ConfigError("metrics.sanity", True, f"false for task={self.name}: it has no sanity metrics")
+        if metrics.enabled and metrics.complexity and "Complexity" not in self.quality_metrics:
+            raise ConfigError("metrics.complexity", True, f"false for task={self.name}: it has no Complexity")
