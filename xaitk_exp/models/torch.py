@@ -5,6 +5,7 @@ arguments in ``model.args``) with a ``state_dict`` file (``model.weights``). PyT
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,8 @@ class TorchModel(ImageModel):
 
     def __init__(self, node: Mapping[str, Any], extra_allowed: Sequence[str] = ()) -> None:
         target = node.get("_target_")
+        self.path: Path | None
+        self.weights: Path | None
         if target:
             self.path = None
             self.weights = existing_file(node, "weights", f"a state_dict for {target} (torch.save(model.state_dict()))")

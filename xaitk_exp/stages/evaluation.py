@@ -4,7 +4,9 @@ name in their tag ``Evaluation_summary_run_id``."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +34,7 @@ def run_evaluation(ctx: Context) -> str:
             print(f"[evaluation] reusing run {previous.info.run_id} (same config; force=true reruns)")
             print_where(ctx, "evaluation", previous.info.experiment_id, [previous.info.run_id],
                         order_by=f"metrics.{schema.PREDICTED_CLASS_CONF} DESC")
-            return previous.info.run_id
+            return str(previous.info.run_id)
     split_name = settings.evaluation.split
     images, labels = split.images(split_name), split.labels(split_name)
     n = len(images) if settings.evaluation.num_images is None else min(settings.evaluation.num_images, len(images))
@@ -68,7 +70,7 @@ def run_evaluation(ctx: Context) -> str:
         tracker.log_dataset(parent, dataset, split_name)
         ctx.record_config(parent)
 
-        def image_runs():  # (run name, tags, metrics) per image, made as the tracker asks for them
+        def image_runs() -> Iterator[tuple[str, dict[str, Any], dict[str, float]]]:  # (run name, tags, metrics) per image, made as the tracker asks for them
             for k in tqdm(range(n), desc="evaluation runs", unit="img", disable=not settings.progress):
                 tags = {**base_tags, schema.RUN_TYPE: "image", schema.IMAGE_ID: k, **view.tags(k, probs[k], labels[k])}
                 top = int(np.argmax(probs[k]))
@@ -99,7 +101,7 @@ def run_evaluation(ctx: Context) -> str:
             tracker.log_model_metrics(parent, model_id, summary, dataset)
         else:
             tracker.log(parent, metrics=summary)
-        if view.show_confusion:  # with ground truth, and at most 20 classes for an image model
+        if view.show_confusion and truth is not None:  # with ground truth, and at most 20 classes for an image model
             matrix = _confusion(truth, predicted, list(model.classes_))
             with tempfile.TemporaryDirectory() as tmp:
                 figure = Path(tmp, schema.CONFUSION_FIGURE)
@@ -120,7 +122,7 @@ def label_name(c: object, names: list[str]) -> str:
     return str(c)
 
 
-def _confusion(truth: np.ndarray, predicted: np.ndarray, classes: list) -> np.ndarray:
+def _confusion(truth: np.ndarray, predicted: np.ndarray, classes: list[Any]) -> np.ndarray:
     index = {c: i for i, c in enumerate(classes)}
     m = np.zeros((len(classes), len(classes)), dtype=int)
     for t, p in zip(truth, predicted, strict=True):
