@@ -10,7 +10,9 @@ The scan is of the source's syntax tree: a config expression is a name ``cfg`` /
 from __future__ import annotations
 
 import ast
+import inspect
 import re
+import textwrap
 from dataclasses import fields
 from pathlib import Path
 
@@ -139,3 +141,25 @@ def test_package_reads_run_settings_only_through_typed_settings():
             continue
         offenders += [f"{rel}:{line}: {what}" for line, what in raw_reads(path.read_text(), keys)]
     assert not offenders, "read ctx.settings instead of the config:\n" + "\n".join(offenders)
+
+
+def test_every_settings_field_is_read_outside_settings():
+    # a field checked and never read is a promise the code does not keep: read it (``settings.<field>``) or drop it
+    read: set[str] = set()
+    for path in (ROOT / "xaitk_exp").rglob("*.py"):
+        if path.relative_to(ROOT / "xaitk_exp").as_posix().startswith("settings/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                owner = node.value
+                if (isinstance(owner, ast.Name) and owner.id == "settings") or (
+                        isinstance(owner, ast.Attribute) and owner.attr == "settings"):
+                    read.add(node.attr)
+    for name in list(read):  # a property of Settings (``processes``) reads the fields it is made of (``n_jobs``)
+        prop = getattr(Settings, name, None)
+        if isinstance(prop, property) and prop.fget is not None:
+            source = ast.parse(textwrap.dedent(inspect.getsource(prop.fget)))
+            read |= {n.attr for n in ast.walk(source) if isinstance(n, ast.Attribute)
+                     and isinstance(n.value, ast.Name) and n.value.id == "self"}
+    unread = {f.name for f in fields(Settings)} - read
+    assert not unread, f"Settings fields never read outside settings/: {sorted(unread)}"
