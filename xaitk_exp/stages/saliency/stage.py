@@ -95,12 +95,13 @@ def select_images(ctx: Context, evaluation: Any, class_names: list[str] | None =
 
 
 def run_saliency(ctx: Context) -> list[str]:
-    settings, tracker, split = ctx.settings, ctx.tracker, ctx.split
+    tracker, split = ctx.tracker, ctx.split
     evaluation = ensure_evaluation(ctx)
     if ctx.model is None and not ctx.train_run_id:
         ctx.train_run_id = evaluation.data.tags.get(schema.TRAIN_RUN_ID) or None
         if ctx.train_run_id and not ctx.pretrained_uri:  # the model the evaluation used, not the latest one
             ctx.pin_train_run(ctx.train_run_id)
+    settings = ctx.settings  # read after the pin
     model = ensure_model(ctx)
     ctx.check_image_shape(model)
     algo = Algorithm(ctx.cfg.saliency, split.image_shape, ctx.extra_allowed)
