@@ -53,7 +53,7 @@ def _aliases(scope: ast.AST) -> set[str]:
         for target in node.targets:
             pairs = [(target, node.value)]
             if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
-                pairs = list(zip(target.elts, node.value.elts))
+                pairs = list(zip(target.elts, node.value.elts, strict=False))
             names |= {t.id for t, v in pairs if isinstance(t, ast.Name) and _is_config(v, names)}
     return names
 

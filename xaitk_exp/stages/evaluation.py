@@ -70,7 +70,8 @@ def run_evaluation(ctx: Context) -> str:
         tracker.log_dataset(parent, dataset, split_name)
         ctx.record_config(parent)
 
-        def image_runs() -> Iterator[tuple[str, dict[str, Any], dict[str, float]]]:  # (run name, tags, metrics) per image, made as the tracker asks for them
+        def image_runs() -> Iterator[tuple[str, dict[str, Any], dict[str, float]]]:
+            """(run name, tags, metrics) per image, made as the tracker asks for them."""
             for k in tqdm(range(n), desc="evaluation runs", unit="img", disable=not settings.progress):
                 tags = {**base_tags, schema.RUN_TYPE: "image", schema.IMAGE_ID: k, **view.tags(k, probs[k], labels[k])}
                 top = int(np.argmax(probs[k]))

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from xaitk_exp import schema
-from xaitk_exp.tracking.tracker import Tracker
 from xaitk_exp.tracking.processes import (  # noqa: F401 (process_tags, drop_killed: this module's API too)
     _open_runs,
     drop_killed,
     process_gone,
     process_tags,
 )
+from xaitk_exp.tracking.tracker import Tracker
 
 
 def _experiments(tracker: Tracker) -> dict[str, str]:
