@@ -89,7 +89,7 @@ def child(args: argparse.Namespace) -> None:
     parent = run_evaluation(ctx)
     out["evaluation_s"] = time.perf_counter() - t0
     evaluation = ctx.tracker.get_run(parent)
-    flt = build_filter(cfg.query, parent)
+    flt = build_filter(ctx.settings.query, parent)
     latencies = []
     for _ in range(7):
         t0 = time.perf_counter()

@@ -214,4 +214,6 @@ def test_ci_type_checks_with_the_readme_test_command():
     assert command in (ROOT / ".ci" / "run").read_text()
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'files = ["xaitk_exp"]' in pyproject
-    assert 'module = ["xaitk_exp.tracking.*", "xaitk_exp.settings.*"]\ndisallow_untyped_defs = true' in pyproject
+    strict = 'module = ["xaitk_exp.tracking.*", "xaitk_exp.settings.*", "xaitk_exp.stages.*"]\ndisallow_untyped_defs'
+    assert strict in pyproject
+    assert "ignore_errors" not in pyproject, "no module is left out of the type check"

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from xaitk_exp.stages.context import Context
 
 CONFIG_PACKAGE = "xaitk_exp.conf"
 
 
-def run(cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | Path | None = None) -> object:
+def run(cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | Path | None = None) -> Context:
     """Check ``cfg`` into typed settings (once: stages read ``ctx.settings``), open the tracker for its logging
     level and run ``cfg.stage``. Returns the stage context."""
     from xaitk_exp.security.stored import check_folder_config
+    from xaitk_exp.settings.validate import validate
     from xaitk_exp.stages import STAGES, Context
     from xaitk_exp.stages.describe import print_ui_hint
     from xaitk_exp.tracking.access import check_access
@@ -28,12 +32,13 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | P
 
     check_folder_config(cfg)  # a rerun from a .hydra folder: its resolvers are refused before anything reads them
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reused runs: no download bars
-    ctx = Context(cfg=cfg, tracker=None, output_dir=Path(output_dir or "."), overrides=list(overrides or []))
-    settings = ctx.settings  # the one check of the config: a ConfigError here leaves nothing behind
+    settings = validate(cfg)  # the one check of the config: a ConfigError here leaves nothing behind
     os.environ.update(settings.tracking.http.environment())  # bounds for a tracking server that does not answer
-    uri, artifact_root = resolve_tracking(cfg)
-    ctx.tracker = make_tracker(settings.logging.level, uri, artifact_root, settings.tracking.sqlite_journal)
-    check_access(cfg, ctx.tracker)  # 401/403 of an authenticating server: one line, before any run opens
+    uri, artifact_root = resolve_tracking(settings.tracking)
+    tracker = make_tracker(settings.logging.level, uri, artifact_root, settings.tracking.sqlite_journal)
+    ctx = Context(cfg=cfg, tracker=tracker, output_dir=Path(output_dir or "."), overrides=list(overrides or []))
+    ctx.settings = settings  # stages read these, checked once
+    check_access(cfg, settings.stage, tracker)  # 401/403 of an authenticating server: one line, before any run opens
     close_dead_runs(ctx.tracker)  # runs a dead process of this host left RUNNING: closed KILLED, in one line
     if settings.stage == "reproduce":
         from xaitk_exp.stages.reproduce import run_reproduce

@@ -175,7 +175,8 @@ def _config_keys(node: object, prefix: str = "") -> list[str]:
     out: list[str] = []
     if isinstance(node, _DictConfig):
         for k in node.keys():
-            path = f"{prefix}.{k}" if prefix else str(k)
+            name = str(k)
+            path = f"{prefix}.{name}" if prefix else name
             out.append(path)
             out += _config_keys(node._get_node(k), path)
     return out
@@ -212,7 +213,7 @@ def _key_hints(overrides: list[str], first_line: str) -> list[str]:
     """The closest valid key (and how to pass a constructor argument) for Hydra's "Could not override 'key'"."""
     match = re.match(r"Could not override '([^']+)'", first_line)
     cfg = _base_config(overrides, match.group(1)) if match else None
-    if cfg is None:
+    if cfg is None or match is None:
         return []
     key = match.group(1)
     value = next((_override_key(o)[2] for o in overrides if _override_key(o)[1] == key), "")
@@ -307,7 +308,7 @@ def print_help() -> None:
     which composes every config group to list them (about 0.7 s); the groups' options are the shipped files."""
     import yaml
 
-    node = yaml.safe_load(files(CONFIG_PACKAGE).joinpath("hydra", "help", "xaitk.yaml").read_text())
+    node = yaml.safe_load(files(CONFIG_PACKAGE).joinpath("hydra").joinpath("help").joinpath("xaitk.yaml").read_text())
     groups = "\n".join(f"{group}: {', '.join(group_options(group))}" for group in sorted(GROUPS))
     text = (
         node["template"]

@@ -73,7 +73,8 @@ class ImageFolder:
         if self.resize:  # the size of what is kept is known before any image is decoded
             check_memory("dataset.shape", list(self.shape), len(files), self.shape, 1 if self.grayscale else 3)
         mode = "L" if self.grayscale else "RGB"
-        images, labels, paths, sizes = [], [], [], set()
+        sizes: set[tuple[int, int]] = set()
+        images, labels, paths = [], [], []
         for c, f in files:
             rel = f.relative_to(root).as_posix()
             try:
@@ -83,7 +84,7 @@ class ImageFolder:
                     im = im.convert(mode)
                     sizes.add(im.size)
                     if self.resize:
-                        im = im.resize((self.shape[1], self.shape[0]), Image.BILINEAR)
+                        im = im.resize((self.shape[1], self.shape[0]), Image.Resampling.BILINEAR)
                     arr = np.asarray(im, dtype="float64") / 255.0
             except (UnidentifiedImageError, OSError) as exc:
                 raise DataError(f"dataset.path: image {rel!r} cannot be read ({type(exc).__name__}); remove or fix it") from exc

@@ -93,7 +93,7 @@ class MaiteDataset:
             from PIL import Image
 
             chans = [np.asarray(Image.fromarray(hwc[..., c].astype(np.float32)).resize(
-                (self.shape[1], self.shape[0]), Image.BILINEAR)) for c in range(hwc.shape[2])]
+                (self.shape[1], self.shape[0]), Image.Resampling.BILINEAR)) for c in range(hwc.shape[2])]
             hwc = np.clip(np.stack(chans, axis=-1).astype(np.float64), 0.0, 1.0)
         return hwc[..., 0] if hwc.shape[2] == 1 else hwc
 

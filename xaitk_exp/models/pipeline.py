@@ -70,7 +70,7 @@ def record(ctx: Any) -> str:
     model = ctx.model if isinstance(ctx.model, ImageModel) else build(ctx)
     check(ctx, model)
     ctx.model = model
-    if not ctx.cfg.force:
+    if not ctx.settings.force:
         previous = ctx.find_latest(schema.TRAIN, "train", f"tags.{schema.MODEL_SHA256} = '{model.sha256}'")
         if previous is not None:
             ctx.train_run_id, ctx.train_exp_id = previous.info.run_id, previous.info.experiment_id
@@ -138,15 +138,15 @@ def ensure(ctx: Any) -> ImageModel:
     _refuse_sanity(ctx, node)
     built = ctx.model if isinstance(ctx.model, ImageModel) else None
     digest = built.sha256 if built is not None else source_digest(node)
-    if ctx.cfg.get("train_run_id"):
-        run = ctx.get_run_in(str(ctx.cfg.train_run_id), "train_run_id", ctx.experiment_name(schema.TRAIN))
+    if ctx.settings.train_run_id:
+        run = ctx.get_run_in(ctx.settings.train_run_id, "train_run_id", ctx.experiment_name(schema.TRAIN))
         recorded = run.data.tags.get(schema.MODEL_SHA256)
         if digest is None and not flavoured(run.data.tags.get(schema.MODEL_FORMAT)):
             built = build(ctx)
             digest = built.sha256
         if digest is not None and recorded != digest:
             raise ConfigError(
-                "train_run_id", str(ctx.cfg.train_run_id),
+                "train_run_id", ctx.settings.train_run_id,
                 f"a train run that recorded this model (it recorded sha256 {str(recorded)[:12]}..., the file now "
                 f"has {digest[:12]}...)",
             )

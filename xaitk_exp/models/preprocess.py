@@ -46,7 +46,7 @@ class Preprocess:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """``[N, H, W]`` or ``[N, H, W, C]`` images in ``[0, 1]`` -> float32 ``[N, C, H, W]`` (NCHW) or
         ``[N, H, W, C]`` (NHWC), normalised per channel. Grayscale images get one channel axis."""
-        x = np.asarray(images, dtype=np.float32)
+        x: np.ndarray = np.asarray(images, dtype=np.float32)
         if x.ndim == 3:
             x = x[..., None]
         if x.ndim != 4:

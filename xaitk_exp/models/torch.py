@@ -47,6 +47,8 @@ class TorchModel(ImageModel):
 
     def __init__(self, node: Mapping[str, Any], extra_allowed: Sequence[str] = ()) -> None:
         target = node.get("_target_")
+        self.path: Path | None
+        self.weights: Path | None
         if target:
             self.path = None
             self.weights = existing_file(node, "weights", f"a state_dict for {target} (torch.save(model.state_dict()))")

@@ -19,7 +19,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from xaitk_exp.errors import ConfigError
-from xaitk_exp.schema import LEVELS, PREDICTED_CLASS_CONF, SQLITE_JOURNALS, STAGES
+from xaitk_exp.schema import LEVELS, PREDICTED_CLASS_CONF, REPRODUCED_FROM, SQLITE_JOURNALS, STAGES
 from xaitk_exp.settings.metrics import MetricSettings
 from xaitk_exp.settings.nodes import to_dict
 from xaitk_exp.settings.saliency import SaliencySettings
@@ -233,6 +233,7 @@ class Settings:
     update_run_id: str | None = None  # rewrite this saliency run for the newly selected image
     run_id: str | None = None  # stage=reproduce: the run to reproduce
     sweep_run_id: str | None = None  # set by the sweep callback: the sweep's parent run
+    reproduced_from: str | None = None  # set by stage=reproduce on the config it replays: the run reproduced
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     query: QuerySettings = field(default_factory=QuerySettings)
     metrics: MetricSettings = field(default_factory=MetricSettings)
@@ -261,7 +262,7 @@ class Settings:
         for prefix in targets:  # a blank prefix ('' or '  ') would trust every module: one line naming the key
             prefix_parts(prefix)
         object.__setattr__(self, "allow_targets", tuple(targets))
-        for key in ("train_run_id", "evaluation_run_id", "update_run_id", "run_id", "sweep_run_id"):
+        for key in ("train_run_id", "evaluation_run_id", "update_run_id", "run_id", "sweep_run_id", REPRODUCED_FROM):
             value = getattr(self, key)  # a run id Hydra read as a number stays the id it is
             object.__setattr__(self, key, None if value is None or value == "" else str(value))
 

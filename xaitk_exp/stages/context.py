@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from xaitk_exp import schema
 from xaitk_exp.data import ImageSplit
@@ -16,9 +16,9 @@ from xaitk_exp.errors import ConfigError, DataError, TrackingError
 from xaitk_exp.models.registry import source_for
 from xaitk_exp.models.sources import display_name, is_image_model
 from xaitk_exp.security.targets import instantiate
-from xaitk_exp.settings.config import Settings, resolved_num_images, trained_here
-from xaitk_exp.settings.nodes import config_hash, to_dict
-from xaitk_exp.settings.saliency import auto_keys, resolve_auto
+from xaitk_exp.settings.config import Settings, trained_here
+from xaitk_exp.settings.hashes import stage_hash
+from xaitk_exp.settings.nodes import to_dict
 from xaitk_exp.settings.validate import validate
 from xaitk_exp.stages.provenance import config_texts, git_commit
 from xaitk_exp.tracking.model_io import load_model
@@ -44,11 +44,18 @@ class Context:
     train_exp_id: str | None = None
     evaluation_run_id: str | None = None
     results: dict[str, Any] = field(default_factory=dict)
+    pinned: dict[str, str] = field(default_factory=dict)  # run ids a stage fixed after the check (pin_train_run)
 
     @cached_property
     def settings(self) -> Settings:
         """``cfg`` checked into typed settings, on first use (``app.run`` asks first, before anything opens)."""
         return validate(self.cfg)
+
+    def pin_train_run(self, run_id: str) -> None:
+        """Fix ``train_run_id`` after the check, as if it had been configured: stages read it from ``settings`` and
+        the run's recorded config carries it. The config itself stays as composed (read-only from here on)."""
+        self.settings = replace(self.settings, train_run_id=run_id)
+        self.pinned["train_run_id"] = run_id
 
     @property
     def extra_allowed(self) -> list[str]:
@@ -95,7 +102,8 @@ class Context:
                                   "(every image of the dataset is a test image)")
             node["test_size"] = None
         loader = instantiate(node, "dataset", self.extra_allowed)
-        return loader.load()
+        split: ImageSplit = loader.load()
+        return split
 
     @property
     def dataset_name(self) -> str:
@@ -112,7 +120,8 @@ class Context:
     # ----- model ---------------------------------------------------------------------------------------------
     @property
     def pretrained_uri(self) -> str | None:
-        return self.cfg.model.get("uri")
+        uri: str | None = self.cfg.model.get("uri")
+        return uri
 
     def build_model(self) -> Any:
         if is_image_model(self.cfg.model):  # model=onnx|torch|maite: loaded from its file or factory
@@ -169,23 +178,8 @@ class Context:
 
     # ----- hashes: the config that matters to each stage ---------------------------------------------------------
     def hash_for(self, stage: str) -> str:
-        c = self.cfg
-        train = config_hash(c.dataset, {k: v for k, v in to_dict(c.model).items() if k != "register"})
-        if stage == "train":
-            return train
-        node = to_dict(c.evaluation)  # num_images hashed as resolved: the default digits keep their hash (20)
-        node["num_images"] = resolved_num_images(node.get("num_images"), c.model) or "every image"
-        evaluation = config_hash(train, node, *([] if self.fits_model else ["every image"]))
-        if stage == "evaluation":
-            return evaluation
-        maps = [c.maps] if c.get("maps") and str(c.maps.get("top_k", "auto")) != "auto" else []  # old hashes stay
-        saliency = c.saliency
-        if auto_keys(to_dict(saliency)):  # hashed as resolved: 8x8 digits keep the hash of the sizes they had
-            saliency = resolve_auto(to_dict(saliency), tuple(self.split.image_shape))
-        if stage == "saliency_work":  # what was done to an image, whichever query selected it
-            return config_hash(evaluation, saliency, c.get("metrics"), c.chunk_size, *maps)
-        # chunking changes float bits
-        return config_hash(evaluation, saliency, c.query, c.get("metrics"), c.chunk_size, *maps)
+        """This config's hash for ``stage`` (:func:`xaitk_exp.settings.hashes.stage_hash`)."""
+        return stage_hash(self.cfg, stage, lambda: tuple(self.split.image_shape))
 
     def find_latest(self, stage_experiment: str, stage: str, extra_filter: str = "") -> Any:
         """The latest FINISHED run of ``stage`` whose recorded config hash equals this config's."""
@@ -215,12 +209,13 @@ class Context:
         }
         if git_commit():
             tags[schema.GIT_COMMIT] = str(git_commit())
-        if self.cfg.get("sweep_run_id"):
-            tags[schema.SWEEP_RUN_ID] = str(self.cfg.sweep_run_id)
-        if OmegaConf.select(self.cfg, "sweep.trial") is not None:  # an optuna trial's number
-            tags[schema.TRIAL_NUMBER] = str(self.cfg.sweep.trial)
-        if self.cfg.get(schema.REPRODUCED_FROM):  # set by stage=reproduce on the replayed config
-            tags[schema.REPRODUCED_FROM] = str(self.cfg.reproduced_from)
+        settings = self.settings
+        if settings.sweep_run_id:
+            tags[schema.SWEEP_RUN_ID] = settings.sweep_run_id
+        if settings.sweep.trial is not None:  # an optuna trial's number
+            tags[schema.TRIAL_NUMBER] = str(settings.sweep.trial)
+        if settings.reproduced_from:  # set by stage=reproduce on the replayed config
+            tags[schema.REPRODUCED_FROM] = settings.reproduced_from
         return tags
 
     def record_config(self, run_id: str) -> None:
@@ -243,7 +238,7 @@ class Context:
     @cached_property
     def _config_texts(self) -> dict[str, str]:
         """The three config files' contents, rendered once per job."""
-        return config_texts(self.cfg, self.overrides)
+        return config_texts(self.cfg, self.overrides, self.pinned)
 
     def check_image_shape(self, model: Any) -> None:
         if is_image_model(model):  # one black image through the model; class names against the dataset's

@@ -7,6 +7,7 @@ with the seed's shared names (``train_info``, ``ImageID-8_saliency_maps``) can b
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote
 
 from xaitk_exp import schema
@@ -68,7 +69,7 @@ def evaluation_image_note(
 
 
 def saliency_note(
-    ctx: Context, algorithm: str, image_id: int | str, evaluation: Mapping[str, object], predicted: str
+    ctx: Context, algorithm: str, image_id: int | str, evaluation: Mapping[str, Any], predicted: str
 ) -> str:
     tags = evaluation.get("tags") or {}
     conf = evaluation.get("conf")

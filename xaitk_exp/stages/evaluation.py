@@ -4,6 +4,9 @@ name in their tag ``Evaluation_summary_run_id``. What the runs hold (tags, metri
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 from xaitk_exp import schema
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.describe import evaluation_image_note, evaluation_summary_note, print_where
@@ -29,7 +32,7 @@ def run_evaluation(ctx: Context) -> str:
             print(f"[evaluation] reusing run {previous.info.run_id} (same config; force=true reruns)")
             print_where(ctx, "evaluation", previous.info.experiment_id, [previous.info.run_id],
                         order_by=task.order_by)
-            return previous.info.run_id
+            return str(previous.info.run_id)
     split_name = settings.evaluation.split
     n_split = len(split.images(split_name))
     n = n_split if settings.evaluation.num_images is None else min(settings.evaluation.num_images, n_split)
@@ -59,7 +62,8 @@ def run_evaluation(ctx: Context) -> str:
         tracker.log_dataset(parent, dataset, split_name)
         ctx.record_config(parent)
 
-        def image_runs():  # (run name, tags, metrics) per image, made as the tracker asks for them
+        def image_runs() -> Iterator[tuple[str, dict[str, Any], dict[str, float]]]:
+            """(run name, tags, metrics) per image, made as the tracker asks for them."""
             for k in tqdm(range(n), desc="evaluation runs", unit="img", disable=not settings.progress):
                 own_tags, metrics = records.image(k)
                 tags = {**base_tags, schema.RUN_TYPE: "image", schema.IMAGE_ID: k, **own_tags}

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -53,10 +53,11 @@ def _package_versions() -> dict[str, str]:
     return out
 
 
-def config_texts(cfg: DictConfig, overrides: Iterable[str]) -> dict[str, str]:
-    """``config.yaml`` (resolved), ``overrides.yaml`` and ``environment.json``: name -> text. Credentials in the
-    tracking URI stay on this machine."""
+def config_texts(cfg: DictConfig, overrides: Iterable[str], pinned: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``config.yaml`` (resolved, with the run ids a stage ``pinned`` after the check), ``overrides.yaml`` and
+    ``environment.json``: name -> text. Credentials in the tracking URI stay on this machine."""
     resolved: Any = OmegaConf.to_container(cfg, resolve=True)
+    resolved.update(pinned or {})
     if (resolved.get("tracking") or {}).get("uri"):
         resolved["tracking"]["uri"] = redact_uri(str(resolved["tracking"]["uri"]))
     return {

@@ -28,6 +28,7 @@ from xaitk_exp.stages import STAGES
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.provenance import git_commit, package_versions
 from xaitk_exp.stages.upstream import image_runs_filters, summary_of
+from xaitk_exp.tracking.tracker import Tracker
 
 REPRODUCIBLE = ("train", "evaluation", "saliency")
 ARRAYS = (f"{schema.NPY_DIR}/{schema.MAPS_NPY}", f"{schema.NPY_DIR}/{schema.IMAGE_NPY}")
@@ -37,7 +38,7 @@ FOREIGN_METRICS = ("Saliency/", "reproduced_")
 
 def run_reproduce(ctx: Context) -> str:
     """Rerun ``ctx.cfg.run_id``'s stage and report whether it matches. Returns the new run's id."""
-    run_id = str(ctx.cfg.get("run_id") or "")
+    run_id = ctx.settings.run_id or ""
     if not run_id:
         raise ConfigError("run_id", None, "the id of a run recorded by xaitk-exp (stage=reproduce run_id=<RUN_ID>)")
     tracker = ctx.tracker
@@ -74,10 +75,10 @@ def run_reproduce(ctx: Context) -> str:
         _fail_replayed(tracker, replay, stage, exc)
         raise
     ctx.results["reproduce_run_id"] = new.info.run_id
-    return new.info.run_id
+    return str(new.info.run_id)
 
 
-def _fail_replayed(tracker: Any, replay: Context, stage: str, exc: BaseException) -> None:
+def _fail_replayed(tracker: Tracker, replay: Context, stage: str, exc: BaseException) -> None:
     """The runs the replay wrote, closed FAILED (KILLED on Ctrl-C) with the reason: the reproduction did not end."""
     ids = {"train": [replay.train_run_id], "evaluation": [replay.evaluation_run_id]}.get(
         stage, replay.results.get("saliency_run_ids") or [])
@@ -90,7 +91,7 @@ def _fail_replayed(tracker: Any, replay: Context, stage: str, exc: BaseException
             pass
 
 
-def _fetch(tracker: Any, run_id: str, path: str, tmp: str, required: bool = True) -> Any:
+def _fetch(tracker: Tracker, run_id: str, path: str, tmp: str, required: bool = True) -> Any:
     try:
         local = tracker.download(run_id, path, tmp)
     except Exception as exc:
@@ -153,11 +154,11 @@ def environment_warnings(recorded: dict[str, str], original: Any, replay: Contex
     return out
 
 
-def _new_run(tracker: Any, replay: Context, original: Any, stage: str) -> Any:
+def _new_run(tracker: Tracker, replay: Context, original: Any, stage: str) -> Any:
     if stage == "train":
-        return tracker.get_run(replay.train_run_id)
+        return tracker.get_run(str(replay.train_run_id))
     if stage == "evaluation":
-        return tracker.get_run(replay.evaluation_run_id)
+        return tracker.get_run(str(replay.evaluation_run_id))
     image = original.data.tags.get(schema.IMAGE_ID)
     for run_id in replay.results.get("saliency_run_ids") or []:
         run = tracker.get_run(run_id)
@@ -169,7 +170,7 @@ def _new_run(tracker: Any, replay: Context, original: Any, stage: str) -> Any:
     )
 
 
-def compare_runs(tracker: Any, original: Any, new: Any, stage: str) -> tuple[list[str], list[str]]:
+def compare_runs(tracker: Tracker, original: Any, new: Any, stage: str) -> tuple[list[str], list[str]]:
     """(differences, what was compared): params, metrics (exact), the config hash, saliency arrays (bytes), and
     an evaluation's per-image runs."""
     differences: list[str] = []
@@ -209,7 +210,7 @@ def _dict_diff(kind: str, old: dict[str, Any], new: dict[str, Any]) -> list[str]
     return out
 
 
-def _array_diff(tracker: Any, old_id: str, new_id: str) -> list[str]:
+def _array_diff(tracker: Tracker, old_id: str, new_id: str) -> list[str]:
     import numpy as np
 
     out = []
@@ -229,7 +230,7 @@ def _array_diff(tracker: Any, old_id: str, new_id: str) -> list[str]:
     return out
 
 
-def _children_diff(tracker: Any, old: Any, new: Any) -> list[str]:
+def _children_diff(tracker: Tracker, old: Any, new: Any) -> list[str]:
     def children(run: Any) -> dict[str, dict[str, float]]:
         for flt in image_runs_filters(run.info.run_id):  # linked by tag, or nested (stores written before)
             found = tracker.search([run.info.experiment_id], f"{flt} and tags.{schema.RUN_TYPE} = 'image'", None, 50000)
@@ -245,7 +246,7 @@ def _children_diff(tracker: Any, old: Any, new: Any) -> list[str]:
     return out
 
 
-def _report(tracker: Any, original: Any, new: Any, differences: list[str], compared: list[str],
+def _report(tracker: Tracker, original: Any, new: Any, differences: list[str], compared: list[str],
             warnings: list[str]) -> None:
     match = not differences
     old_id, new_id = original.info.run_id, new.info.run_id

@@ -32,7 +32,7 @@ def run_train(ctx: Context) -> str | None:
     split = ctx.split
     model = ctx.build_model()
     ctx.model = model
-    if not ctx.cfg.force:
+    if not ctx.settings.force:
         previous = ctx.find_latest(schema.TRAIN, "train")
         if previous is not None and _reuse(ctx, previous):
             return ctx.train_run_id

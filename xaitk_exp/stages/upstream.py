@@ -22,8 +22,8 @@ def ensure_model(ctx: Context) -> Any:
         return ctx.model
     if ctx.pretrained_uri:
         return ctx.load_pretrained()
-    if ctx.cfg.train_run_id:
-        run = ctx.get_run_in(str(ctx.cfg.train_run_id), "train_run_id", ctx.experiment_name(schema.TRAIN))
+    if ctx.settings.train_run_id:
+        run = ctx.get_run_in(ctx.settings.train_run_id, "train_run_id", ctx.experiment_name(schema.TRAIN))
     else:
         run = ctx.find_latest(schema.TRAIN, "train")
         if run is None:
@@ -41,8 +41,8 @@ def ensure_evaluation(ctx: Context) -> Any:
     if ctx.evaluation_run_id:
         return ctx.tracker.get_run(ctx.evaluation_run_id)
     name = ctx.experiment_name(schema.EVALUATION)
-    if ctx.cfg.evaluation_run_id:
-        run = ctx.get_run_in(str(ctx.cfg.evaluation_run_id), "evaluation_run_id", name)
+    if ctx.settings.evaluation_run_id:
+        run = ctx.get_run_in(ctx.settings.evaluation_run_id, "evaluation_run_id", name)
         if run.data.tags.get(schema.RUN_TYPE) != "summary":  # an image run: its summary
             parent = summary_of(run)
             run = ctx.tracker.get_run(parent) if parent else run

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
@@ -50,6 +50,9 @@ from xaitk_exp.sweep.records import (
 from xaitk_exp.sweep.summary import default_metric, job_line, rank_rows, summary_rows, sweep_note, write_summary
 from xaitk_exp.tracking.ui import run_url, ui_command
 
+if TYPE_CHECKING:
+    from xaitk_exp.tracking.tracker import Tracker
+
 _OPEN: list[SweepCallback] = []  # sweeps of this process whose summary is not written yet
 FAILED: list[str] = []  # one line per sweep of this process that ended FAILED (the entry point exits non-zero)
 _JOB_STDOUT: list[Any] = []  # the console of a job process whose own lines go to its folder (see _quiet_job)
@@ -61,13 +64,13 @@ class SweepCallback(Callback):
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
         self._config: DictConfig | None = None
-        self._tracker: Any = None
+        self._tracker: Tracker | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # shipped to job processes: only the id travels
         return {"parent_run_id": self.parent_run_id}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()
+        SweepCallback.__init__(self)
         self.parent_run_id = state.get("parent_run_id")
 
     # ----- launcher process ------------------------------------------------------------------------------------
@@ -145,6 +148,8 @@ class SweepCallback(Callback):
         from xaitk_exp.errors import ConfigError
 
         config, tracker, parent = self._config, self._tracker, self.parent_run_id
+        if config is None or tracker is None or parent is None:  # set together before the sweep is open
+            return
         search = _search_of(config)
         try:
             if search is not None:  # the study's trials (every launch of it), best trial and pictures
@@ -315,7 +320,7 @@ def _search_of(config: DictConfig | None) -> Any:
     return active(config) if config is not None and is_optuna(config) else None
 
 
-def _reopen(tracker: Any, run_id: str | None, tags: dict[str, Any]) -> str | None:
+def _reopen(tracker: Tracker, run_id: str | None, tags: dict[str, Any]) -> str | None:
     """Reopen a continued study's parent run (RUNNING again, this launch's tags); None if it is gone."""
     if not run_id:
         return None

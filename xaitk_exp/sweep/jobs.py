@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from xaitk_exp import schema
 from xaitk_exp.errors import ConfigError
 from xaitk_exp.sweep.records import SWEEP_KEY
+
+if TYPE_CHECKING:
+    from xaitk_exp.tracking.tracker import Tracker
 
 STAGE_EXPERIMENTS = schema.EXPERIMENT_SUFFIXES
 #: the experiment holding a stage's last runs: the sweep's parent goes there so MLflow nests them under it
@@ -117,14 +120,14 @@ def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, outp
     ``probes``: ``jobs`` are the two ends of a search space (:func:`compose_probes`), standing for every trial.
     Returns one line saying what was prepared ('' for nothing)."""
     said = []
-    from xaitk_exp.stages import Context
+    from xaitk_exp.settings.hashes import stage_hash
 
     groups: dict[tuple, list[tuple[list[str], DictConfig]]] = {}
     for overrides, job in jobs:
         upstream = UPSTREAM.get(str(job.stage))
         if upstream is None:
             continue
-        key = (upstream, Context(cfg=job, tracker=None, output_dir=output_dir).hash_for(upstream[-1]),
+        key = (upstream, stage_hash(job, upstream[-1]),
                str(job.get("train_run_id")), str(job.get("evaluation_run_id")), str(job.tracking.get("uri")))
         groups.setdefault(key, []).append((overrides, job))
     for (upstream, *_), members in groups.items():
@@ -159,7 +162,7 @@ FINAL_RUNS = {"train": (schema.TRAIN, "train", ""), "evaluation": (schema.EVALUA
               "saliency": (schema.SALIENCY, "saliency", ""), "all": (schema.SALIENCY, "saliency", "")}
 
 
-def all_reused(jobs: list[tuple[list[str], DictConfig]], tracker: Any) -> bool:
+def all_reused(jobs: list[tuple[list[str], DictConfig]], tracker: Tracker) -> bool:
     """True when every job's final stage already has a FINISHED run with the job's config hash, so the jobs will
     only look runs up. A wrong guess costs time only: such jobs then compute in the launcher's process."""
     from xaitk_exp.stages import Context

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xaitk_exp import schema
+
+if TYPE_CHECKING:
+    from xaitk_exp.tracking.tracker import Tracker
 
 MONTAGE = "sweep_montage.png"
 MONTAGE_MAX_IMAGES = 12
 
 
-def sweep_montage(tracker: Any, rows: list[dict[str, Any]], path: Path) -> Path | None:
+def sweep_montage(tracker: Tracker, rows: list[dict[str, Any]], path: Path) -> Path | None:
     """Per image (a row), the image then every job's map of the predicted class (a column per job), in rank
     order; None when no job made saliency maps."""
     import numpy as np

@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.utils import JobStatus
@@ -29,6 +29,9 @@ from xaitk_exp.sweep.space import Param, check_objectives, directions, objective
 from xaitk_exp.sweep.study import open_study, resolve_storage, sweep_dir_of
 from xaitk_exp.sweep.summary import summary_rows, write_summary
 from xaitk_exp.viz.study import study_pictures
+
+if TYPE_CHECKING:
+    from xaitk_exp.tracking.tracker import Tracker
 
 TRIAL_KEY = "sweep.trial"
 PARENT_ATTR = "parent_run_id"
@@ -54,7 +57,7 @@ class Search:
     probes: list[tuple[list[str], DictConfig]] = field(default_factory=list)
     stage: str = "all"  #: the last stage each trial runs: the last one its objectives need
     parent_run_id: str | None = None
-    tracker: Any = None
+    tracker: Tracker | None = None
     trials_run: int = 0
     trials_failed: int = 0  #: of this launch
     stopped: bool = False  #: the sampler ended the study (e.g. BruteForceSampler: every point tried)
@@ -63,7 +66,7 @@ class Search:
     def previous_parent(self) -> str | None:
         return self.study.user_attrs.get(PARENT_ATTR)
 
-    def attach(self, parent_run_id: str, tracker: Any) -> None:
+    def attach(self, parent_run_id: str, tracker: Tracker) -> None:
         """Remember the parent run in the study (a continued study reopens it) and the tracker to read runs."""
         self.parent_run_id, self.tracker = parent_run_id, tracker
         self.study.set_user_attr(PARENT_ATTR, parent_run_id)
@@ -139,14 +142,14 @@ class Search:
             row = summary_rows(self._reader(), [record], self.parent_run_id or "")[0]
         except Exception as exc:  # a run the job named cannot be read: the trial failed, the study goes on
             return None, f"its runs could not be read: {type(exc).__name__}: {exc}"
-        values = [row.get(name) for name in self.objectives]
+        values: list[Any] = [row.get(name) for name in self.objectives]
         missing = [n for n, v in zip(self.objectives, values, strict=True)
                    if not isinstance(v, (int, float)) or not math.isfinite(v)]
         if missing:
             return None, f"no finite {', '.join(missing)} in the job's runs"
         return [float(v) for v in values], ""
 
-    def _reader(self) -> Any:
+    def _reader(self) -> Tracker:
         """The tracker that reads the trials' runs (the callback's; one of our own without the sweep callback)."""
         if self.tracker is None:
             from xaitk_exp.settings.config import tracking_settings
@@ -168,7 +171,7 @@ class Search:
             record = dict(trial.user_attrs.get("record") or {"job": trial.number, "status": "FAILED"})
             record["job"] = trial.number
             try:
-                row = summary_rows(self.tracker, [record], self.parent_run_id or "")[0]
+                row = summary_rows(self._reader(), [record], self.parent_run_id or "")[0]
             except Exception as exc:
                 row = {"job": trial.number, "status": "FAILED", "error": f"{type(exc).__name__}: {exc}"[:500]}
             row["trial"] = trial.number
@@ -213,7 +216,7 @@ class Search:
         """Optimisation history (per objective), parameter importances (enough trials), Pareto front (several)."""
         return study_pictures(self.study, self.objectives, folder)
 
-    def record(self, tracker: Any, parent: str, sweep_dir: Path) -> list[dict[str, Any]]:
+    def record(self, tracker: Tracker, parent: str, sweep_dir: Path) -> list[dict[str, Any]]:
         """The study's trials table, best trial and pictures in the parent run; returns the table's rows."""
         from optuna.trial import TrialState
 

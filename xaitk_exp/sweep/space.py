@@ -60,9 +60,12 @@ class Param:
 
         if self.kind == "choice":
             return CategoricalDistribution(self.choices)
+        low, high = self.low, self.high
+        if low is None or high is None:  # set for every numeric parameter (see _make_param)
+            raise ValueError(f"{self.key}: a {self.kind} parameter without bounds")
         if self.kind == "int":
-            return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
-        return FloatDistribution(float(self.low), float(self.high), log=self.log, step=self.step)
+            return IntDistribution(int(low), int(high), log=self.log, step=int(self.step or 1))
+        return FloatDistribution(float(low), float(high), log=self.log, step=self.step)
 
     def override(self, value: Any) -> str:
         """The override that sets this key to ``value`` (a categorical value is already override syntax)."""
@@ -83,7 +86,7 @@ def parse_space(arguments: list[str], params: Any, loader: Any) -> tuple[list[st
     A key on the command line wins over the same key in ``params``. Errors are one-line :class:`ConfigError`s.
     """
     parser = OverridesParser.create(config_loader=loader)
-    raw = OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params or {})
+    raw: Any = OmegaConf.to_container(params) if isinstance(params, DictConfig) else dict(params or {})
     given = [f"{k}={v}" for k, v in _flat(raw).items()]
     parsed_cli = parser.parse_overrides(list(arguments))
     cli_keys = {o.key_or_group for o in parsed_cli}
@@ -127,7 +130,7 @@ def _make_param(override: Any) -> Param:
         raise ConfigError(name, written, f"tags log and int only (not {', '.join(sorted(unknown))})")
     if isinstance(value, IntervalSweep):
         low, high = value.start, value.end
-        if not low < high:
+        if low is None or high is None or not low < high:
             raise ConfigError(name, written, "a non-empty interval(low, high) with low < high")
         if "log" in tags and low <= 0:
             raise ConfigError(name, written, "an interval with low > 0 on a log scale")
@@ -138,6 +141,8 @@ def _make_param(override: Any) -> Param:
                      math.floor(high) if kind == "int" else float(high), log="log" in tags, prefix=prefix)
     if isinstance(value, RangeSweep):
         start, stop, step = value.start, value.stop, value.step
+        if start is None or stop is None:
+            raise ConfigError(name, written, "a range(start, stop, step) with its bounds")
         count = math.ceil((stop - start) / step) if step else 0
         if count <= 0:
             raise ConfigError(name, written, "a non-empty range(start, stop, step) (stop is excluded)")

@@ -103,7 +103,7 @@ def _sampler(cfg: Any, offset: int) -> Any:
     ``seed + trials so far``, so that it proposes new points instead of replaying the first launch's."""
     if not cfg:
         return None
-    node = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    node: Any = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     target = str(node.pop("_target_", ""))
     module, _, cls = target.rpartition(".")
     if not module.startswith("optuna.samplers"):

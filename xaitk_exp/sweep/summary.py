@@ -5,17 +5,20 @@ from __future__ import annotations
 import csv
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xaitk_exp import schema
 from xaitk_exp.sweep.montage import MONTAGE, sweep_montage
+
+if TYPE_CHECKING:
+    from xaitk_exp.tracking.tracker import Tracker
 
 SUMMARY_TABLE = "sweep_summary.json"
 SUMMARY_CSV = "sweep_summary.csv"
 
 
 # ----- the summary -------------------------------------------------------------------------------------------------
-def summary_rows(tracker: Any, records: list[dict[str, Any]], parent: str) -> list[dict[str, Any]]:
+def summary_rows(tracker: Tracker, records: list[dict[str, Any]], parent: str) -> list[dict[str, Any]]:
     """One row per job: number, overrides, status, runtime, error and the key metrics of its runs.
 
     Status: ``FINISHED`` (new runs), ``REUSED`` (every run it used FINISHED earlier with the same config),
@@ -26,7 +29,7 @@ def summary_rows(tracker: Any, records: list[dict[str, Any]], parent: str) -> li
         row: dict[str, Any] = {
             "job": int(rec.get("job", 0)),
             "overrides": " ".join(rec.get("overrides") or []),
-            "status": {"COMPLETED": "FINISHED", "RUNNING": "UNFINISHED"}.get(rec.get("status"), rec.get("status")),
+            "status": {"COMPLETED": "FINISHED", "RUNNING": "UNFINISHED"}.get(str(rec.get("status")), rec.get("status")),
             "runtime_s": rec.get("runtime_s"),
             "error": rec.get("error", ""),
         }
@@ -147,7 +150,7 @@ def rank_rows(rows: list[dict[str, Any]], metric: str | None, mode: str = "auto"
     return ranked + [r for r in rows if r not in has]
 
 
-def write_summary(tracker: Any, parent: str, rows: list[dict[str, Any]], sweep_dir: Path) -> None:
+def write_summary(tracker: Tracker, parent: str, rows: list[dict[str, Any]], sweep_dir: Path) -> None:
     """The table (MLflow table artifact + CSV, also in ``sweep_dir``), the montage and counts in the parent run."""
     ranked_by = next((str(r["ranked_by"]).rsplit(" (", 1)[0] for r in rows if r.get("ranked_by")), None)
     first = ["rank", *([ranked_by] if ranked_by else []), "job", "status", "overrides", "algorithm", "runtime_s", "error"]

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from xaitk_exp.teamserver.files import TeamServerError, create_secret, own_subfolder, read_secret, write_secret
 
@@ -32,7 +33,7 @@ PG_RUN_AS = "postgres"  # the unprivileged user PostgreSQL runs as when we are r
 
 def postgres_bindir() -> Path | None:
     """The folder holding ``initdb``, ``pg_ctl`` and ``postgres`` (``$PG_BINDIR``, else ``PATH``), or None."""
-    candidates = [os.environ.get("PG_BINDIR")] if os.environ.get("PG_BINDIR") else []
+    candidates = [os.environ["PG_BINDIR"]] if os.environ.get("PG_BINDIR") else []
     found = shutil.which("pg_ctl")
     if found:
         candidates.append(str(Path(found).parent))
@@ -162,7 +163,7 @@ class Postgres:
         import psycopg
         from psycopg import sql
 
-        conninfo = dict(host="127.0.0.1", port=self.port, user=OWNER_USER, password=self.owner_password,
+        conninfo: dict[str, Any] = dict(host="127.0.0.1", port=self.port, user=OWNER_USER, password=self.owner_password,
                         dbname="postgres")
         with psycopg.connect(**conninfo, autocommit=True, connect_timeout=30) as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DB_USER,)).fetchone()
@@ -183,14 +184,17 @@ class Postgres:
         """True when MLflow's auth database already holds user ``name`` (MLflow then needs no admin password)."""
         import psycopg
 
-        conninfo = dict(host="127.0.0.1", port=self.port, user=OWNER_USER, password=self.owner_password,
+        conninfo: dict[str, Any] = dict(host="127.0.0.1", port=self.port, user=OWNER_USER, password=self.owner_password,
                         dbname=AUTH_DB_NAME)
         with psycopg.connect(**conninfo, autocommit=True, connect_timeout=30) as conn:
-            if not conn.execute("SELECT to_regclass('public.users')").fetchone()[0]:
+            row = conn.execute("SELECT to_regclass('public.users')").fetchone()
+            if row is None or not row[0]:
                 return False
             return conn.execute("SELECT 1 FROM users WHERE username = %s", (name,)).fetchone() is not None
 
     def _pg(self, binary: str, *args: str) -> None:
+        if self.bindir is None:
+            raise TeamServerError(str(postgres_missing_reason()))
         cmd = [str(self.bindir / binary), *args]
         if os.geteuid() == 0:
             cmd = ["runuser", "-u", PG_RUN_AS, "--", *cmd]

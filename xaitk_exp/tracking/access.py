@@ -159,19 +159,19 @@ def experiment_permission(uri: str, username: str, experiment_id: str) -> str:
     return str(body.get("permission", "NO_PERMISSIONS"))
 
 
-def job_experiments(cfg: Any) -> list[str]:
-    """The experiments a job of ``cfg`` writes runs into ([] when the model class is known only after loading a
-    stored model, or for ``stage=reproduce``)."""
+def job_experiments(cfg: Any, stage: str) -> list[str]:
+    """The experiments a job of ``cfg`` (its model node) at ``stage`` writes runs into ([] when the model class is
+    known only after loading a stored model, or for ``stage=reproduce``)."""
     from omegaconf import OmegaConf
 
     target = OmegaConf.select(cfg, "model._target_", default=None)
     if not target or OmegaConf.select(cfg, "model.uri", default=None):
         return []
     cls = str(target).rsplit(".", 1)[-1]
-    return [schema.experiment_name(cls, stage) for stage in STAGE_EXPERIMENTS.get(str(cfg.get("stage", "all")), ())]
+    return [schema.experiment_name(cls, stage) for stage in STAGE_EXPERIMENTS.get(stage, ())]
 
 
-def check_access(cfg: Any, tracker: Tracker) -> None:
+def check_access(cfg: Any, stage: str, tracker: Tracker) -> None:
     """Refuse a job, before it opens any run, that the tracking server would refuse halfway.
 
     Only for ``http(s)://`` servers with MLflow's basic-auth app; admins pass. An experiment that does not exist
@@ -183,7 +183,7 @@ def check_access(cfg: Any, tracker: Tracker) -> None:
     me = whoami(uri)
     if me is None or me.is_admin:
         return
-    for name in job_experiments(cfg):
+    for name in job_experiments(cfg, stage):
         exp = _experiment(tracker, name)
         if exp is None:
             continue

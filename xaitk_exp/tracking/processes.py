@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from xaitk_exp import schema
+from xaitk_exp.tracking.reads import StoreReader
 
 #: search page size when looking for open runs (one request per page against a server)
 PAGE = 5000
@@ -82,7 +83,7 @@ def process_gone(tags: dict[str, str]) -> bool:
     return False
 
 
-def _open_runs(tracker: Any, experiment_ids: list[str], filter_string: str) -> Iterable[Any]:
+def _open_runs(tracker: StoreReader, experiment_ids: list[str], filter_string: str) -> Iterable[Any]:
     token = None
     while experiment_ids:
         page = tracker.client.search_runs(experiment_ids, filter_string, max_results=PAGE, page_token=token)
@@ -92,7 +93,7 @@ def _open_runs(tracker: Any, experiment_ids: list[str], filter_string: str) -> I
             return
 
 
-def drop_killed(tracker: Any, experiment_id: str, filter_string: str, key: str | None = None,
+def drop_killed(tracker: StoreReader, experiment_id: str, filter_string: str, key: str | None = None,
                 keys: Iterable[str] | None = None) -> int:
     """Delete the KILLED runs matching ``filter_string`` (and, with ``key``, whose tag ``key`` is in ``keys``) and
     their child runs: a relaunch replaces a killed run of the same work instead of adding a second one (deleted runs

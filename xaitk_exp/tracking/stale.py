@@ -30,9 +30,10 @@ from xaitk_exp.tracking.processes import (  # noqa: F401 (process_tags, drop_kil
     process_gone,
     process_tags,
 )
+from xaitk_exp.tracking.tracker import Tracker
 
 
-def _experiments(tracker: Any) -> dict[str, str]:
+def _experiments(tracker: Tracker) -> dict[str, str]:
     """id -> name of every active experiment."""
     out: dict[str, str] = {}
     token = None
@@ -44,7 +45,7 @@ def _experiments(tracker: Any) -> dict[str, str]:
             return out
 
 
-def _close(tracker: Any, runs: list[Any], reason: str, names: dict[str, str]) -> Counter[str]:
+def _close(tracker: Tracker, runs: list[Any], reason: str, names: dict[str, str]) -> Counter[str]:
     """Close ``runs`` KILLED with a ``Closed_stale`` tag; per experiment name, how many were closed."""
     closed: Counter[str] = Counter()
     for run in runs:
@@ -61,7 +62,7 @@ def _says(closed: Counter[str]) -> str:
     return ", ".join(f"{n} in '{name}'" for name, n in sorted(closed.items()))
 
 
-def close_dead_runs(tracker: Any) -> int:
+def close_dead_runs(tracker: Tracker) -> int:
     """Close KILLED the RUNNING runs this host's processes opened and left behind; print one line if any. A store
     that cannot be read at all is the stage's one-line error (raised here, the first read); a run that cannot be
     searched or closed is left as it is. Returns how many were closed."""
@@ -88,7 +89,7 @@ def close_dead_runs(tracker: Any) -> int:
     return sum(closed.values())
 
 
-def close_older_than(tracker: Any, seconds: float, experiments: list[str] | None = None,
+def close_older_than(tracker: Tracker, seconds: float, experiments: list[str] | None = None,
                      dry_run: bool = False) -> Counter[str]:
     """Close KILLED every RUNNING run started more than ``seconds`` ago (in ``experiments``, by name, else all),
     whichever host opened it; ``dry_run`` only counts them. Per experiment name, how many."""

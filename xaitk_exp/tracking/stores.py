@@ -13,16 +13,19 @@ from omegaconf import DictConfig
 from xaitk_exp.errors import ConfigError, TrackingError
 from xaitk_exp.schema import SQLITE_JOURNALS
 from xaitk_exp.security.redact import redact_uri
+from xaitk_exp.settings.config import TrackingSettings, tracking_settings
 
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file")
 
 
-def resolve_tracking(cfg: DictConfig) -> tuple[str, str | None]:
-    """The tracking URI and, for a local SQLite store, the artifact root beside it.
+def resolve_tracking(settings: TrackingSettings | DictConfig) -> tuple[str, str | None]:
+    """The tracking URI and, for a local SQLite store, the artifact root beside it, from a job's checked
+    ``tracking`` settings (or a config's, checked here: the sweep's launcher, benchmarks).
 
     Order: ``tracking.uri``, then ``MLFLOW_TRACKING_URI``, then ``sqlite:///<cwd>/outputs/mlflow.db``.
     """
-    uri = cfg.tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    tracking = settings if isinstance(settings, TrackingSettings) else tracking_settings(settings)
+    uri = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         out = Path.cwd() / "outputs"
         out.mkdir(parents=True, exist_ok=True)
@@ -30,7 +33,7 @@ def resolve_tracking(cfg: DictConfig) -> tuple[str, str | None]:
     scheme = urlsplit(str(uri)).scheme.split("+")[0]
     if scheme not in TRACKING_SCHEMES:
         raise ConfigError("tracking.uri", redact_uri(str(uri)), f"a URI with scheme {', '.join(TRACKING_SCHEMES)}")
-    return str(uri), cfg.tracking.get("artifact_root") or default_artifact_root(str(uri))
+    return str(uri), tracking.artifact_root or default_artifact_root(str(uri))
 
 
 def default_artifact_root(uri: str) -> str | None:

@@ -68,7 +68,7 @@ def _nearest(h: int, w: int) -> np.ndarray:
 
     ph, pw = panel_size(h, w)
     index = Image.fromarray(np.arange(h * w, dtype=np.int32).reshape(h, w))
-    return np.asarray(index.resize((pw, ph), Image.NEAREST), dtype=np.intp)
+    return np.asarray(index.resize((pw, ph), Image.Resampling.NEAREST), dtype=np.intp)
 
 
 def at_panel_size(values: np.ndarray, batch: bool = False) -> np.ndarray:
@@ -93,7 +93,7 @@ def _panel(rgb: np.ndarray, label: str, cell: tuple[int, int]):
     ph, pw = cell
     img = Image.fromarray(rgb)
     if img.size != (pw, ph):
-        img = img.resize((pw, ph), Image.NEAREST)
+        img = img.resize((pw, ph), Image.Resampling.NEAREST)
     canvas = Image.new("RGB", (pw, ph + LABEL_H), "white")
     canvas.paste(img, (0, LABEL_H))
     ImageDraw.Draw(canvas).text((2, 1), label[: label_chars(pw)], fill="black")

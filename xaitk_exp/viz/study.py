@@ -56,7 +56,7 @@ def study_pictures(study: Any, objectives: Sequence[str], folder: Path) -> list[
             except (RuntimeError, ValueError, ZeroDivisionError) as exc:  # e.g. every trial had one value
                 print(f"xaitk-exp: warning: no parameter importances: {exc}", file=sys.stderr)
         if len(objectives) in (2, 3):
-            save(ovm.plot_pareto_front(study, target_names=objectives), "pareto_front.png")
+            save(ovm.plot_pareto_front(study, target_names=list(objectives)), "pareto_front.png")
     return out
 
 

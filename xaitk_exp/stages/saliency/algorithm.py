@@ -49,15 +49,15 @@ class Algorithm:
 
     def config(self) -> dict[str, Any]:
         """What ran: the generator's ``get_config()``, its class, and ``fill`` (which ``get_config`` omits)."""
-        cfg = dict(self.generator.get_config())
-        cfg["fill"] = self.fill
+        params = dict(self.generator.get_config())
+        params["fill"] = self.fill
         if self._sign_given:
-            cfg["sign"] = self.sign
-        cfg["algorithm"] = self.name
-        cfg["class"] = self.target
+            params["sign"] = self.sign
+        params["algorithm"] = self.name
+        params["class"] = self.target
         if self.auto:
-            cfg["auto_settings"] = ",".join(self.auto)
-        return cfg
+            params["auto_settings"] = ",".join(self.auto)
+        return params
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         return image[..., None] if self.needs_channels and image.ndim == 2 else image

@@ -33,6 +33,7 @@ from xaitk_exp.settings.metrics import MetricSettings
 from xaitk_exp.stages.saliency.algorithm import Algorithm, class_maps
 from xaitk_exp.tracking.factory import worker_tracker
 from xaitk_exp.tracking.signals import sigterm_raises
+from xaitk_exp.tracking.tracker import Tracker
 from xaitk_exp.viz.figures import saliency_figure
 
 NPY_DIR = schema.NPY_DIR
@@ -118,14 +119,14 @@ def algorithm_for(spec: ExplainSpec) -> Any:
     return algo
 
 
-def tracker_for(rspec: RecordSpec) -> Any:
+def tracker_for(rspec: RecordSpec) -> Tracker:
     """A tracker on the spec's store at the spec's level, opened once per worker process."""
     os.environ.update(rspec.env)
     return worker_tracker(rspec.tracker)
 
 
 def explain_and_record(
-    spec: ExplainSpec, rspec: RecordSpec, tasks: Sequence[ImageTask], tracker: Any = None
+    spec: ExplainSpec, rspec: RecordSpec, tasks: Sequence[ImageTask], tracker: Tracker | None = None
 ) -> list[Explained]:
     """Every task explained, then recorded through ``tracker`` (in a worker: this process's own, see
     :func:`tracker_for`)."""
@@ -138,7 +139,7 @@ def explain_and_record(
 
 
 def explain_and_record_overlapped(
-    spec: ExplainSpec, rspec: RecordSpec, tasks: Sequence[ImageTask], tracker: Any
+    spec: ExplainSpec, rspec: RecordSpec, tasks: Sequence[ImageTask], tracker: Tracker
 ) -> Iterator[Explained]:
     """As :func:`explain_and_record`, yielding each image once recorded, with the run of image i written by a
     background thread while image i + 1 is explained (writing a run is mostly waiting on the store's commits).
@@ -148,12 +149,12 @@ def explain_and_record_overlapped(
     finished before the exception leaves; a failed write closes its run FAILED (:meth:`Tracker.run`) and is raised
     here. The caller checks that the tracker may write from another thread (:meth:`Tracker.thread_bound`).
     """
-    def recorded(job: tuple[Future, Explained]) -> Explained:
+    def recorded(job: tuple[Future[str], Explained]) -> Explained:
         job[1].run_id = job[0].result()
         return job[1]
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="xaitk-exp-record")
-    pending: tuple[Future, Explained] | None = None
+    pending: tuple[Future[str], Explained] | None = None
     try:
         with sigterm_raises():
             for result, task in zip(iter_explained(spec, tasks), tasks, strict=True):
@@ -169,7 +170,7 @@ def explain_and_record_overlapped(
 
 
 def explain_and_record_parallel(
-    tracker: Any, spec: ExplainSpec, rspec: RecordSpec, tasks: Sequence[ImageTask], processes: int
+    tracker: Tracker, spec: ExplainSpec, rspec: RecordSpec, tasks: Sequence[ImageTask], processes: int
 ) -> Iterator[Explained]:
     """The tasks shared by this process and ``processes - 1`` worker processes (:func:`xaitk_exp.parallel.share_work`),
     yielded as they are recorded. On an early exit the workers finish the images they hold; closing the runs of a
@@ -247,7 +248,7 @@ def explain(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask) -> Exp
     return Explained(task.image_id, task.folder, pred_idx, values, map_classes=[str(c) for c in labels])
 
 
-def record(tracker: Any, rspec: RecordSpec, task: ImageTask, result: Explained) -> str:
+def record(tracker: Tracker, rspec: RecordSpec, task: ImageTask, result: Explained) -> str:
     """The image's saliency run: tags, params and metrics in one batch, then every file in its folder."""
     ev = task.evaluation
     ev_tags = ev["tags"]
@@ -290,7 +291,7 @@ def record(tracker: Any, rspec: RecordSpec, task: ImageTask, result: Explained) 
     return run_id
 
 
-def close_orphans(tracker: Any, root: Path, status: str = "KILLED") -> list[str]:
+def close_orphans(tracker: Tracker, root: Path, status: str = "KILLED") -> list[str]:
     """Runs opened under ``root`` (see :data:`RUN_ID_SUFFIX`) that are still RUNNING: closed with ``status``."""
     closed = []
     for marker in sorted(root.glob("*" + RUN_ID_SUFFIX)):

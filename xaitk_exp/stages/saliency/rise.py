@@ -207,11 +207,13 @@ class ChunkedRISE:
         sal = tmp = None
         for conf in _confidences(blackbox, image, images, grid.n):
             mask = pending.popleft() - p1  # RISEScoring's `masks - p1`, one mask at a time
-            if sal is None:
+            if sal is None or tmp is None:
                 sal = np.zeros((len(conf), *hw), np.promote_types(conf.dtype, mask.dtype))
                 tmp = np.empty_like(sal)
             np.multiply(conf[:, None, None], mask, out=tmp)  # weight_regions_by_scalar's `mask * scalar`, all
             np.add(sal, tmp, out=sal)  # classes at once, summed in mask order
+        if sal is None:
+            raise RuntimeError("the black box scored no perturbed image")
         return _scaled(sal)
 
 
@@ -255,12 +257,14 @@ class ChunkedMCRISE:
         sal = tmp = None
         for conf in _confidences(blackbox, image, perturbed(), grid.n):
             weights = pending.popleft()
-            if sal is None:
+            if sal is None or tmp is None:
                 sal = np.zeros((len(weights), len(conf), *hw), np.promote_types(conf.dtype, weights.dtype))
                 tmp = np.empty_like(sal[0])
             for colour_sal, weight in zip(sal, weights, strict=True):
                 np.multiply(conf[:, None, None], weight, out=tmp)
                 np.add(colour_sal, tmp, out=colour_sal)
+        if sal is None:
+            raise RuntimeError("the black box scored no perturbed image")
         return np.asarray([_scaled(colour_sal) for colour_sal in sal])
 
 
@@ -289,4 +293,5 @@ def _scaled(sal: np.ndarray) -> np.ndarray:
     from sklearn.preprocessing import maxabs_scale
 
     sal = maxabs_scale(sal.reshape(sal.shape[0], -1), axis=1).reshape(sal.shape)
-    return np.clip(sal, -1, 1)
+    clipped: np.ndarray = np.clip(sal, -1, 1)
+    return clipped

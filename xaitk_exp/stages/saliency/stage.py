@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,11 @@ import numpy as np
 from xaitk_exp import schema
 from xaitk_exp.errors import ConfigError, QueryError, TrackingError
 from xaitk_exp.models.pipeline import display_labels
+from xaitk_exp.settings.config import QuerySettings
 from xaitk_exp.settings.nodes import to_dict
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.describe import print_where, saliency_note
-from xaitk_exp.stages.evaluation import label_name
+from xaitk_exp.tasks.classification import label_name
 from xaitk_exp.stages.saliency.algorithm import Algorithm
 from xaitk_exp.stages.saliency.image import (
     WORKER_ENV,
@@ -35,7 +36,9 @@ from xaitk_exp.tracking.limits import stringify
 from xaitk_exp.tracking.ui import runs_table_url
 
 
-def build_filter(query: Any, parent_run_id: str, link: str | None = None, class_names: list[str] | None = None) -> str:
+def build_filter(
+    query: QuerySettings, parent_run_id: str, link: str | None = None, class_names: list[str] | None = None
+) -> str:
     """The MLflow filter string: ``query.filter`` AND the shortcuts AND this evaluation's image runs (``link``: one
     of :func:`image_runs_filters`, by default the current layout's)."""
     parts = [link or image_runs_filters(parent_run_id)[0], f"tags.{schema.RUN_TYPE} = 'image'"]
@@ -43,7 +46,7 @@ def build_filter(query: Any, parent_run_id: str, link: str | None = None, class_
     return " and ".join([*parts, own] if own else parts)
 
 
-def user_filter(query: Any, class_names: list[str] | None = None) -> str:
+def user_filter(query: QuerySettings, class_names: list[str] | None = None) -> str:
     """The part of the filter the user asked for: ``query.filter`` AND the shortcuts ('' when nothing was asked).
 
     ``class_names``: an image model's label per class index. Its runs tag the index (``Predicted_class``) and the
@@ -51,13 +54,12 @@ def user_filter(query: Any, class_names: list[str] | None = None) -> str:
     index where the value names no class."""
     names = set(class_names or ())
     parts = []
-    if query.get("filter"):
+    if query.filter:
         parts.append(str(query.filter))
-    if query.get("min_conf") is not None:
+    if query.min_conf is not None:
         parts.append(f"metrics.{schema.PREDICTED_CLASS_CONF} >= {float(query.min_conf)}")
-    for key, by_index, by_label in (("predicted_class", schema.PREDICTED_CLASS, schema.PREDICTED_LABEL),
-                                    ("gt_class", schema.GT_CLASS, schema.GT_LABEL)):
-        value = query.get(key)
+    for value, by_index, by_label in ((query.predicted_class, schema.PREDICTED_CLASS, schema.PREDICTED_LABEL),
+                                      (query.gt_class, schema.GT_CLASS, schema.GT_LABEL)):
         if value is not None:
             tag = by_label if str(value) in names else by_index
             parts.append(f"tags.{tag} = '{value}'")
@@ -72,8 +74,8 @@ def _class_names(model: Any) -> list[str] | None:
 
 
 def select_images(ctx: Context, evaluation: Any, class_names: list[str] | None = None) -> list[Any]:
-    q = ctx.cfg.query
-    order = [str(q.order_by)] if q.get("order_by") else None
+    q = ctx.settings.query
+    order = [str(q.order_by)] if q.order_by else None
     try:
         for link in image_runs_filters(evaluation.info.run_id):  # a store written before nests the image runs
             flt = build_filter(q, evaluation.info.run_id, link, class_names)
@@ -93,17 +95,18 @@ def select_images(ctx: Context, evaluation: Any, class_names: list[str] | None =
 
 
 def run_saliency(ctx: Context) -> list[str]:
-    cfg, tracker, split = ctx.cfg, ctx.tracker, ctx.split
+    tracker, split = ctx.tracker, ctx.split
     evaluation = ensure_evaluation(ctx)
     if ctx.model is None and not ctx.train_run_id:
         ctx.train_run_id = evaluation.data.tags.get(schema.TRAIN_RUN_ID) or None
-        if ctx.train_run_id and not ctx.pretrained_uri:
-            ctx.cfg.train_run_id = ctx.train_run_id
+        if ctx.train_run_id and not ctx.pretrained_uri:  # the model the evaluation used, not the latest one
+            ctx.pin_train_run(ctx.train_run_id)
+    settings = ctx.settings  # read after the pin
     model = ensure_model(ctx)
     ctx.check_image_shape(model)
-    algo = Algorithm(cfg.saliency, split.image_shape, ctx.extra_allowed)
+    algo = Algorithm(ctx.cfg.saliency, split.image_shape, ctx.extra_allowed)
     selected = select_images(ctx, evaluation, _class_names(model))
-    update = cfg.get("update_run_id")
+    update = settings.update_run_id
     if update:
         selected = selected[:1]
     split_name = evaluation.data.tags.get(schema.DATASPLIT, "test")
@@ -117,12 +120,12 @@ def run_saliency(ctx: Context) -> list[str]:
             )
     exp_id = tracker.experiment(ctx.experiment_name(schema.SALIENCY), framework=ctx.framework)
     if update:
-        _check_update(ctx, str(update), exp_id, algo)
+        _check_update(ctx, update, exp_id, algo)
     names = [str(c) for c in split.class_names]
     labels = display_labels(model, [label_name(c, names) for c in model.classes_])  # image models: class indices
     from tqdm import tqdm
 
-    done = {} if cfg.force or update or tracker.created_here(exp_id) else _finished_runs(ctx, exp_id)
+    done = {} if settings.force or update or tracker.created_here(exp_id) else _finished_runs(ctx, exp_id)
     todo = [r for r in selected if r.data.tags[schema.IMAGE_ID] not in done]
     if len(todo) < len(selected):
         reused = len(selected) - len(todo)
@@ -136,10 +139,10 @@ def run_saliency(ctx: Context) -> list[str]:
         images_todo = [r.data.tags[schema.IMAGE_ID] for r in todo]
         if dropped := tracker.replace_killed(exp_id, same_work, schema.IMAGE_ID, images_todo):
             print(f"[saliency] {algo.name}: replacing {dropped} KILLED run(s) of the same image(s) and settings")
-    results = _explain_and_record(ctx, exp_id, algo, model, labels, todo, images, str(update) if update else None)
+    results = _explain_and_record(ctx, exp_id, algo, model, labels, todo, images, update)
     try:
         for result in tqdm(
-            results, total=len(todo), desc=f"saliency {algo.name}", unit="img", disable=not cfg.progress
+            results, total=len(todo), desc=f"saliency {algo.name}", unit="img", disable=not settings.progress
         ):
             done[str(result.image_id)] = result.run_id
     finally:
@@ -151,10 +154,10 @@ def run_saliency(ctx: Context) -> list[str]:
     )
     ctx.results["saliency_run_ids"] = run_ids
     print_where(ctx, "saliency", exp_id, run_ids, f"tags.{schema.SALIENCY_ALGORITHM} = '{algo.name}'")
-    query = user_filter(cfg.query, _class_names(model))
+    query = user_filter(settings.query, _class_names(model))
     if query:
         print(f"[saliency] the query in the evaluation runs table: "
-              f"{runs_table_url(tracker.uri, evaluation.info.experiment_id, query, cfg.query.get('order_by')) or query}")
+              f"{runs_table_url(tracker.uri, evaluation.info.experiment_id, query, settings.query.order_by) or query}")
     log_evaluation_summary(ctx, exp_id)
     return run_ids
 
@@ -181,7 +184,7 @@ def _explain_and_record(
     todo: list[Any],
     images: np.ndarray,
     update_run_id: str | None,
-) -> Iterator[Any]:
+) -> Generator[Any, None, None]:
     """Each selected image explained and recorded (:mod:`.image`), yielded in order, with its files in a
     folder per image under one temporary folder that is removed when the generator closes.
 
@@ -201,7 +204,7 @@ def _explain_and_record(
         image_shape=tuple(ctx.split.image_shape),
         extra_allowed=tuple(ctx.extra_allowed),
         model=model,
-        chunk_size=int(ctx.cfg.chunk_size),
+        chunk_size=ctx.settings.chunk_size,
         labels=labels,
         metrics=settings if settings.enabled else None,
         permuted_model=permuted,
