@@ -13,6 +13,13 @@ from pathlib import Path
 
 from xaitk_exp.errors import XaitkExpError
 
+#: the files of a team server's folder that the modules of this package share
+ADMIN_USER = "admin"
+ADMIN_PASSWORD_FILE = "admin-password"
+LOOPBACK_HOSTS = "localhost,localhost:*,127.0.0.1,127.0.0.1:*"  # Host headers always answered
+URL_FILE = "url"  # the running server's URL, for the ``user`` commands given only ``--dir``
+STATE_FILE = "server.json"  # pids and ports of the running servers: the ``user`` commands and leftovers check them
+
 
 class TeamServerError(XaitkExpError):
     """PostgreSQL or ``mlflow server`` could not be started, or a team-server file or command is refused."""
