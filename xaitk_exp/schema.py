@@ -72,6 +72,9 @@ DATA_FINGERPRINT = "data_fingerprint"
 GIT_COMMIT = "git_commit"
 STAGE_TAG = "xaitk_exp.stage"
 SWEEP_RUN_ID = "Sweep_run_id"
+SHARD = "Shard"  # a sharded job's runs: "<k>/<N>", its share of the stage's images
+SHARDS = "Shards"  # a sharded evaluation's summary: N, the shares its image runs were written in
+SWEEP_EVALUATION_RUN_ID = "Sweep_evaluation_run_id"  # a sharded sweep's parent: the one evaluation summary it merged
 TRIAL_NUMBER = "Trial_number"  # an optuna trial's number
 REPRODUCED_FROM = "reproduced_from"
 HOST = "Host"  # the machine whose process opened the run
@@ -85,6 +88,11 @@ TRAIN_LOSS = "Train loss"
 TRAIN_ACCURACY = "Train accuracy"
 PREDICTED_CLASS_CONF = "Predicted_class_conf"
 ACCURACY = "Accuracy"
+
+
+def shard_tag(shard: int, shards: int) -> str:
+    """The ``Shard`` tag's value: ``"1/4"`` for the second of four shares."""
+    return "/".join((str(shard), str(shards)))
 
 
 def class_conf(label: object) -> str:

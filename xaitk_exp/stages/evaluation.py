@@ -4,7 +4,10 @@ name in their tag ``Evaluation_summary_run_id``."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,9 +22,7 @@ from xaitk_exp.viz.figures import confusion_figure
 
 
 def run_evaluation(ctx: Context) -> str:
-    from tqdm import tqdm
-
-    settings, tracker, split = ctx.settings, ctx.tracker, ctx.split
+    settings, tracker = ctx.settings, ctx.tracker
     model = ensure_model(ctx)
     ctx.check_image_shape(model)
     if not settings.force:
@@ -33,17 +34,59 @@ def run_evaluation(ctx: Context) -> str:
             print_where(ctx, "evaluation", previous.info.experiment_id, [previous.info.run_id],
                         order_by=f"metrics.{schema.PREDICTED_CLASS_CONF} DESC")
             return previous.info.run_id
+    plan = plan_evaluation(ctx, model)
+    if settings.shards > 1:  # a share of the image runs, into the summary the sweep opened (docs/cluster.md)
+        from xaitk_exp.stages.shards import write_evaluation_share
+
+        return write_evaluation_share(ctx, plan)
+    probs = plan.blackbox.predict(plan.images)  # the whole split, for the summary; chunked
+    split_name, n, exp_id = plan.split_name, plan.n, plan.exp_id
+    same_work = f"tags.{schema.RUN_TYPE} = 'summary' and tags.{schema.CONFIG_HASH} = '{ctx.hash_for('evaluation')}' " \
+                f"and tags.{schema.TRAIN_RUN_ID} = '{ctx.train_run_id or ''}'"
+    if not tracker.created_here(exp_id) and (dropped := tracker.replace_killed(exp_id, same_work)):
+        print(f"[evaluation] replacing a KILLED evaluation of the same config ({dropped} run(s) with its images)")
+    with tracker.run(exp_id, schema.evaluation_summary_run(split_name), tags=plan.summary_tags) as parent:
+        open_summary(ctx, plan, parent)
+        # one top-level run per image, linked to the summary by tag (a nested run is folded away in the UI's table),
+        # few store calls each; with n_jobs > 1 the low level spreads them over processes
+        tracker.log_runs(exp_id, image_runs(ctx, plan, parent, probs, range(n)), processes=ctx.processes,
+                         summary_run_id=parent)
+        accuracy = write_summary(ctx, plan, parent, probs)
+    ctx.evaluation_run_id = parent
+    print(f"[evaluation] {n} image runs + summary {parent} in '{ctx.experiment_name(schema.EVALUATION)}' ({accuracy})")
+    print_where(ctx, "evaluation", exp_id, [parent], order_by=f"metrics.{schema.PREDICTED_CLASS_CONF} DESC")
+    return parent
+
+
+@dataclass
+class EvaluationPlan:
+    """What an evaluation writes, worked out once: by a single process, by each shard and by the sweep's merge."""
+
+    split_name: str
+    images: np.ndarray  # [N, H, W(, C)] the split's images in [0, 1]
+    labels: np.ndarray  # [N] their ground truth
+    n: int  # image runs: the first n images of the split
+    blackbox: Any
+    model: Any
+    view: Any  # class_view: tags and metrics per class
+    class_labels: list[str]
+    exp_id: str
+    base_tags: dict[str, Any]
+    summary_tags: dict[str, Any]
+    model_id: str | None
+
+
+def plan_evaluation(ctx: Context, model: Any) -> EvaluationPlan:
+    settings, split = ctx.settings, ctx.split
     split_name = settings.evaluation.split
     images, labels = split.images(split_name), split.labels(split_name)
     n = len(images) if settings.evaluation.num_images is None else min(settings.evaluation.num_images, len(images))
     blackbox = blackbox_for(model, settings.chunk_size)
-    probs = blackbox.predict(images)  # the whole split, for the summary; chunked
     names = [str(c) for c in split.class_names]
     class_labels = [label_name(c, names) for c in blackbox.get_labels()]
     # tags and metrics per class: image models tag indices (names in *_label), top 5 above 20 classes, no ground truth
     view = class_view(split, model, split_name, class_labels)
-    class_labels = view.labels
-    exp_id = tracker.experiment(ctx.experiment_name(schema.EVALUATION), framework=ctx.framework)
+    exp_id = ctx.tracker.experiment(ctx.experiment_name(schema.EVALUATION), framework=ctx.framework)
     model_id, version_tags = evaluated_model(ctx)  # the logged model, and the registered version it came from
     base_tags = {
         schema.DATASET: ctx.dataset_name,
@@ -53,64 +96,70 @@ def run_evaluation(ctx: Context) -> str:
         schema.MODEL: ctx.model_class,
         **version_tags,
     }
-    summary_tags = {
-        **base_tags,
-        schema.RUN_TYPE: "summary",
-        **ctx.provenance_tags("evaluation"),
+    summary_tags = {**base_tags, schema.RUN_TYPE: "summary", **ctx.provenance_tags("evaluation")}
+    return EvaluationPlan(split_name, images, labels, n, blackbox, model, view, view.labels, exp_id, base_tags,
+                          summary_tags, model_id)
+
+
+def open_summary(ctx: Context, plan: EvaluationPlan, parent: str) -> None:
+    """The summary run's description, dataset and config (before its image runs)."""
+    note = evaluation_summary_note(ctx, plan.split_name, plan.n, len(plan.images), plan.exp_id, parent)
+    ctx.tracker.log(parent, tags={schema.NOTE: note})
+    ctx.tracker.log_dataset(parent, split_dataset(ctx, plan.split_name), plan.split_name)
+    ctx.record_config(parent)
+
+
+def image_runs(ctx: Context, plan: EvaluationPlan, parent: str, probs: np.ndarray, ids: Iterable[int],
+               extra_tags: dict[str, str] | None = None) -> Iterator[tuple[str, dict[str, Any], dict[str, float]]]:
+    """(run name, tags, metrics) of image ``k`` for each ``k`` of ``ids``, made as the tracker asks for them;
+    ``probs[k]``: image k's probabilities."""
+    from tqdm import tqdm
+
+    split, view, exp_id = ctx.split, plan.view, plan.exp_id
+    ids = list(ids)
+    for k in tqdm(ids, desc="evaluation runs", unit="img", disable=not ctx.settings.progress):
+        tags = {**plan.base_tags, schema.RUN_TYPE: "image", schema.IMAGE_ID: k,
+                **view.tags(k, probs[k], plan.labels[k]), **(extra_tags or {})}
+        top = int(np.argmax(probs[k]))
+        tags[schema.NOTE] = evaluation_image_note(
+            ctx, plan.split_name, k, str(tags.get(schema.PREDICTED_LABEL) or tags[schema.PREDICTED_CLASS]),
+            float(probs[k, top]), str(tags.get(schema.GT_LABEL) or tags.get(schema.GT_CLASS) or "unknown"),
+            summary=(exp_id, parent),
+        )
+        if split.test_paths is not None and plan.split_name == "test":
+            tags[schema.IMAGE_PATH] = split.test_paths[k]
+        yield schema.evaluation_image_run(k), tags, view.metrics(probs[k])
+
+
+def write_summary(ctx: Context, plan: EvaluationPlan, parent: str, probs: np.ndarray) -> str:
+    """Accuracy, the confusion matrix and the counts into the summary run, from ``probs`` [N, classes] of the whole
+    split. Returns the console's accuracy phrase."""
+    tracker, view, n, images = ctx.tracker, plan.view, plan.n, plan.images
+    predicted = np.asarray(plan.blackbox.get_labels())[probs.argmax(axis=1)]
+    truth = view.truth
+    top_conf = probs.max(axis=1)
+    summary = {
+        "Mean_predicted_class_conf": float(top_conf.mean()),
+        "Evaluated_images": n,
+        "Split_images": len(images),
     }
-    same_work = f"tags.{schema.RUN_TYPE} = 'summary' and tags.{schema.CONFIG_HASH} = '{ctx.hash_for('evaluation')}' " \
-                f"and tags.{schema.TRAIN_RUN_ID} = '{ctx.train_run_id or ''}'"
-    if not tracker.created_here(exp_id) and (dropped := tracker.replace_killed(exp_id, same_work)):
-        print(f"[evaluation] replacing a KILLED evaluation of the same config ({dropped} run(s) with its images)")
-    with tracker.run(exp_id, schema.evaluation_summary_run(split_name), tags=summary_tags) as parent:
-        tracker.log(parent, tags={schema.NOTE: evaluation_summary_note(ctx, split_name, n, len(images), exp_id, parent)})
-        dataset = split_dataset(ctx, split_name)
-        tracker.log_dataset(parent, dataset, split_name)
-        ctx.record_config(parent)
-
-        def image_runs():  # (run name, tags, metrics) per image, made as the tracker asks for them
-            for k in tqdm(range(n), desc="evaluation runs", unit="img", disable=not settings.progress):
-                tags = {**base_tags, schema.RUN_TYPE: "image", schema.IMAGE_ID: k, **view.tags(k, probs[k], labels[k])}
-                top = int(np.argmax(probs[k]))
-                tags[schema.NOTE] = evaluation_image_note(
-                    ctx, split_name, k, str(tags.get(schema.PREDICTED_LABEL) or tags[schema.PREDICTED_CLASS]),
-                    float(probs[k, top]), str(tags.get(schema.GT_LABEL) or tags.get(schema.GT_CLASS) or "unknown"),
-                    summary=(exp_id, parent),
-                )
-                if split.test_paths is not None and split_name == "test":
-                    tags[schema.IMAGE_PATH] = split.test_paths[k]
-                yield schema.evaluation_image_run(k), tags, view.metrics(probs[k])
-
-        # one top-level run per image, linked to the summary by tag (a nested run is folded away in the UI's table),
-        # few store calls each; with n_jobs > 1 the low level spreads them over processes
-        tracker.log_runs(exp_id, image_runs(), processes=ctx.processes, summary_run_id=parent)
-        predicted = np.asarray(blackbox.get_labels())[probs.argmax(axis=1)]
-        truth = view.truth
-        top_conf = probs.max(axis=1)
-        summary = {
-            "Mean_predicted_class_conf": float(top_conf.mean()),
-            "Evaluated_images": n,
-            "Split_images": len(images),
-        }
-        if truth is not None:  # a folder without class sub-folders has no ground truth: no accuracy
-            summary[schema.ACCURACY] = float(np.mean(predicted == truth))
-            summary["Accuracy_evaluated"] = float(np.mean(predicted[:n] == truth[:n]))
-        if model_id:  # also on the logged model's page, measured on this dataset
-            tracker.log_model_metrics(parent, model_id, summary, dataset)
-        else:
-            tracker.log(parent, metrics=summary)
-        if view.show_confusion:  # with ground truth, and at most 20 classes for an image model
-            matrix = _confusion(truth, predicted, list(model.classes_))
-            with tempfile.TemporaryDirectory() as tmp:
-                figure = Path(tmp, schema.CONFUSION_FIGURE)
-                confusion_figure(matrix, class_labels, figure, f"{split_name} split, {len(images)} images")
-                tracker.log_artifact(parent, str(figure))
-            tracker.log_dict(parent, {"labels": class_labels, "matrix": matrix.tolist()}, "confusion_matrix.json")
-    ctx.evaluation_run_id = parent
-    accuracy = f"accuracy on {split_name}: {np.mean(predicted == truth):.3f}" if truth is not None else "no ground truth"
-    print(f"[evaluation] {n} image runs + summary {parent} in '{ctx.experiment_name(schema.EVALUATION)}' ({accuracy})")
-    print_where(ctx, "evaluation", exp_id, [parent], order_by=f"metrics.{schema.PREDICTED_CLASS_CONF} DESC")
-    return parent
+    if truth is not None:  # a folder without class sub-folders has no ground truth: no accuracy
+        summary[schema.ACCURACY] = float(np.mean(predicted == truth))
+        summary["Accuracy_evaluated"] = float(np.mean(predicted[:n] == truth[:n]))
+    if plan.model_id:  # also on the logged model's page, measured on this dataset
+        tracker.log_model_metrics(parent, plan.model_id, summary, split_dataset(ctx, plan.split_name))
+    else:
+        tracker.log(parent, metrics=summary)
+    if view.show_confusion:  # with ground truth, and at most 20 classes for an image model
+        matrix = _confusion(truth, predicted, list(plan.model.classes_))
+        with tempfile.TemporaryDirectory() as tmp:
+            figure = Path(tmp, schema.CONFUSION_FIGURE)
+            confusion_figure(matrix, plan.class_labels, figure, f"{plan.split_name} split, {len(images)} images")
+            tracker.log_artifact(parent, str(figure))
+        tracker.log_dict(parent, {"labels": plan.class_labels, "matrix": matrix.tolist()}, "confusion_matrix.json")
+    if truth is None:
+        return "no ground truth"
+    return f"accuracy on {plan.split_name}: {np.mean(predicted == truth):.3f}"
 
 
 def label_name(c: object, names: list[str]) -> str:

@@ -138,6 +138,7 @@ def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, outp
 
         with open_dict(job):
             job.stage, job[SWEEP_KEY] = upstream[0], parent
+            job.shard, job.shards = 0, 1  # sharded jobs share an upstream made whole, once (docs/cluster.md)
             if quiet:  # no progress bars (the jobs get none either)
                 job.progress = False
         try:

@@ -30,6 +30,7 @@ from xaitk_exp.stages.saliency.image import (
     explain_and_record_parallel,
 )
 from xaitk_exp.stages.saliency.summary import log_evaluation_summary
+from xaitk_exp.stages.shards import shard_tags, share
 from xaitk_exp.stages.upstream import ensure_evaluation, ensure_model, image_runs_filters
 from xaitk_exp.tracking.limits import stringify
 from xaitk_exp.tracking.ui import runs_table_url
@@ -106,6 +107,7 @@ def run_saliency(ctx: Context) -> list[str]:
     update = cfg.get("update_run_id")
     if update:
         selected = selected[:1]
+    selected = share(selected, ctx.settings.shard, ctx.settings.shards)  # a shard's images of what one process selects
     split_name = evaluation.data.tags.get(schema.DATASPLIT, "test")
     images = split.images(split_name)
     for run in selected:
@@ -155,7 +157,8 @@ def run_saliency(ctx: Context) -> list[str]:
     if query:
         print(f"[saliency] the query in the evaluation runs table: "
               f"{runs_table_url(tracker.uri, evaluation.info.experiment_id, query, cfg.query.get('order_by')) or query}")
-    log_evaluation_summary(ctx, exp_id)
+    if ctx.settings.shards == 1:  # sharded: written once, by the sweep, when every shard has ended
+        log_evaluation_summary(ctx, exp_id)
     return run_ids
 
 
@@ -218,6 +221,7 @@ def _explain_and_record(
             schema.WORK_HASH: ctx.hash_for("saliency_work"),
             schema.TRAIN_RUN_ID: ctx.train_run_id or "",
             **ctx.provenance_tags("saliency"),
+            **shard_tags(ctx),
         },
         params=None if update_run_id else algo.config(),
         config_files={} if update_run_id else ctx.config_texts(),
