@@ -128,7 +128,7 @@ def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, outp
                str(job.get("train_run_id")), str(job.get("evaluation_run_id")), str(job.tracking.get("uri")))
         groups.setdefault(key, []).append((overrides, job))
     for (upstream, *_), members in groups.items():
-        if len(members) < 2:
+        if len(members) < 2 and int(members[0][1].get("shards") or 1) < 2:  # shards share it with later relaunches
             continue
         overrides, job = next(((o, j) for o, j in members if _valid(j)), members[0])
         who = "all trials" if probes else f"{len(members)} jobs"
