@@ -69,6 +69,9 @@ def test_sharded_saliency_maps_are_bit_identical_to_one_process(run_stage, clien
         a = np.load(client.download_artifacts(run_id, MAPS, str(tmp_path / "a" / k)))
         b = np.load(client.download_artifacts(theirs[k], MAPS, str(tmp_path / "b" / k)))
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), f"image {k}: maps differ"
+    # stage=reproduce on a shard's run: replayed by one process, the same maps
+    replay = run_stage("stage=reproduce", f"run_id={shards[1][0]}").results["reproduce_run_id"]
+    assert client.get_run(replay).data.tags["reproduced_match"] == "True"
 
 
 def test_a_shard_outside_a_sweep_says_how_to_run_it(run_stage) -> None:

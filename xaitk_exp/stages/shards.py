@@ -180,8 +180,8 @@ def merge_evaluation(ctx: Context, parent: str) -> str | None:
         if missing:
             shards = sorted({shard_of(k, s.chunk_size, s.shards) for k in missing})
             error = (f"evaluation {parent}: {len(missing)} of {plan.n} images have no FINISHED run, from shard(s) "
-                     f"{', '.join(schema.shard_tag(k, s.shards) for k in shards)}; the same command again reruns "
-                     "only those")
+                     f"{', '.join(schema.shard_tag(k, s.shards) for k in shards)}; a relaunch over every shard "
+                     f"('shard=range(0,{s.shards})') writes only those")
             tracker.log(parent, tags={schema.ERROR: error[:500]})
             tracker.finish_run(parent, "FAILED")
             return error

@@ -131,6 +131,7 @@ def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, outp
         if len(members) < 2 and int(members[0][1].get("shards") or 1) < 2:  # shards share it with later relaunches
             continue
         overrides, job = next(((o, j) for o, j in members if _valid(j)), members[0])
+        job = job.copy()  # the job's own config stays as it is (the sweep reads it again: shards, reuse)
         who = "all trials" if probes else f"{len(members)} jobs"
         print(f"[sweep] {who} share one {' + '.join(upstream)} upstream: running it once first")
         from xaitk_exp.app import run

@@ -4,6 +4,7 @@ the jobs and merged after them, and the saliency quality summary written once (d
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,14 +84,17 @@ def merge_shards(groups: list[ShardGroup], tracker: Any, parent: str, sweep_dir:
         if group.kind == "evaluation":
             if group.summary is None:
                 continue
+            start = time.perf_counter()
             error = merge_evaluation(ctx, group.summary)
+            took = time.perf_counter() - start
             if error:
                 errors.append(error)
                 continue
             summary = tracker.get_run(group.summary)
             metrics = {f"evaluation.{k}": v for k, v in summary.data.metrics.items()}
             tracker.log(parent, metrics=metrics, tags={schema.SWEEP_EVALUATION_RUN_ID: group.summary})
-            print(f"[sweep] evaluation summary {group.summary} merged from {ctx.settings.shards} shards: "
+            print(f"[sweep] evaluation summary {group.summary} merged from {ctx.settings.shards} shards in "
+                  f"{took:.2f} s: "
                   + ", ".join(f"{k} {v:.4g}" for k, v in sorted(summary.data.metrics.items())))
         else:
             errors += _saliency_summaries(ctx, read_job_records(sweep_dir, parent))
