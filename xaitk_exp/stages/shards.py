@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from xaitk_exp import schema
 from xaitk_exp.errors import TrackingError
+from xaitk_exp.tracking.processes import process_tags
 
 if TYPE_CHECKING:
     import numpy as np
@@ -155,7 +156,8 @@ def open_evaluation_summary(ctx: Context) -> str | None:
     if earlier:
         parent = earlier[0].info.run_id
         tracker.client.update_run(parent, status="RUNNING")
-        tracker.log(parent, tags={**link, schema.ERROR: ""})
+        # this process holds it open now: the shards' stale-run check must not take it for the dead launcher's
+        tracker.log(parent, tags={**process_tags(), **link, schema.ERROR: ""})
         kept = len(finished_images(ctx, plan.exp_id, parent))
         print(f"[sweep] reopening the unfinished evaluation summary {parent}: {kept} of {plan.n} image runs kept")
         return parent
