@@ -72,6 +72,9 @@ DATA_FINGERPRINT = "data_fingerprint"
 GIT_COMMIT = "git_commit"
 STAGE_TAG = "xaitk_exp.stage"
 SWEEP_RUN_ID = "Sweep_run_id"
+SHARD = "Shard"  # a sharded job's runs: "<k>/<N>", its share of the stage's images
+SHARDS = "Shards"  # a sharded evaluation's summary: N, the shares its image runs were written in
+SWEEP_EVALUATION_RUN_ID = "Sweep_evaluation_run_id"  # a sharded sweep's parent: the one evaluation summary it merged
 TRIAL_NUMBER = "Trial_number"  # an optuna trial's number
 REPRODUCED_FROM = "reproduced_from"
 HOST = "Host"  # the machine whose process opened the run
@@ -89,6 +92,11 @@ ACCURACY_EVALUATED = "Accuracy_evaluated"  # classification summary: accuracy on
 MEAN_PREDICTED_CLASS_CONF = "Mean_predicted_class_conf"
 EVALUATED_IMAGES = "Evaluated_images"  # any task's summary: image runs, and images in the split
 SPLIT_IMAGES = "Split_images"
+
+
+def shard_tag(shard: int, shards: int) -> str:
+    """The ``Shard`` tag's value: ``"1/4"`` for the second of four shares."""
+    return "/".join((str(shard), str(shards)))
 
 
 def class_conf(label: object) -> str:

@@ -117,3 +117,17 @@ def blackbox_for(model: Any, chunk_size: int = 256, columns: Sequence[int] | Non
 
 def _label(c: Any) -> Hashable:
     return c.item() if isinstance(c, np.generic) else c
+
+
+def predict_rows(blackbox: BatchedBlackbox, images: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    """Probabilities ``[N, classes]`` with the rows of ``ids`` filled (NaN elsewhere): each chunk of
+    ``blackbox.chunk_size`` images holding one of them is predicted whole, as the whole split is, so that those rows
+    are the same bits as :meth:`BatchedBlackbox.predict` of every image."""
+    size = blackbox.chunk_size
+    probs: np.ndarray | None = None
+    for j in sorted({int(k) // size for k in ids}):
+        rows = blackbox.predict(images[j * size: (j + 1) * size])
+        if probs is None:
+            probs = np.full((len(images), rows.shape[1]), np.nan)
+        probs[j * size: j * size + len(rows)] = rows
+    return probs if probs is not None else np.empty((len(images), 0))

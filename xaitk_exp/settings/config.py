@@ -234,6 +234,8 @@ class Settings:
     run_id: str | None = None  # stage=reproduce: the run to reproduce
     sweep_run_id: str | None = None  # set by the sweep callback: the sweep's parent run
     reproduced_from: str | None = None  # set by stage=reproduce on the config it replays: the run reproduced
+    shard: int = 0  # this job's share of a stage's images (0 <= shard < shards), e.g. -m 'shard=range(0,4)' shards=4
+    shards: int = 1  # shares a stage's images are split into (>= 1; 1: one process does them all)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     query: QuerySettings = field(default_factory=QuerySettings)
     metrics: MetricSettings = field(default_factory=MetricSettings)
@@ -254,6 +256,9 @@ class Settings:
         if self.n_jobs == 0:
             raise ConfigError("n_jobs", 0, "a positive integer, or -1 for every core")
         check_int("chunk_size", self.chunk_size, 1)
+        check_int("shards", self.shards, 1)
+        if not (is_int(self.shard) and 0 <= self.shard < self.shards):
+            raise ConfigError("shard", self.shard, f"an integer k with 0 <= k < shards ({self.shards})")
         for key in ("force", "progress"):
             check_flag(key, getattr(self, key))
         targets = self.allow_targets

@@ -18,8 +18,8 @@ from xaitk_exp.settings.saliency import SaliencySettings
 
 #: what :func:`validate` reads besides the records it builds itself
 _PLAIN = ("stage", "task", "seed", "force", "n_jobs", "chunk_size", "progress", "allow_targets", "train_run_id",
-          "evaluation_run_id", "update_run_id", "run_id", "sweep_run_id", schema.REPRODUCED_FROM, "evaluation",
-          "query", "maps", "sweep", "tracking")
+          "evaluation_run_id", "update_run_id", "run_id", "sweep_run_id", schema.REPRODUCED_FROM, "shard", "shards",
+          "evaluation", "query", "maps", "sweep", "tracking")
 
 #: MLflow's rules for registered model aliases (letters, digits, ``_`` and ``-``; ``latest`` and ``v<N>`` reserved)
 _ALIAS = re.compile(r"[\w-]{1,255}")

@@ -115,6 +115,7 @@ def replay_config(stored: dict[str, Any], current: DictConfig, original: Any, st
     tags = original.data.tags
     cfg.stage, cfg.force = stage, True
     cfg.run_id = cfg.update_run_id = cfg.sweep_run_id = None
+    cfg.shard, cfg.shards = 0, 1  # a shard's run is replayed by one process (its image is selected by id)
     if cfg.get("sweep") is not None and "trial" in cfg.sweep:  # a replayed optuna trial is no trial of its study
         cfg.sweep.trial = None
     cfg.reproduced_from = original.info.run_id

@@ -47,6 +47,7 @@ from xaitk_exp.sweep.records import (
     read_json,
     write_record,
 )
+from xaitk_exp.sweep.shards import merge_shards, open_shards
 from xaitk_exp.sweep.summary import default_metric, job_line, rank_rows, summary_rows, sweep_note, write_summary
 from xaitk_exp.tracking.ui import run_url, ui_command
 
@@ -65,6 +66,7 @@ class SweepCallback(Callback):
         self.parent_run_id: str | None = None
         self._config: DictConfig | None = None
         self._tracker: Tracker | None = None
+        self._shards: list[Any] = []  # sharded jobs' shared records, merged when they have ended
 
     def __getstate__(self) -> dict[str, Any]:  # shipped to job processes: only the id travels
         return {"parent_run_id": self.parent_run_id}
@@ -129,6 +131,8 @@ class SweepCallback(Callback):
                                             quiet=f"{QUIET_KEY}=false" in config.hydra.overrides.task)
             if prepared:
                 print(f"[sweep] {prepared}")
+        with job_output(Path(sweep_dir) / "upstream"):  # shards=N: the record the jobs share, opened once
+            self._shards = open_shards(jobs, self.parent_run_id, tracker, Path(sweep_dir) / "upstream")
         lookup = bool((config.get("sweep") or {}).get("lookup_reused", True))
         if lookup and jobs and tags["Sweep_launcher"] != "BasicLauncher" and all_reused(jobs, tracker):
             # a relaunch with nothing left to compute: one process looks every job's runs up, no worker starts
@@ -151,6 +155,8 @@ class SweepCallback(Callback):
         if config is None or tracker is None or parent is None:  # set together before the sweep is open
             return
         search = _search_of(config)
+        merge_errors = merge_shards(self._shards, tracker, parent, Path(str(config.hydra.sweep.dir))) \
+            if self._shards else []
         try:
             if search is not None:  # the study's trials (every launch of it), best trial and pictures
                 rows = search.record(tracker, parent, Path(str(config.hydra.sweep.dir)))
@@ -172,10 +178,11 @@ class SweepCallback(Callback):
         # a study goes on past failed trials: it failed only when none of its trials completed
         study_failed = search is not None and bool(rows) and len(failed) == len(rows)
         launch_failed = search is not None and search.trials_run > 0 and search.trials_failed == search.trials_run
-        if failed and (search is None or study_failed):
+        if (failed and (search is None or study_failed)) or merge_errors:
             status = "FAILED"
-            error = f"{len(failed)} of {len(rows)} job(s) failed: " + "; ".join(
-                f"#{r['job']} ({r.get('overrides', '')}): {r['error']}" for r in failed)
+            error = "; ".join([*([f"{len(failed)} of {len(rows)} job(s) failed: " + "; ".join(
+                f"#{r['job']} ({r.get('overrides', '')}): {r['error']}" for r in failed)] if failed else []),
+                *merge_errors])
             tracker.log(parent, tags={"error": error[:450]})
             FAILED.append(f"sweep {parent}: {error}"[:1000])
         else:

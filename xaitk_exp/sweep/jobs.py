@@ -131,9 +131,10 @@ def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, outp
                str(job.get("train_run_id")), str(job.get("evaluation_run_id")), str(job.tracking.get("uri")))
         groups.setdefault(key, []).append((overrides, job))
     for (upstream, *_), members in groups.items():
-        if len(members) < 2:
+        if len(members) < 2 and int(members[0][1].get("shards") or 1) < 2:  # shards share it with later relaunches
             continue
         overrides, job = next(((o, j) for o, j in members if _valid(j)), members[0])
+        job = job.copy()  # the job's own config stays as it is (the sweep reads it again: shards, reuse)
         who = "all trials" if probes else f"{len(members)} jobs"
         print(f"[sweep] {who} share one {' + '.join(upstream)} upstream: running it once first")
         from xaitk_exp.app import run
@@ -141,6 +142,7 @@ def prepare_upstream(jobs: list[tuple[list[str], DictConfig]], parent: str, outp
 
         with open_dict(job):
             job.stage, job[SWEEP_KEY] = upstream[0], parent
+            job.shard, job.shards = 0, 1  # sharded jobs share an upstream made whole, once (docs/cluster.md)
             if quiet:  # no progress bars (the jobs get none either)
                 job.progress = False
         try:

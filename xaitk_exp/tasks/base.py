@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from xaitk_exp.errors import ConfigError
@@ -55,8 +55,11 @@ class Task(ABC):
         """The black box xaitk-saliency queries for ``model``, ``chunk_size`` images per model call."""
 
     @abstractmethod
-    def evaluation(self, split: Any, model: Any, split_name: str, blackbox: Any) -> EvaluationRecords:
-        """The records of one evaluation of ``model`` on ``split_name``: the model runs on every image of it here."""
+    def evaluation(self, split: Any, model: Any, split_name: str, blackbox: Any,
+                   rows: Sequence[int] | None = None) -> EvaluationRecords:
+        """The records of one evaluation of ``model`` on ``split_name``: the model runs on every image of it here,
+        or, given ``rows`` (a shard's images), on the black box's chunks that hold them, cut as for the whole split
+        so that each image's outputs are the same bits; only those rows' image records are then asked for."""
 
     def check_saliency(self, node: Mapping[str, Any], extra_allowed: tuple[str, ...] = ()) -> None:
         """Refuse a ``saliency`` node whose generator does not implement :attr:`generator_interface` (the class is

@@ -6,6 +6,7 @@ quality metric of ``metrics/names.py``."""
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,16 @@ def confusion(truth: np.ndarray, predicted: np.ndarray, classes: list[Any]) -> n
 class ClassificationRecords:
     """One evaluation's class scores on the whole split and what they make of each run."""
 
-    def __init__(self, split: Any, model: Any, split_name: str, blackbox: Any) -> None:
+    def __init__(self, split: Any, model: Any, split_name: str, blackbox: Any,
+                 rows: Sequence[int] | None = None) -> None:
+        from xaitk_exp.models.blackbox import predict_rows
         from xaitk_exp.models.pipeline import class_view
 
         images = split.images(split_name)
         self.n_split = len(images)
         self.raw_labels = split.labels(split_name)
-        self.probs = blackbox.predict(images)  # the whole split, for the summary; chunked
+        # the whole split, for the summary; or a shard's rows (NaN elsewhere); chunked either way
+        self.probs = blackbox.predict(images) if rows is None else predict_rows(blackbox, images, rows)
         names = [str(c) for c in split.class_names]
         # tags and metrics per class: image models tag indices (names in *_label), top 5 above 20 classes
         self.view = class_view(split, model, split_name, [label_name(c, names) for c in blackbox.get_labels()])
@@ -110,8 +114,9 @@ class Classification(Task):
 
         return blackbox_for(model, chunk_size)
 
-    def evaluation(self, split: Any, model: Any, split_name: str, blackbox: Any) -> ClassificationRecords:
-        return ClassificationRecords(split, model, split_name, blackbox)
+    def evaluation(self, split: Any, model: Any, split_name: str, blackbox: Any,
+                   rows: Sequence[int] | None = None) -> ClassificationRecords:
+        return ClassificationRecords(split, model, split_name, blackbox, rows)
 
 
 TASK = Classification()

@@ -34,9 +34,9 @@ class DatasetRecord:
 
     def to_mlflow(self) -> Any:
         """An ``mlflow.data`` numpy dataset (what ``mlflow.log_input`` takes); the digest is ours, not recomputed."""
-        from mlflow.data.numpy_dataset import from_numpy
         from mlflow.data.code_dataset_source import CodeDatasetSource
         from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.numpy_dataset import from_numpy
 
         if self.source_type == "code":
             source: Any = CodeDatasetSource({"mlflow.source.name": self.source})

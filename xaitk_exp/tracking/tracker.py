@@ -31,9 +31,9 @@ from xaitk_exp.tracking.limits import (
     stringify,
 )
 from xaitk_exp.tracking.model_records import ModelRecords
+from xaitk_exp.tracking.processes import drop_killed, process_tags
 from xaitk_exp.tracking.reads import StoreReader
 from xaitk_exp.tracking.signals import install_sigterm, restore_sigterm
-from xaitk_exp.tracking.processes import drop_killed, process_tags
 from xaitk_exp.tracking.stores import default_artifact_root, open_sqlite_store
 
 

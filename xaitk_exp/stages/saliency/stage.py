@@ -18,7 +18,6 @@ from xaitk_exp.settings.config import QuerySettings
 from xaitk_exp.settings.nodes import to_dict
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.describe import print_where, saliency_note
-from xaitk_exp.tasks.classification import label_name
 from xaitk_exp.stages.saliency.algorithm import Algorithm
 from xaitk_exp.stages.saliency.image import (
     WORKER_ENV,
@@ -31,7 +30,9 @@ from xaitk_exp.stages.saliency.image import (
     explain_and_record_parallel,
 )
 from xaitk_exp.stages.saliency.summary import log_evaluation_summary
+from xaitk_exp.stages.shards import shard_tags, share
 from xaitk_exp.stages.upstream import ensure_evaluation, ensure_model, image_runs_filters
+from xaitk_exp.tasks.classification import label_name
 from xaitk_exp.tracking.limits import stringify
 from xaitk_exp.tracking.ui import runs_table_url
 
@@ -109,6 +110,7 @@ def run_saliency(ctx: Context) -> list[str]:
     update = settings.update_run_id
     if update:
         selected = selected[:1]
+    selected = share(selected, settings.shard, settings.shards)  # a shard's images of what one process selects
     split_name = evaluation.data.tags.get(schema.DATASPLIT, "test")
     images = split.images(split_name)
     for run in selected:
@@ -158,7 +160,8 @@ def run_saliency(ctx: Context) -> list[str]:
     if query:
         print(f"[saliency] the query in the evaluation runs table: "
               f"{runs_table_url(tracker.uri, evaluation.info.experiment_id, query, settings.query.order_by) or query}")
-    log_evaluation_summary(ctx, exp_id)
+    if settings.shards == 1:  # sharded: written once, by the sweep, when every shard has ended
+        log_evaluation_summary(ctx, exp_id)
     return run_ids
 
 
@@ -221,6 +224,7 @@ def _explain_and_record(
             schema.WORK_HASH: ctx.hash_for("saliency_work"),
             schema.TRAIN_RUN_ID: ctx.train_run_id or "",
             **ctx.provenance_tags("saliency"),
+            **shard_tags(ctx),
         },
         params=None if update_run_id else algo.config(),
         config_files={} if update_run_id else ctx.config_texts(),
