@@ -160,7 +160,8 @@ def test_a_saliency_runs_picture_loads_on_its_artifact_page(ui, tmp_path):
 def test_the_logged_models_page_lists_what_each_evaluation_measured(ui):
     """The README's promise: the train run's page lists its logged model, and that model's page (the train
     experiment's Models tab) lists the evaluation summary's metrics with their dataset and source run. MLflow 3.17
-    lists no logged model on the page of a run that only uses one, so the README sends people to the model's page."""
+    lists no logged model on the page of a run that only uses one, so docs/records.md sends people to the model's
+    page."""
     import mlflow
     from mlflow import MlflowClient
 

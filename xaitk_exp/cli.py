@@ -122,14 +122,9 @@ _NO_COMPOSE_FLAGS = (
 
 def precheck_keys(argv: list[str]) -> str | None:
     """A one-line error for an override Hydra cannot apply (unknown key, bad syntax), or for a key added with ``+``
-    (or ``++``) that nothing would read, else None.
-
-    Hydra reports the first kind in several lines with exit code 1, and accepts the second silently (the run then
-    ignores it); composing once here first lets the user see one line naming the closest valid key. A key may be
-    added only under a node with a ``_target_`` (model, dataset, saliency and its parts), whose constructor
-    receives it. Only for a single run with the shipped config (a sweep's values and a user's own config are
-    Hydra's to check).
-    """
+    (or ``++``) that nothing would read, else None. Hydra reports the first kind in several lines (exit 1) and
+    accepts the second silently; composing once here names the closest valid key. A key may be added only under a
+    node with a ``_target_`` (its constructor receives it). Single runs of the shipped config only."""
     if any(a.split("=", 1)[0] in _NO_COMPOSE_FLAGS for a in argv):
         return None
     overrides = [a for a in argv if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]

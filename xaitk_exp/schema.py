@@ -6,6 +6,8 @@ Nothing here imports anything: every room may use it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 # ----- stages and levels ---------------------------------------------------------------------------------------------
 STAGES = ("all", "train", "evaluation", "saliency", "reproduce")
 LEVELS = ("high", "mid", "low")
@@ -157,3 +159,11 @@ def saliency_image_key(algorithm: str) -> str:
     """The image key of a saliency run's picture (``mlflow.log_image``): one per algorithm, so that the UI compares
     the maps of one algorithm across runs."""
     return f"saliency/{algorithm}"
+
+
+def trial_run_name(run_name: str, tags: Mapping[str, str]) -> str:
+    """An optuna trial's runs carry its number in their names (``trial-3_train_info``), so that the runs of
+    different trials (their evaluation summaries above all) are told apart in the UI."""
+    trial = tags.get(TRIAL_NUMBER)
+    prefix = f"trial-{trial}_"
+    return run_name if trial in (None, "") or run_name.startswith(prefix) else prefix + run_name

@@ -22,7 +22,7 @@ from xaitk_exp.tracking.processes import process_tags
 
 if TYPE_CHECKING:
     from xaitk_exp.stages.context import Context
-    from xaitk_exp.stages.evaluation import EvaluationPlan
+    from xaitk_exp.stages.evaluation_plan import EvaluationPlan
 
 T = TypeVar("T")
 #: most image runs one search returns (MLflow's own bound for one page)
@@ -86,7 +86,7 @@ def _drop_unfinished(ctx: Context, exp_id: str, summary: str, ids: set[str]) -> 
 
 def write_evaluation_share(ctx: Context, plan: EvaluationPlan) -> str:
     """This shard's image runs (those not FINISHED yet) into the summary run the sweep opened. Returns its id."""
-    from xaitk_exp.stages.evaluation import image_runs
+    from xaitk_exp.stages.evaluation_plan import image_runs
 
     s = ctx.settings
     flt = f"{_open_summary_filter(ctx)} and tags.{schema.SWEEP_RUN_ID} = '{s.sweep_run_id or ''}' " \
@@ -119,7 +119,7 @@ def open_evaluation_summary(ctx: Context) -> str | None:
     """Before the shards start (the sweep's launcher): the evaluation summary run they write into, RUNNING. An
     earlier unfinished sharded summary of the same config is reopened (its FINISHED image runs are kept); None when
     a FINISHED evaluation of this config exists (the shards reuse it)."""
-    from xaitk_exp.stages.evaluation import open_summary, plan_evaluation
+    from xaitk_exp.stages.evaluation_plan import open_summary, plan_evaluation
     from xaitk_exp.stages.upstream import ensure_model
 
     model = ensure_model(ctx)
@@ -155,7 +155,7 @@ def merge_evaluation(ctx: Context, parent: str) -> str | None:
     """After the shards (the sweep's launcher): when every image has its FINISHED run, the summary (accuracy,
     confusion matrix, counts) as one process writes it, and the run FINISHED; else the run FAILED. Returns None,
     or one line naming the shards whose images are missing."""
-    from xaitk_exp.stages.evaluation import plan_evaluation, write_summary
+    from xaitk_exp.stages.evaluation_plan import plan_evaluation, write_summary
     from xaitk_exp.stages.upstream import ensure_model
 
     tracker, s = ctx.tracker, ctx.settings

@@ -17,11 +17,12 @@ from itertools import islice
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from xaitk_exp import schema
 from xaitk_exp.parallel import share_work
 from xaitk_exp.schema import EVALUATION_SUMMARY_RUN_ID, PARENT_RUN_ID
 from xaitk_exp.tracking.factory import ReopenArgs, worker_tracker
 from xaitk_exp.tracking.signals import sigterm_raises
-from xaitk_exp.tracking.tracker import Tracker, _linked, trial_run_name
+from xaitk_exp.tracking.tracker import Tracker, _linked
 
 #: threads writing per-image runs to a tracking server or a database; SQLite and file stores get one
 PARALLEL_WORKERS = 4
@@ -71,7 +72,7 @@ class LowTracker(Tracker):
         """
         context = self._context_tags()
         items = _stamped(
-            (trial_run_name(name, run_tags), {**context, **run_tags}, dict(metrics))
+            (schema.trial_run_name(name, run_tags), {**context, **run_tags}, dict(metrics))
             for name, tags, metrics in _linked(runs, summary_run_id)
             for run_tags in [self._run_tags(experiment_id, tags, parent_run_id)]
         )

@@ -54,9 +54,8 @@ class Tracker(StoreReader, ModelRecords, ABC):
         if "@" in uri.split("://", 1)[-1].split("/", 1)[0]:
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        self.client = (
-            open_sqlite_store(uri, sqlite_journal) if uri.startswith("sqlite:") else MlflowClient(tracking_uri=uri)
-        )
+        sqlite = uri.startswith("sqlite:")
+        self.client = open_sqlite_store(uri, sqlite_journal) if sqlite else MlflowClient(tracking_uri=uri)
         self._experiments: dict[str, str] = {}
         self._created: set[str] = set()
         self._sweep_experiments: dict[str, str | None] = {}
@@ -135,7 +134,7 @@ class Tracker(StoreReader, ModelRecords, ABC):
         """
         all_tags = self._run_tags(experiment_id, tags, parent_run_id)
         if run_id is None:
-            run_id = self._start_run(experiment_id, trial_run_name(run_name, all_tags), all_tags)
+            run_id = self._start_run(experiment_id, schema.trial_run_name(run_name, all_tags), all_tags)
         else:
             self._resume_run(run_id)
             if all_tags:
@@ -330,7 +329,8 @@ class Tracker(StoreReader, ModelRecords, ABC):
     def _end_run(self, run_id: str, status: str) -> None: ...
 
     @abstractmethod
-    def _log(self, run_id: str, params: dict[str, str], metrics: dict[str, float], tags: dict[str, str], step: int) -> None: ...
+    def _log(self, run_id: str, params: dict[str, str], metrics: dict[str, float], tags: dict[str, str],
+             step: int) -> None: ...
 
     @abstractmethod
     def _log_history(self, run_id: str, key: str, values: list[float], first_step: int) -> None: ...
@@ -348,11 +348,3 @@ def _linked(
     """``runs`` with the tag that links each to its summary run (when there is one)."""
     for name, tags, metrics in runs:
         yield name, ({**tags, schema.EVALUATION_SUMMARY_RUN_ID: summary_run_id} if summary_run_id else tags), metrics
-
-
-def trial_run_name(run_name: str, tags: Mapping[str, str]) -> str:
-    """An optuna trial's runs carry its number in their names (``trial-3_train_info``), so that the runs of
-    different trials (their evaluation summaries above all) are told apart in the UI."""
-    trial = tags.get(schema.TRIAL_NUMBER)
-    prefix = f"trial-{trial}_"
-    return run_name if trial in (None, "") or run_name.startswith(prefix) else prefix + run_name
