@@ -1,6 +1,6 @@
 """shards=N shard=k: the split of a stage's images, the settings' one-line errors, and a sharded saliency stage whose
 maps are bit-identical to a single process's (in-process, real SQLite store). The sharded evaluation through a real
-multirun is in tests/sweep/test_shards.py."""
+multirun is in tests/sweep/test_sharded_sweeps.py."""
 
 from __future__ import annotations
 
