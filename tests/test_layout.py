@@ -219,3 +219,13 @@ def test_ci_type_checks_with_the_readme_test_command():
     strict = 'module = ["xaitk_exp.tracking.*", "xaitk_exp.settings.*", "xaitk_exp.stages.*"]\ndisallow_untyped_defs'
     assert strict in pyproject
     assert "ignore_errors" not in pyproject, "no module is left out of the type check"
+
+
+def test_every_package_folder_is_installed():
+    # pyproject.toml lists the packages a non-editable install (CI's, a user's) copies: a folder left out works in
+    # a checkout and fails with ModuleNotFoundError once installed
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "xaitk_exp").rglob("__init__.py")}
+    assert folders - listed == set(), f"pyproject.toml [tool.setuptools] packages misses {sorted(folders - listed)}"
