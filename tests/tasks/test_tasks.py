@@ -154,7 +154,8 @@ def test_classification_names_and_picks_the_outputs_that_get_maps():
     model, images = _digits_model(6)
     assert task.output_labels(model, ["zero", "one", "two", "three", "four", "five"]) == \
         ["zero", "one", "two", "three", "four", "five"]
-    assert task.output_labels(model, ["zero"]) == ["zero", "1", "2", "3", "4", "5"]  # a class the dataset has no name for
+    # a class the dataset has no name for: the label itself
+    assert task.output_labels(model, ["zero"]) == ["zero", "1", "2", "3", "4", "5"]
     assert task.output_names(model) is None  # a scikit-learn model's tags carry the labels
     blackbox = task.blackbox(model, 7)
     assert isinstance(blackbox, SklearnBlackbox) and blackbox.chunk_size == 7
