@@ -9,7 +9,10 @@ stages ask their task (``ctx.task``) instead of assuming class scores:
 - what an evaluation run records: :meth:`Task.evaluation` returns the task's :class:`EvaluationRecords` (per image:
   tags and metrics; per split: the summary's metrics and artifacts);
 - which saliency generators apply: :attr:`Task.generator_interface`, the xaitk-saliency interface a
-  ``saliency._target_`` must implement (:meth:`Task.check_saliency` refuses a mismatch in one line);
+  ``saliency._target_`` must implement (:meth:`Task.check_saliency` refuses a mismatch in one line); which of a
+  model's outputs get maps (:meth:`Task.explained_outputs`) and the names the maps are recorded under
+  (:meth:`Task.output_labels`, :meth:`Task.output_names`). The saliency stage hands its worker processes the task's
+  name, not the task: each looks it up here;
 - which quality metrics apply: :attr:`Task.quality_metrics` (:meth:`Task.check_metrics`).
 
 Object detection (issue 22) is one more module here, ``detection.py``, with ``TASK = Detection()``: ``check_model``
@@ -17,7 +20,8 @@ accepts a MAITE / torchvision-style / ONNX detector (boxes, labels, scores per i
 smqtk-detection's ``DetectImageObjects``; ``generator_interface`` is xaitk-saliency's
 ``GenerateObjectDetectorBlackboxSaliency`` (D-RISE, ``RandomGridStack``); ``evaluation`` returns records with
 ``Detections`` and ``Max_score`` per image (AP@0.5 with ground truth, a detections table and a boxes picture as
-artifacts) and mAP in the summary; ``quality_metrics`` are the detection deletion / insertion, their random
+artifacts) and mAP in the summary; ``explained_outputs`` keeps an image's detections above a score, named by
+``output_labels``; ``quality_metrics`` are the detection deletion / insertion, their random
 baselines and the pointing game. Its name joins ``settings.config.TASKS`` so that ``task=detection`` validates.
 """
 

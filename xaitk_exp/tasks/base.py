@@ -61,6 +61,26 @@ class Task(ABC):
         or, given ``rows`` (a shard's images), on the black box's chunks that hold them, cut as for the whole split
         so that each image's outputs are the same bits; only those rows' image records are then asked for."""
 
+    @abstractmethod
+    def output_labels(self, model: Any, class_names: Sequence[str]) -> list[str]:
+        """The name each of ``model``'s outputs is recorded under in a saliency run, in the black box's output order:
+        its maps' targets (``Map_classes``) and what an evaluation run's ``Predicted_class`` is matched against.
+        ``class_names`` are the dataset's. Classification: the class labels (an image model's class indices);
+        detection would name each detection's slot (its index in the detections of the image)."""
+
+    @abstractmethod
+    def output_names(self, model: Any) -> list[str] | None:
+        """The name a user reads for each output where it differs from :meth:`output_labels` (the pictures' titles,
+        ``query.predicted_class`` by label), else None. Classification: an image model's class names, None for a
+        scikit-learn model; detection would give each detection's class name and box."""
+
+    @abstractmethod
+    def explained_outputs(self, blackbox: Any, image: Any, top_k: int | None) -> tuple[Any, list[int] | None]:
+        """Which outputs of ``blackbox`` (from :meth:`blackbox`) get maps for ``image``: the black box reporting
+        only those, and their indices among :meth:`output_labels` (None: every output, in order, the black box
+        unchanged). ``top_k`` is ``maps.top_k``. Classification: the predicted class first, then by decreasing
+        confidence (``maps.top_k``); detection would keep the image's detections above a score, best first."""
+
     def check_saliency(self, node: Mapping[str, Any], extra_allowed: tuple[str, ...] = ()) -> None:
         """Refuse a ``saliency`` node whose generator does not implement :attr:`generator_interface` (the class is
         imported behind the allow-list)."""

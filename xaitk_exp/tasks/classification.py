@@ -118,5 +118,21 @@ class Classification(Task):
                    rows: Sequence[int] | None = None) -> ClassificationRecords:
         return ClassificationRecords(split, model, split_name, blackbox, rows)
 
+    def output_labels(self, model: Any, class_names: Sequence[str]) -> list[str]:
+        from xaitk_exp.models.pipeline import display_labels
+
+        names = [str(c) for c in class_names]
+        return display_labels(model, [label_name(c, names) for c in model.classes_])  # image models: class indices
+
+    def output_names(self, model: Any) -> list[str] | None:
+        from xaitk_exp.models.image_model import ImageModel
+
+        return list(model.class_names) if isinstance(model, ImageModel) else None
+
+    def explained_outputs(self, blackbox: Any, image: Any, top_k: int | None) -> tuple[Any, list[int] | None]:
+        from xaitk_exp.models.pipeline import restrict_to_top
+
+        return restrict_to_top(blackbox, image, top_k)
+
 
 TASK = Classification()

@@ -26,11 +26,10 @@ from typing import Any
 import numpy as np
 
 from xaitk_exp import schema
-from xaitk_exp.models.blackbox import blackbox_for
-from xaitk_exp.models.pipeline import restrict_to_top
 from xaitk_exp.parallel import share_work
 from xaitk_exp.settings.metrics import MetricSettings
 from xaitk_exp.stages.saliency.algorithm import Algorithm, class_maps
+from xaitk_exp.tasks.base import Task
 from xaitk_exp.tracking.factory import worker_tracker
 from xaitk_exp.tracking.signals import sigterm_raises
 from xaitk_exp.tracking.tracker import Tracker
@@ -63,6 +62,9 @@ class ExplainSpec:
     permuted_model: Any = None  #: the permuted-label model of ``metrics.sanity``
     top_k: int | None = None  #: ``maps.top_k``: None (auto: every class up to 20, else 5), 0 (every class), k
     names: list[str] | None = None  #: the label a user reads per class (``labels``' order); None: ``labels``
+    #: the task's name (``ctx.task.name``): a worker looks the task up (:func:`xaitk_exp.tasks.task_named`), which
+    #: makes its black box and says which outputs get maps
+    task: str = "classification"
 
 
 @dataclass
@@ -195,20 +197,29 @@ def iter_explained(spec: ExplainSpec, tasks: Sequence[ImageTask]) -> Iterator[Ex
     """Each task's files and metrics, in order, one image at a time."""
     from threadpoolctl import threadpool_limits
 
+    from xaitk_exp.tasks import task_named
+
     algo = algorithm_for(spec)
-    blackbox = blackbox_for(spec.model, spec.chunk_size)
+    kind = task_named(spec.task)
+    blackbox = kind.blackbox(spec.model, spec.chunk_size)
     for task in tasks:
         # BLAS on one thread: the black box's small products run about 1.4x faster so, with the same bits; cores
         # are better spent on images in parallel
         with threadpool_limits(limits=1, user_api="blas"):
-            yield explain(spec, algo, blackbox, task)
+            yield explain(spec, algo, blackbox, task, kind)
 
 
-def explain(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask) -> Explained:
+def explain(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask, kind: Task | None = None) -> Explained:
     """One image: ``saliency_map_np_arrays/`` (maps and image), the maps' picture and, with metrics, the curves'
-    picture, all in ``task.folder``; the metrics' values come back."""
-    # maps.top_k: the black box reports only the kept classes (predicted first), so only their maps are made
-    blackbox, kept = restrict_to_top(blackbox, task.image, spec.top_k)
+    picture, all in ``task.folder``; the metrics' values come back. ``kind``: the spec's task (looked up when
+    None)."""
+    if kind is None:
+        from xaitk_exp.tasks import task_named
+
+        kind = task_named(spec.task)
+    # the task's outputs that get maps (classification: maps.top_k, predicted class first); the black box reports
+    # only those, so only their maps are made
+    blackbox, kept = kind.explained_outputs(blackbox, task.image, spec.top_k)
     maps = algo.compute(task.image, blackbox)
     shown = class_maps(maps)
     labels = spec.labels if kept is None else [spec.labels[i] for i in kept]
@@ -237,7 +248,7 @@ def explain(spec: ExplainSpec, algo: Any, blackbox: Any, task: ImageTask) -> Exp
 
         quality = map_metrics(
             spec.metrics, blackbox, algo, task.image, shown, pred_idx, task.image_id, spec.permuted_model,
-            spec.chunk_size,
+            spec.chunk_size, task=kind,
         )
         if quality is not None:
             values = dict(quality.values)

@@ -9,9 +9,9 @@ import numpy as np
 from xaitk_exp.metrics.image import ImageMetrics, evaluate_map
 from xaitk_exp.metrics.maps import xcorr
 from xaitk_exp.metrics.sanity import other_class_similarity, permuted_label_model
-from xaitk_exp.models.blackbox import SklearnBlackbox
 from xaitk_exp.settings.metrics import MetricSettings
 from xaitk_exp.stages.saliency.algorithm import class_maps
+from xaitk_exp.tasks.base import Task
 
 CURVES_FIGURE = "Deletion_insertion_curves.png"
 PERMUTED_KEY = "metrics_permuted_label_model"  # ctx.results cache: trained once per job
@@ -39,6 +39,8 @@ def map_metrics(
     image_id: int,
     permuted_model: Any = None,
     chunk_size: int = 256,
+    *,
+    task: Task,
 ) -> ImageMetrics | None:
     """Metrics of ``maps[class_index]`` for the saliency run of image ``image_id``; None when
     ``metrics.enabled=false``.
@@ -46,7 +48,7 @@ def map_metrics(
     ``image``: ``[H, W(, C)]`` in [0, 1]; ``maps``: ``[n_classes, H, W]`` (``class_maps`` output) with the class
     axis in the order of the model's ``classes_``; ``blackbox``: the batched black box the maps were computed
     through. With ``metrics.sanity=true`` the values include the two ``Sanity_*_xcorr`` checks, which need
-    ``permuted_model`` (:func:`permuted_model_for`).
+    ``permuted_model`` (:func:`permuted_model_for`), explained through the black box of ``task`` (the saliency stage's).
     """
     if not settings.enabled:
         return None
@@ -55,24 +57,24 @@ def map_metrics(
     if settings.sanity:
         if permuted_model is None:
             raise ValueError("metrics.sanity=true needs the permuted-label model")
-        result.values.update(_sanity(blackbox.model, permuted_model, algo, image, maps, class_index, seed, chunk_size))
+        permuted_box = task.blackbox(permuted_model, chunk_size)
+        result.values.update(_sanity(blackbox.model, permuted_box, algo, image, maps, class_index, seed))
     return result
 
 
 def _sanity(
     model: Any,
-    permuted: Any,
+    permuted_box: Any,
     algo: Any,
     image: np.ndarray,
     maps: np.ndarray,
     class_index: int,
     seed: tuple[int, int],
-    chunk_size: int,
 ) -> dict[str, float]:
     out = {"Sanity_other_class_xcorr": other_class_similarity(maps, class_index, seed)}
     label = model.classes_[class_index]
-    same = [i for i, c in enumerate(permuted.classes_) if c == label]
+    same = [i for i, c in enumerate(permuted_box.model.classes_) if c == label]
     if same:
-        perm_maps = class_maps(algo.compute(image, SklearnBlackbox(permuted, chunk_size)))
+        perm_maps = class_maps(algo.compute(image, permuted_box))
         out["Sanity_permuted_labels_xcorr"] = xcorr(maps[class_index], perm_maps[same[0]])
     return out

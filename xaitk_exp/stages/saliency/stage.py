@@ -13,7 +13,6 @@ import numpy as np
 
 from xaitk_exp import schema
 from xaitk_exp.errors import ConfigError, QueryError, TrackingError
-from xaitk_exp.models.pipeline import display_labels
 from xaitk_exp.settings.config import QuerySettings
 from xaitk_exp.settings.nodes import to_dict
 from xaitk_exp.stages.context import Context
@@ -32,7 +31,6 @@ from xaitk_exp.stages.saliency.image import (
 from xaitk_exp.stages.saliency.summary import log_evaluation_summary
 from xaitk_exp.stages.shards import shard_tags, share
 from xaitk_exp.stages.upstream import ensure_evaluation, ensure_model, image_runs_filters
-from xaitk_exp.tasks.classification import label_name
 from xaitk_exp.tracking.limits import stringify
 from xaitk_exp.tracking.ui import runs_table_url
 
@@ -67,13 +65,6 @@ def user_filter(query: QuerySettings, class_names: list[str] | None = None) -> s
     return " and ".join(parts)
 
 
-def _class_names(model: Any) -> list[str] | None:
-    """An image model's class labels (index order), None for a scikit-learn model (its tags carry the labels)."""
-    from xaitk_exp.models.image_model import ImageModel
-
-    return list(model.class_names) if isinstance(model, ImageModel) else None
-
-
 def select_images(ctx: Context, evaluation: Any, class_names: list[str] | None = None) -> list[Any]:
     q = ctx.settings.query
     order = [str(q.order_by)] if q.order_by else None
@@ -106,7 +97,8 @@ def run_saliency(ctx: Context) -> list[str]:
     model = ensure_model(ctx)
     ctx.check_image_shape(model)
     algo = Algorithm(ctx.cfg.saliency, split.image_shape, ctx.extra_allowed)
-    selected = select_images(ctx, evaluation, _class_names(model))
+    task = ctx.task  # what the model's outputs are, and so what gets a map and how it is named
+    selected = select_images(ctx, evaluation, task.output_names(model))
     update = settings.update_run_id
     if update:
         selected = selected[:1]
@@ -123,8 +115,7 @@ def run_saliency(ctx: Context) -> list[str]:
     exp_id = tracker.experiment(ctx.experiment_name(schema.SALIENCY), framework=ctx.framework)
     if update:
         _check_update(ctx, update, exp_id, algo)
-    names = [str(c) for c in split.class_names]
-    labels = display_labels(model, [label_name(c, names) for c in model.classes_])  # image models: class indices
+    labels = task.output_labels(model, split.class_names)
     from tqdm import tqdm
 
     done = {} if settings.force or update or tracker.created_here(exp_id) else _finished_runs(ctx, exp_id)
@@ -156,7 +147,7 @@ def run_saliency(ctx: Context) -> list[str]:
     )
     ctx.results["saliency_run_ids"] = run_ids
     print_where(ctx, "saliency", exp_id, run_ids, f"tags.{schema.SALIENCY_ALGORITHM} = '{algo.name}'")
-    query = user_filter(settings.query, _class_names(model))
+    query = user_filter(settings.query, task.output_names(model))
     if query:
         print(f"[saliency] the query in the evaluation runs table: "
               f"{runs_table_url(tracker.uri, evaluation.info.experiment_id, query, settings.query.order_by) or query}")
@@ -212,7 +203,8 @@ def _explain_and_record(
         metrics=settings if settings.enabled else None,
         permuted_model=permuted,
         top_k=ctx.settings.maps.top_k,
-        names=_class_names(model),
+        names=ctx.task.output_names(model),
+        task=ctx.task.name,
     )
     rspec = RecordSpec(
         tracker=ctx.tracker.reopen_args(),
