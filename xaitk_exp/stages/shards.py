@@ -103,9 +103,10 @@ def write_evaluation_share(ctx: Context, plan: EvaluationPlan) -> str:
     done = finished_images(ctx, plan.exp_id, parent)
     todo = [k for k in ids if str(k) not in done]
     dropped = _drop_unfinished(ctx, plan.exp_id, parent, {str(k) for k in todo}) if todo else 0
-    records = plan.records(ctx, todo)  # the model on the chunks holding this shard's images
-    ctx.tracker.log_runs(plan.exp_id, image_runs(ctx, plan, parent, records, todo, shard_tags(ctx)),
-                         processes=ctx.processes, summary_run_id=parent)
+    if todo:  # the model on the chunks holding this shard's unwritten images (none: a relaunch found them all)
+        records = plan.records(ctx, todo)
+        ctx.tracker.log_runs(plan.exp_id, image_runs(ctx, plan, parent, records, todo, shard_tags(ctx)),
+                             processes=ctx.processes, summary_run_id=parent)
     ctx.evaluation_run_id = parent
     reused = f", {len(ids) - len(todo)} reused" if len(todo) < len(ids) else ""
     replaced = f", {dropped} unfinished replaced" if dropped else ""
