@@ -164,8 +164,10 @@ def test_a_real_kill_then_a_relaunch_leaves_one_finished_run_per_image(tmp_path)
     args = ["stage=evaluation", "evaluation.num_images=150", "logging=mid", "progress=false"]
     assert run_cli(["stage=train", "progress=false"], tmp_path).returncode == 0
     client = local_client(tmp_path)
-    err = (tmp_path / "killed.err").open("w")
-    proc = subprocess.Popen([*exe(), *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err)
+    # as run_cli does: a tracking URI an earlier test left in this process's environment must not redirect it
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with (tmp_path / "killed.err").open("w") as err:
+        proc = subprocess.Popen([*exe(), *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=err, env=env)
     deadline, exp = time.time() + 300, None
     while time.time() < deadline and proc.poll() is None:
         found = client.get_experiment_by_name("MLPClassifier - Evaluation")
@@ -180,7 +182,6 @@ def test_a_real_kill_then_a_relaunch_leaves_one_finished_run_per_image(tmp_path)
                     f"{(tmp_path / 'killed.err').read_text()[-2000:]}")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    err.close()
     assert exp is not None and client.search_runs([exp], "attributes.status = 'RUNNING'"), "killed too late"
     again = run_cli(args, tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
