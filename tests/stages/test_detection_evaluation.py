@@ -69,3 +69,71 @@ def test_a_maite_detector_on_a_coco_folder_writes_image_runs_and_a_summary_with_
         if not math.isnan(ap):
             assert m[schema.class_ap(name)] == pytest.approx(ap)
     assert schema.CLASS_AP_TABLE in {a.path for a in client.list_artifacts(summary.info.run_id)}
+
+
+def test_a_folder_without_annotations_records_detections_but_no_ap(run_stage, client, coco):
+    folder = coco.parent
+    run_stage("stage=train", *MAITE, "dataset=coco", f"dataset.path={folder}")
+    ctx = run_stage("stage=evaluation", *MAITE, "dataset=coco", f"dataset.path={folder}", "logging=low")
+    runs = runs_of(client, EXPERIMENT)
+    images = [r for r in runs if r.data.tags[schema.RUN_TYPE] == "image"]
+    assert len(images) == 5
+    for run in images:
+        assert schema.AP_50 not in run.data.metrics and schema.GT_OBJECTS not in run.data.tags
+        assert run.data.metrics[schema.DETECTIONS] >= 1 and run.data.metrics[schema.MAX_SCORE] > 0.5
+        assert run.data.tags[schema.PREDICTED_LABEL] in run.data.tags[schema.DETECTED_LABELS].split(",")
+    summary = client.get_run(ctx.evaluation_run_id).data
+    assert schema.MAP_50 not in summary.metrics and summary.metrics[schema.EVALUATED_IMAGES] == 5
+    assert summary.metrics[schema.MEAN_DETECTIONS] == pytest.approx(
+        np.mean([r.data.metrics[schema.DETECTIONS] for r in images]))
+
+
+def test_a_shard_detects_only_the_chunks_that_hold_its_rows(tmp_path: Path):
+    from xaitk_exp.data.coco import CocoFolder
+    from xaitk_exp.models.detector import build_for_task
+    from xaitk_exp.tasks.detection import DetectionRecords
+
+    path, _ = write_coco_folder(tmp_path / "shapes", n_images=7, size=(48, 48), seed=1)
+    split = CocoFolder(annotations=str(path)).load()
+    node = {"source": "maite", "_target_": "xaitk_exp.detection.toy.MaiteShapesDetector"}
+    model = build_for_task(node, (), "detection", split.image_shape)
+    model.check_images(split.image_shape)
+    whole = DetectionRecords(split, model, "test", model.detector(3))
+    box = model.detector(3)
+    part = DetectionRecords(split, model, "test", box, rows=[4, 6])
+    assert sorted(part.dets) == [3, 4, 5, 6] and box.n_calls == 2  # chunks [3, 6) and [6, 7)
+    for k in (4, 6):
+        assert part.image(k) == whole.image(k)  # the same detections and the same AP_50 as the whole split's
+
+
+def test_the_same_config_reuses_the_evaluation_and_force_reruns_it(run_stage, client, coco):
+    args = [*MAITE, "dataset=coco", f"dataset.annotations={coco}", "evaluation.num_images=2"]
+    run_stage("stage=train", *args)
+    first = run_stage("stage=evaluation", *args).evaluation_run_id
+    assert run_stage("stage=evaluation", *args).evaluation_run_id == first
+    assert len(runs_of(client, EXPERIMENT)) == 3
+    assert run_stage("stage=evaluation", *args, "force=true").evaluation_run_id != first
+
+
+@pytest.mark.parametrize("level", ["low", "high"])
+def test_every_logging_level_writes_the_same_detection_records(run_stage, client, coco, level):
+    args = [*MAITE, "dataset=coco", f"dataset.annotations={coco}", "evaluation.num_images=2", f"logging={level}"]
+    run_stage("stage=train", *args)
+    ctx = run_stage("stage=evaluation", *args)
+    images = [r for r in runs_of(client, EXPERIMENT) if r.data.tags[schema.RUN_TYPE] == "image"]
+    assert len(images) == 2
+    for run in images:
+        assert {schema.DETECTIONS, schema.MAX_SCORE, schema.AP_50} <= set(run.data.metrics)
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {schema.DETECTIONS_TABLE,
+                                                                            schema.DETECTIONS_FIGURE}
+    assert schema.MAP_50 in client.get_run(ctx.evaluation_run_id).data.metrics
+
+
+def test_a_detection_evaluation_reproduces_as_a_match(run_stage, client, coco):
+    args = [*MAITE, "dataset=coco", f"dataset.annotations={coco}", "evaluation.num_images=3"]
+    run_stage("stage=train", *args)
+    original = run_stage("stage=evaluation", *args).evaluation_run_id
+    out = run_stage("stage=reproduce", f"run_id={original}")
+    new = client.get_run(out.results["reproduce_run_id"])
+    assert new.data.tags["reproduced_match"] == "True", new.data.tags.get("reproduced_differs")
+    assert new.data.metrics[schema.MAP_50] == client.get_run(original).data.metrics[schema.MAP_50]
