@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -137,3 +138,39 @@ def test_a_detection_evaluation_reproduces_as_a_match(run_stage, client, coco):
     new = client.get_run(out.results["reproduce_run_id"])
     assert new.data.tags["reproduced_match"] == "True", new.data.tags.get("reproduced_differs")
     assert new.data.metrics[schema.MAP_50] == client.get_run(original).data.metrics[schema.MAP_50]
+
+
+@pytest.mark.slow
+def test_a_sharded_detection_evaluation_equals_one_process(tmp_path: Path, coco):
+    from conftest import local_client, run_cli
+    from mlflow import MlflowClient
+
+    from xaitk_exp.app import compose_config, run
+
+    args = ["progress=false", *MAITE, "dataset=coco", f"dataset.annotations={coco}", "chunk_size=2"]
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    single.mkdir()
+    sharded.mkdir()
+    uri = f"sqlite:///{single / 'mlflow.db'}"
+    for stage in ("train", "evaluation"):
+        run(compose_config([f"tracking.uri={uri}", f"stage={stage}", *args]), [], single)
+    out = run_cli(["-m", "stage=evaluation", "shards=2", "shard=range(0,2)", "hydra/launcher=joblib",
+                   "hydra.launcher.n_jobs=2", *args], sharded, timeout=500)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    def records(client: Any) -> tuple[dict, dict]:
+        runs = runs_of(client, EXPERIMENT)
+        images = {r.data.tags[schema.IMAGE_ID]: r for r in runs if r.data.tags[schema.RUN_TYPE] == "image"}
+        summary = next(r for r in runs if r.data.tags[schema.RUN_TYPE] == "summary")
+        return images, summary.data.metrics
+
+    ref_images, ref_summary = records(MlflowClient(uri))
+    client = local_client(sharded)
+    images, summary = records(client)
+    assert sorted(images) == sorted(ref_images) == [str(k) for k in range(5)]
+    for k, run in images.items():
+        assert run.data.metrics == ref_images[k].data.metrics
+        assert run.data.tags[schema.SHARD] in ("0/2", "1/2")
+        assert schema.DETECTIONS_TABLE in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert summary[schema.MAP_50] == ref_summary[schema.MAP_50]
+    assert summary[schema.MAP_50_95] == ref_summary[schema.MAP_50_95]
