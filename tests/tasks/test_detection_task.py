@@ -142,3 +142,18 @@ def test_the_detection_task_accepts_detector_generators_only():
     with pytest.raises(ConfigError, match="a detection saliency generator"):
         TASK.check_saliency({"_target_": "xaitk_saliency.impls.gen_image_classifier_blackbox_sal.rise.RISEStack",
                              "name": "rise"})
+
+
+def test_the_detections_picture_draws_each_box_and_the_ground_truth(tmp_path: Path):
+    from PIL import Image
+
+    from xaitk_exp.viz.detections import DETECTED, TRUTH, detections_figure
+
+    image = np.full((32, 32, 3), 0.9)
+    path = detections_figure(image, np.array([[4.0, 20.0, 12.0, 28.0]]), ["red_disc"], [0.9], tmp_path / "d.png",
+                             (np.array([[20.0, 2.0, 30.0, 12.0]]), ["blue_square"]))
+    picture = np.asarray(Image.open(path))
+    assert picture.shape == (256, 256, 3)  # enlarged 8 times: legible captions
+    assert tuple(picture[28 * 8 - 1, 6 * 8]) == DETECTED  # the detection's bottom edge
+    assert tuple(picture[6 * 8, 20 * 8]) == TRUTH  # the ground truth's left edge
+    assert tuple(picture[128, 128]) == (229, 229, 229)  # the image itself elsewhere
