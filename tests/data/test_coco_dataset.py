@@ -85,3 +85,34 @@ def test_dataset_coco_is_a_registered_kind_with_its_folder_as_lineage(make_cfg, 
     node = to_dict(make_cfg("dataset=coco", f"dataset.annotations={tmp_path / 'a' / 'instances.json'}").dataset)
     assert kind_for(node).name == "coco"
     assert dataset_source(node) == ("local", (tmp_path / "a").resolve().as_uri())
+
+
+class ShapesDataset:
+    """A MAITE object-detection dataset of drawn shapes: (image (3, H, W) uint8, target, {"id": i})."""
+
+    def __init__(self, n: int = 3, seed: int = 8) -> None:
+        from xaitk_exp.detection.toy import draw_scene
+
+        rng = np.random.default_rng(seed)
+        self.scenes = [draw_scene(rng, (40, 40), 2) for _ in range(n)]
+        self.metadata = {"id": "shapes", "index2label": dict(CLASSES)}
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, dict, dict]:
+        s = self.scenes[i]
+        return s.image.transpose(2, 0, 1), {"boxes": s.boxes, "labels": s.labels}, {"id": i}
+
+
+def test_a_maite_detection_dataset_becomes_images_with_coco_ground_truth():
+    from xaitk_exp.data.maite_detection import MaiteDetectionDataset
+
+    ds = ShapesDataset()
+    split = MaiteDetectionDataset(ds, shape=(20, 20)).load()
+    assert split.name == "shapes" and split.test_images.shape == (3, 20, 20, 3) and split.image_ids == [1, 2, 3]
+    boxes, labels = split.annotations.ground_truth(2, split.annotations.category_index(CLASSES))
+    np.testing.assert_allclose(boxes, ds.scenes[1].boxes / 2)
+    np.testing.assert_array_equal(labels, ds.scenes[1].labels)
+    with pytest.raises(ConfigError, match=r"^dataset.dataset='list' is invalid"):
+        MaiteDetectionDataset([]).load()

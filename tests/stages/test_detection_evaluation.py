@@ -174,3 +174,34 @@ def test_a_sharded_detection_evaluation_equals_one_process(tmp_path: Path, coco)
         assert schema.DETECTIONS_TABLE in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert summary[schema.MAP_50] == ref_summary[schema.MAP_50]
     assert summary[schema.MAP_50_95] == ref_summary[schema.MAP_50_95]
+
+
+class ShapesDataset:
+    """A MAITE object-detection dataset of drawn shapes: (image (3, H, W) uint8, target, {"id": i})."""
+
+    def __init__(self) -> None:
+        from xaitk_exp.detection.toy import CLASSES, draw_scene
+
+        rng = np.random.default_rng(9)
+        self.scenes = [draw_scene(rng, (48, 48), 2) for _ in range(3)]
+        self.metadata = {"id": "maite-shapes", "index2label": dict(CLASSES)}
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, Any, dict]:
+        from xaitk_exp.detection.toy import ObjectDetectionTarget
+
+        s = self.scenes[i]
+        return s.image.transpose(2, 0, 1), ObjectDetectionTarget(s.boxes, s.labels, np.ones(len(s.labels))), {"id": i}
+
+
+def test_a_maite_detection_dataset_is_evaluated_against_its_boxes(run_stage, client):
+    args = [*MAITE, "dataset=maite_detection", f"dataset.dataset._target_={__name__}.ShapesDataset",
+            f"allow_targets=[{__name__}.]"]
+    run_stage("stage=train", *args)
+    ctx = run_stage("stage=evaluation", *args)
+    images = [r for r in runs_of(client, EXPERIMENT) if r.data.tags[schema.RUN_TYPE] == "image"]
+    assert len(images) == 3 and {r.data.tags[schema.DATASET] for r in images} == {"maite-shapes"}
+    assert [r.data.metrics[schema.AP_50] for r in images] == pytest.approx([1.0] * 3)  # every shape found
+    assert client.get_run(ctx.evaluation_run_id).data.metrics[schema.MAP_50] == pytest.approx(1.0)
