@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from xaitk_exp import schema
+from xaitk_exp.errors import ConfigError
 from xaitk_exp.detection.toy import write_coco_folder
 
 MAITE = ["model=maite", "model._target_=xaitk_exp.detection.toy.MaiteShapesDetector"]
@@ -205,3 +206,23 @@ def test_a_maite_detection_dataset_is_evaluated_against_its_boxes(run_stage, cli
     assert len(images) == 3 and {r.data.tags[schema.DATASET] for r in images} == {"maite-shapes"}
     assert [r.data.metrics[schema.AP_50] for r in images] == pytest.approx([1.0] * 3)  # every shape found
     assert client.get_run(ctx.evaluation_run_id).data.metrics[schema.MAP_50] == pytest.approx(1.0)
+
+
+def test_an_onnx_detector_named_in_config_is_recorded_and_evaluated(run_stage, client, coco, tmp_path: Path):
+    from xaitk_exp.detection.toy import write_onnx_detector
+
+    path = write_onnx_detector(tmp_path / "shapes.onnx")
+    args = ["task=detection", "model=onnx", f"model.path={path}",
+            "model.outputs={boxes:boxes,scores:scores,labels:labels}", "model.class_names=[red_square,red_disc,blue_square,blue_disc]", "dataset=coco",
+            f"dataset.annotations={coco}", "evaluation.num_images=2"]
+    train = run_stage("stage=train", *args)
+    assert client.get_run(train.train_run_id).data.tags[schema.MODEL_FORMAT] == "file"
+    ctx = run_stage("stage=evaluation", *args)
+    assert ctx.train_run_id == train.train_run_id
+    images = [r for r in runs_of(client, "shapes - Evaluation") if r.data.tags[schema.RUN_TYPE] == "image"]
+    assert len(images) == 2 and all(r.data.metrics[schema.DETECTIONS] == 2 for r in images)
+    assert schema.MAP_50 in client.get_run(ctx.evaluation_run_id).data.metrics
+    with pytest.raises(ConfigError) as err:
+        run_stage("stage=train", *args[:3], "model.outputs={boxes:boxes,scores:score}", *args[4:])
+    assert str(err.value).startswith("model.outputs.scores='score' is invalid: one of the ONNX model's outputs")
+    assert {r.info.status for r in runs_of(client, "shapes - Train")} == {"FINISHED"}  # refused before a run opened
