@@ -213,7 +213,8 @@ def test_an_onnx_detector_named_in_config_is_recorded_and_evaluated(run_stage, c
 
     path = write_onnx_detector(tmp_path / "shapes.onnx")
     args = ["task=detection", "model=onnx", f"model.path={path}",
-            "model.outputs={boxes:boxes,scores:scores,labels:labels}", "model.class_names=[red_square,red_disc,blue_square,blue_disc]", "dataset=coco",
+            "model.outputs={boxes:boxes,scores:scores,labels:labels}",
+            "model.class_names=[red_square,red_disc,blue_square,blue_disc]", "dataset=coco",
             f"dataset.annotations={coco}", "evaluation.num_images=2"]
     train = run_stage("stage=train", *args)
     assert client.get_run(train.train_run_id).data.tags[schema.MODEL_FORMAT] == "file"
