@@ -4,7 +4,10 @@ the stage's images (docs/cluster.md).
 - Evaluation: image ids in whole chunks of ``chunk_size``, chunk j to shard ``j % N``, so that every image is
   predicted in the same chunk as a single process predicts it (same float bits). The sweep opens the one summary
   run before the jobs start (:func:`open_evaluation_summary`), each shard writes its image runs into it, and the sweep
-  writes the summary (accuracy, confusion matrix) once they have all ended (:func:`merge_evaluation`).
+  writes the summary (accuracy, confusion matrix) once they have all ended (:func:`merge_evaluation`). A task with
+  the optional hooks (``outputs`` on its records, :meth:`Task.evaluation_from_outputs`) has each shard save the
+  model's outputs on its chunks of the whole split in the summary run (``shard_outputs/shard-k-of-N.npz``), and the
+  merge builds the summary from them without running the model; without them the merge re-predicts the split.
 - Saliency: the query selects what a single process selects, then shard k takes ``selected[k::N]``; the quality
   summary in the evaluation run is written once, after the shards (the sweep calls ``log_evaluation_summary``).
 
