@@ -134,6 +134,12 @@ SALIENCY_FIGURE = "Image_saliency_maps.png"
 CONFIG_DIR = "config"
 CONFUSION_FIGURE = "confusion_matrix.png"
 CONFUSION_TABLE = "confusion_matrix.json"
+SHARD_OUTPUTS_DIR = "shard_outputs"  # a sharded evaluation's summary: each shard's raw model outputs, for the merge
+
+
+def shard_outputs_file(shard: int, shards: int) -> str:
+    """The file (in :data:`SHARD_OUTPUTS_DIR`) holding shard ``shard``'s model outputs."""
+    return f"shard-{shard}-of-{shards}.npz"
 
 # ----- added for telling runs apart (descriptions, reuse by the work done) ---------------------------------------------
 NOTE = "mlflow.note.content"  # the run's description in the MLflow UI (Markdown)

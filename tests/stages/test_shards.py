@@ -4,6 +4,7 @@ multirun is in tests/sweep/test_sharded_sweeps.py."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,62 @@ def test_a_shard_outside_a_sweep_says_how_to_run_it(run_stage) -> None:
     run_stage("stage=train")
     with pytest.raises(TrackingError, match=r"no evaluation summary opened .* -m stage=evaluation 'shard=range"):
         run_stage("stage=evaluation", "shards=2", "shard=1", "evaluation.num_images=3")
+
+
+SMALL = ["stage=evaluation", "evaluation.num_images=7", "chunk_size=3"]
+
+
+def _sharded_evaluation(make_cfg, tracker, tmp_path: Path, calls: list[int]) -> tuple[str, int]:
+    """The sweep's three steps in this process, as the callback runs them: open the summary, run both shards, merge.
+    Returns the summary run id and the model calls the merge made."""
+    from xaitk_exp.app import run
+    from xaitk_exp.sweep.shards import merge_shards, open_shards
+
+    parent = tracker.start_run(tracker.experiment("Sweeps"), "sweep", {schema.RUN_TYPE: "sweep"})
+    jobs = [([], make_cfg(*SMALL, "shards=2", f"shard={k}", "force=true", f"sweep_run_id={parent}")) for k in (0, 1)]
+    groups = open_shards(jobs, parent, tracker, tmp_path / "upstream")
+    assert len(groups) == 1 and groups[0].summary
+    for _, job in jobs:
+        run(job, [], tmp_path)
+    before = calls[0]
+    assert before > 0, "the shards ran the model"
+    assert merge_shards(groups, tracker, parent, tmp_path) == []
+    return groups[0].summary, calls[0] - before
+
+
+@pytest.mark.slow
+def test_the_merge_builds_the_summary_from_the_shards_outputs_without_running_the_model(
+        run_stage, make_cfg, client, tmp_path: Path, monkeypatch) -> None:
+    """A real scikit-learn model and store; the black box's model calls are counted (the calls still happen)."""
+    from xaitk_exp.models.blackbox import BatchedBlackbox
+    from xaitk_exp.tasks.classification import Classification
+
+    run_stage("stage=train")
+    reference = run_stage(*SMALL).evaluation_run_id  # one process
+    calls = [0]
+    predict_all = BatchedBlackbox.predict_all
+
+    def counted(self, images):
+        calls[0] += 1
+        return predict_all(self, images)
+
+    monkeypatch.setattr(BatchedBlackbox, "predict_all", counted)
+    tracker = run_stage("stage=train").tracker  # (reused train run) a tracker on the same store
+
+    def record(run_id: str) -> tuple[dict, dict]:
+        table = json.loads(Path(client.download_artifacts(run_id, schema.CONFUSION_TABLE, str(tmp_path / run_id)))
+                           .read_text())
+        return client.get_run(run_id).data.metrics, table
+
+    summary, merge_calls = _sharded_evaluation(make_cfg, tracker, tmp_path, calls)
+    assert merge_calls == 0, "the merge read the shards' saved outputs"
+    saved = sorted(f.path for f in client.list_artifacts(summary, schema.SHARD_OUTPUTS_DIR))
+    assert saved == [f"{schema.SHARD_OUTPUTS_DIR}/shard-{k}-of-2.npz" for k in (0, 1)]
+    assert client.get_run(summary).info.status == "FINISHED"
+    assert schema.ACCURACY in record(reference)[0]
+    assert record(summary) == record(reference), "the summary equals one process's"
+    # a task without the hook: the shards save nothing, the merge runs the model again, same summary
+    monkeypatch.delattr(Classification, "evaluation_from_outputs")
+    summary, merge_calls = _sharded_evaluation(make_cfg, tracker, tmp_path, calls)
+    assert merge_calls > 0 and not client.list_artifacts(summary, schema.SHARD_OUTPUTS_DIR)
+    assert record(summary) == record(reference)

@@ -59,6 +59,7 @@ def test_sharded_evaluation_is_one_record_equal_to_one_process_and_relaunch_fill
     outputs = "".join(p.read_text() for p in (sharded / "outputs" / "multirun").rglob("output.txt"))
     assert "shard 0/2: 0 of 7 image runs written, 4 reused" in outputs
     assert "shard 1/2: 3 of 7 image runs written" in outputs
+    assert "merged from 2 shards" in full.stdout and "(saved outputs)" in full.stdout, "no model run in the merge"
     summaries, images, parents = _split(experiment_runs(client, EVALUATION))
     assert len(summaries) == 1, "the UI and the seed's queries see one evaluation"
     summary = summaries[0]
@@ -103,7 +104,7 @@ def test_the_documented_local_command_runs(tmp_path: Path) -> None:
     assert "shards=2" in args and "shard=range(0,2)" in args
     done = run_cli([*args, "progress=false"], tmp_path, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "merged from 2 shards" in done.stdout
+    assert "merged from 2 shards" in done.stdout and "(saved outputs)" in done.stdout
     summaries, images, parents = _split(experiment_runs(local_client(tmp_path), EVALUATION))
     assert len(summaries) == 1 and summaries[0].info.status == "FINISHED" and len(images) == 10
     assert sorted(r.data.tags[schema.SHARD] for r in images) == ["0/2"] * 5 + ["1/2"] * 5  # chunk_size=5

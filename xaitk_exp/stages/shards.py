@@ -4,7 +4,10 @@ the stage's images (docs/cluster.md).
 - Evaluation: image ids in whole chunks of ``chunk_size``, chunk j to shard ``j % N``, so that every image is
   predicted in the same chunk as a single process predicts it (same float bits). The sweep opens the one summary
   run before the jobs start (:func:`open_evaluation_summary`), each shard writes its image runs into it, and the sweep
-  writes the summary (accuracy, confusion matrix) once they have all ended (:func:`merge_evaluation`).
+  writes the summary (accuracy, confusion matrix) once they have all ended (:func:`merge_evaluation`). A task with
+  the optional hooks (``outputs`` on its records, :meth:`Task.evaluation_from_outputs`) has each shard save the
+  model's outputs on its chunks of the whole split in the summary run (``shard_outputs/shard-k-of-N.npz``), and the
+  merge builds the summary from them without running the model; without them the merge re-predicts the split.
 - Saliency: the query selects what a single process selects, then shard k takes ``selected[k::N]``; the quality
   summary in the evaluation run is written once, after the shards (the sweep calls ``log_evaluation_summary``).
 
@@ -13,11 +16,14 @@ Every run of a shard is tagged ``Shard=k/N`` and ``Sweep_run_id``; two shards ne
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from xaitk_exp import schema
 from xaitk_exp.errors import TrackingError
+from xaitk_exp.tasks.base import SavesOutputs, Task
 from xaitk_exp.tracking.processes import process_tags
 
 if TYPE_CHECKING:
@@ -103,17 +109,62 @@ def write_evaluation_share(ctx: Context, plan: EvaluationPlan) -> str:
     done = finished_images(ctx, plan.exp_id, parent)
     todo = [k for k in ids if str(k) not in done]
     dropped = _drop_unfinished(ctx, plan.exp_id, parent, {str(k) for k in todo}) if todo else 0
-    if todo:  # the model on the chunks holding this shard's unwritten images (none: a relaunch found them all)
-        records = plan.records(ctx, todo)
-        run_ids = ctx.tracker.log_runs(plan.exp_id, image_runs(ctx, plan, parent, records, todo, shard_tags(ctx)),
-                                       processes=ctx.processes, summary_run_id=parent)
-        image_artifacts(ctx, records, todo, run_ids)
+    # a task that saves outputs: the model on this shard's chunks of the whole split (the merge's summary needs
+    # them all), saved before the image runs; else on the chunks of its unwritten images (the merge re-predicts)
+    rows = evaluation_share(plan.n_split, s.chunk_size, s.shard, s.shards)
+    hook = type(ctx.task).evaluation_from_outputs is not Task.evaluation_from_outputs
+    save = hook and bool(rows) and (bool(todo) or not _saved_outputs(ctx, parent, s.shard, s.shards))
+    if todo or save:
+        records = plan.records(ctx, rows if save else todo)
+        if save and isinstance(records, SavesOutputs):
+            _save_outputs(ctx, parent, records.outputs(rows))
+        if todo:
+            run_ids = ctx.tracker.log_runs(plan.exp_id, image_runs(ctx, plan, parent, records, todo, shard_tags(ctx)),
+                                           processes=ctx.processes, summary_run_id=parent)
+            image_artifacts(ctx, records, todo, run_ids)
     ctx.evaluation_run_id = parent
     reused = f", {len(ids) - len(todo)} reused" if len(todo) < len(ids) else ""
     replaced = f", {dropped} unfinished replaced" if dropped else ""
     print(f"[evaluation] shard {schema.shard_tag(s.shard, s.shards)}: {len(todo)} of {plan.n} image runs "
           f"written{reused}{replaced} into summary {parent} (the sweep writes the summary when every shard ended)")
     return parent
+
+
+def _saved_outputs(ctx: Context, parent: str, shard: int, shards: int) -> bool:
+    names = {Path(f.path).name for f in ctx.tracker.client.list_artifacts(parent, schema.SHARD_OUTPUTS_DIR)}
+    return schema.shard_outputs_file(shard, shards) in names
+
+
+def _save_outputs(ctx: Context, parent: str, arrays: dict[str, Any]) -> None:
+    """This shard's raw model outputs into the summary run (``shard_outputs/shard-k-of-N.npz``, uncompressed)."""
+    import numpy as np
+
+    s = ctx.settings
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, schema.shard_outputs_file(s.shard, s.shards))
+        with path.open("wb") as f:
+            np.savez(f, **arrays)
+        ctx.tracker.log_artifact(parent, str(path), schema.SHARD_OUTPUTS_DIR)
+
+
+def _records_from_outputs(ctx: Context, plan: EvaluationPlan, parent: str) -> Any:
+    """The whole split's records from the outputs every shard saved (no model call); None when the task has no
+    such hook or an output is missing (the merge then runs the model on the split)."""
+    import numpy as np
+
+    shards = ctx.settings.shards
+    wanted = {schema.shard_outputs_file(k, shards) for k in range(shards)}
+    files = [f.path for f in ctx.tracker.client.list_artifacts(parent, schema.SHARD_OUTPUTS_DIR)
+             if Path(f.path).name in wanted]
+    if not files:
+        return None
+    parts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(ctx.tracker.download(parent, schema.SHARD_OUTPUTS_DIR, tmp))
+        for name in sorted(Path(f).name for f in files):
+            with np.load(folder / name, allow_pickle=False) as saved:  # stored data: never unpickled
+                parts.append({key: saved[key] for key in saved.files})
+    return ctx.task.evaluation_from_outputs(ctx.split, plan.model, plan.split_name, plan.blackbox, parts)
 
 
 # ----- evaluation: the sweep, before and after the shards ----------------------------------------------------------
@@ -173,7 +224,9 @@ def merge_evaluation(ctx: Context, parent: str) -> str | None:
             tracker.log(parent, tags={schema.ERROR: error[:500]})
             tracker.finish_run(parent, "FAILED")
             return error
-        write_summary(ctx, plan, parent, plan.records(ctx))
+        records = _records_from_outputs(ctx, plan, parent)
+        ctx.results["merged_from"] = "saved outputs" if records is not None else "the model run again"
+        write_summary(ctx, plan, parent, records if records is not None else plan.records(ctx))
         tracker.finish_run(parent, "FINISHED")
     except BaseException as exc:
         error = f"evaluation {parent}: merge failed: {type(exc).__name__}: {exc}"

@@ -94,7 +94,7 @@ def merge_shards(groups: list[ShardGroup], tracker: Any, parent: str, sweep_dir:
             metrics = {f"evaluation.{k}": v for k, v in summary.data.metrics.items()}
             tracker.log(parent, metrics=metrics, tags={schema.SWEEP_EVALUATION_RUN_ID: group.summary})
             print(f"[sweep] evaluation summary {group.summary} merged from {ctx.settings.shards} shards in "
-                  f"{took:.2f} s: "
+                  f"{took:.2f} s ({ctx.results.get('merged_from')}): "
                   + ", ".join(f"{k} {v:.4g}" for k, v in sorted(summary.data.metrics.items())))
         else:
             errors += _saliency_summaries(ctx, read_job_records(sweep_dir, parent))

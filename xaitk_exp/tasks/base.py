@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from xaitk_exp.errors import ConfigError
 from xaitk_exp.settings.metrics import MetricSettings
@@ -36,6 +36,18 @@ class EvaluationRecords(Protocol):
 
     def outcome(self, split_name: str) -> str:
         """The stage's closing words on the split (accuracy, or why there is none)."""
+        ...
+
+
+@runtime_checkable
+class SavesOutputs(Protocol):
+    """Optional on :class:`EvaluationRecords`: the raw model outputs of some images, so that a sharded evaluation's
+    merge builds the summary from what the shards computed (:meth:`Task.evaluation_from_outputs`) instead of running
+    the model on the whole split again."""
+
+    def outputs(self, rows: Sequence[int]) -> dict[str, Any]:
+        """Numeric numpy arrays (no objects: they are stored and read back without pickle) holding ``rows``'s
+        outputs, as :meth:`Task.evaluation_from_outputs` reads them."""
         ...
 
 
@@ -85,6 +97,13 @@ class Task(ABC):
         only those, and their indices among :meth:`output_labels` (None: every output, in order, the black box
         unchanged). ``top_k`` is ``maps.top_k``. Classification: the predicted class first, then by decreasing
         confidence (``maps.top_k``); detection would keep the image's detections above a score, best first."""
+
+    def evaluation_from_outputs(self, split: Any, model: Any, split_name: str, blackbox: Any,
+                                parts: Sequence[Mapping[str, Any]]) -> EvaluationRecords | None:
+        """The records of the whole split from saved outputs (one :meth:`SavesOutputs.outputs` per shard), equal to
+        :meth:`evaluation`'s; None when this task cannot (no hook) or ``parts`` miss an image: the merge then runs
+        the model again."""
+        return None
 
     def check_saliency(self, node: Mapping[str, Any], extra_allowed: tuple[str, ...] = ()) -> None:
         """Refuse a ``saliency`` node whose generator does not implement :attr:`generator_interface` (the class is

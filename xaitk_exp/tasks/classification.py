@@ -6,7 +6,7 @@ quality metric of ``metrics/names.py``."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +39,28 @@ class ClassificationRecords:
     """One evaluation's class scores on the whole split and what they make of each run."""
 
     def __init__(self, split: Any, model: Any, split_name: str, blackbox: Any,
-                 rows: Sequence[int] | None = None) -> None:
+                 rows: Sequence[int] | None = None, probs: np.ndarray | None = None) -> None:
         from xaitk_exp.models.blackbox import predict_rows
         from xaitk_exp.models.pipeline import class_view
 
         images = split.images(split_name)
         self.n_split = len(images)
         self.raw_labels = split.labels(split_name)
-        # the whole split, for the summary; or a shard's rows (NaN elsewhere); chunked either way
-        self.probs = blackbox.predict(images) if rows is None else predict_rows(blackbox, images, rows)
+        # the whole split, for the summary; or a shard's rows (NaN elsewhere); chunked either way; or given (saved)
+        if probs is not None:
+            self.probs = probs
+        else:
+            self.probs = blackbox.predict(images) if rows is None else predict_rows(blackbox, images, rows)
         names = [str(c) for c in split.class_names]
         # tags and metrics per class: image models tag indices (names in *_label), top 5 above 20 classes
         self.view = class_view(split, model, split_name, [label_name(c, names) for c in blackbox.get_labels()])
         self.predicted = np.asarray(blackbox.get_labels())[self.probs.argmax(axis=1)]
         self.classes = list(model.classes_)
+
+    def outputs(self, rows: Sequence[int]) -> dict[str, Any]:
+        """The class scores of ``rows``, as computed (the merge rebuilds the summary from them, same bits)."""
+        index = np.asarray(rows, dtype=np.int64)
+        return {"rows": index, "scores": self.probs[index]}
 
     def image(self, k: int) -> tuple[dict[str, Any], dict[str, float]]:
         return self.view.tags(k, self.probs[k], self.raw_labels[k]), self.view.metrics(self.probs[k])
@@ -122,6 +130,25 @@ class Classification(Task):
     def evaluation(self, split: Any, model: Any, split_name: str, blackbox: Any,
                    rows: Sequence[int] | None = None) -> ClassificationRecords:
         return ClassificationRecords(split, model, split_name, blackbox, rows)
+
+    def evaluation_from_outputs(self, split: Any, model: Any, split_name: str, blackbox: Any,
+                                parts: Sequence[Mapping[str, Any]]) -> ClassificationRecords | None:
+        n_split = len(split.images(split_name))
+        width = len(blackbox.get_labels())
+        probs: np.ndarray | None = None
+        seen = np.zeros(n_split, dtype=bool)
+        for part in parts:
+            rows, scores = np.asarray(part["rows"]), np.asarray(part["scores"])
+            if rows.ndim != 1 or scores.shape != (len(rows), width) or (len(rows) and (
+                    rows.min() < 0 or rows.max() >= n_split)):
+                return None  # saved for another split or model: not this evaluation's
+            if probs is None:
+                probs = np.full((n_split, width), np.nan, dtype=scores.dtype)
+            probs[rows] = scores
+            seen[rows] = True
+        if probs is None or not seen.all():
+            return None
+        return ClassificationRecords(split, model, split_name, blackbox, probs=probs)
 
     def output_labels(self, model: Any, class_names: Sequence[str]) -> list[str]:
         from xaitk_exp.models.pipeline import display_labels
