@@ -1,0 +1,138 @@
+"""The saliency stage for detectors (D-RISE, RandomGrid): one run per explained detection, maps equal to
+xaitk-saliency's own, detections chosen by query.min_score / query.label."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from xaitk_saliency.impls.gen_object_detector_blackbox_sal.drise import DRISEStack, RandomGridStack
+
+from xaitk_exp import schema
+from xaitk_exp.detection import toy
+from xaitk_exp.detection.blackbox import MaiteDetector, TorchDetector
+from xaitk_exp.errors import ConfigError
+from xaitk_exp.settings.config import QuerySettings
+from xaitk_exp.stages.saliency.algorithm import Algorithm
+from xaitk_exp.stages.saliency.detection import box_text, explain_image, label_indices
+
+N = 50  # masks: small, the maps' equality does not need more
+
+
+@pytest.fixture(scope="module")
+def scene() -> toy.Scene:
+    return toy.draw_scene(np.random.default_rng(4), (64, 64), 2)
+
+
+def _algorithm(option: str, *overrides: str) -> Algorithm:
+    from xaitk_exp.app import compose_config
+
+    cfg = compose_config([f"saliency={option}", f"saliency.n={N}", "seed=3", *overrides])
+    return Algorithm(cfg.saliency, (64, 64, 3))
+
+
+@pytest.mark.parametrize("option, direct", [
+    ("drise", lambda: DRISEStack(n=N, s=7, p1=0.5, seed=3, threads=0)),  # s auto: 7 cells on 64x64
+    ("detector_random_grid", lambda: RandomGridStack(n=N, s=(11, 11), p1=0.5, seed=3, threads=0)),  # 64 / 6
+])
+@pytest.mark.parametrize("image_kind", ["float", "uint8"])
+def test_the_stages_maps_equal_a_direct_xaitk_saliency_call(scene, option, direct, image_kind):
+    """The shipped config (auto grid, fill = the image's mean colour) gives xaitk-saliency's maps for every chosen
+    detection, each equal to the map of a call for that detection alone."""
+    image = scene.image.astype(float) / 255 if image_kind == "float" else scene.image
+    algo = _algorithm(option)
+    bb = TorchDetector(toy.shapes_detector(), toy.CLASSES, chunk_size=16)
+    got = explain_image(algo, bb, image, chunk_size=17)
+    assert got.chosen == [0, 1] and got.maps.shape == (2, 64, 64)
+    boxes, scores, objectness = got.detections.xaitk_inputs(bb.n_classes)
+    gen = direct()
+    gen.fill = image.reshape(-1, 3).astype(float).mean(axis=0)
+    want = gen(image, boxes, scores, bb, objectness)
+    np.testing.assert_allclose(got.maps, want, rtol=0, atol=1e-6)
+    for j in got.chosen:
+        alone = gen(image, boxes[j : j + 1], scores[j : j + 1], bb, objectness[j : j + 1])
+        np.testing.assert_allclose(got.maps[j], alone[0], rtol=0, atol=1e-6)
+    assert algo.config()["n"] == N and algo.config()["algorithm"] == option
+
+
+def test_min_score_and_label_choose_the_detections(scene):
+    bb = MaiteDetector(toy.maite_shapes_detector(), chunk_size=16)
+    algo = _algorithm("drise", "saliency.n=8")
+    every = explain_image(algo, bb, scene.image)
+    labels = every.detections.labels.tolist()
+    assert every.chosen == [0, 1] and len(set(labels)) == 2  # the scene holds two classes
+    one = label_indices(toy.CLASSES[labels[1]], bb.index2label)
+    assert explain_image(algo, bb, scene.image, labels=one).chosen == [1]
+    assert explain_image(algo, bb, scene.image, labels=label_indices(str(labels[0]), bb.index2label)).chosen == [0]
+    assert explain_image(algo, bb, scene.image, min_score=1.0).chosen == []
+    top = float(every.detections.scores.max())
+    best = int(np.argmax(every.detections.scores))
+    assert explain_image(algo, bb, scene.image, min_score=top).chosen == [best]
+
+
+def test_a_label_the_detector_lacks_is_a_one_line_error():
+    with pytest.raises(ConfigError, match=r"query\.label.*'cat'.*red_square, red_disc, blue_square, blue_disc"):
+        label_indices("cat", toy.CLASSES)
+    with pytest.raises(ConfigError, match=r"query\.label.*7.*0\.\.3"):
+        label_indices(7, toy.CLASSES)
+    assert label_indices(None, toy.CLASSES) is None
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    ({"min_score": 1.5}, "query.min_score"),
+    ({"min_score": "high"}, "query.min_score"),
+    ({"label": [1, 2]}, "query.label"),
+    ({"label": True}, "query.label"),
+])
+def test_bad_query_values_are_one_line_errors(kwargs, key):
+    with pytest.raises(ConfigError, match=key) as err:
+        QuerySettings(**kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_query_keys_left_null_keep_the_classification_hash():
+    from omegaconf import OmegaConf, open_dict
+
+    from xaitk_exp.app import compose_config
+    from xaitk_exp.settings.hashes import stage_hash
+    from xaitk_exp.settings.nodes import to_dict
+
+    cfg = compose_config([])
+    assert cfg.query.min_score is None and cfg.query.label is None
+    # what the hash was before the two keys existed
+    query = {k: v for k, v in to_dict(cfg.query).items() if k not in ("min_score", "label")}
+    cfg_old = compose_config([])
+    with open_dict(cfg_old):
+        cfg_old.query = OmegaConf.create(query)
+    assert stage_hash(cfg, "saliency", lambda: (8, 8)) == stage_hash(cfg_old, "saliency", lambda: (8, 8))
+    assert stage_hash(compose_config(["query.min_score=0.5"]), "saliency", lambda: (8, 8)) != stage_hash(
+        cfg, "saliency", lambda: (8, 8))
+
+
+def test_the_run_name_and_box_tag():
+    assert schema.detection_saliency_run(3, 1) == "ImageID-3_det-1_saliency_maps"
+    assert box_text(np.array([10.0, 12.5, 30.0, 40.0])) == "10,12.5,30,40"
+
+
+def test_the_detection_picture_shows_the_image_overlay_and_map(tmp_path, scene):
+    from xaitk_exp.viz.figures import BOX_COLOUR, detection_figure
+
+    sal = np.zeros((64, 64))
+    x0, y0, x1, y1 = scene.boxes[0].astype(int)
+    sal[y0:y1, x0:x1] = 1.0
+    path = detection_figure(scene.image, sal, scene.boxes[0], "red_square 0.93", tmp_path / "d.png", "drise")
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    assert rgb.shape[1] >= 3 * 96  # three panels side by side
+    assert (rgb == np.array(BOX_COLOUR, np.uint8)).all(axis=2).sum() > 3 * 4 * 10  # the box on each panel
+
+
+def test_each_shipped_generator_belongs_to_one_task():
+    from xaitk_exp.tasks import task_named
+
+    classification = task_named("classification").saliency_options()
+    assert {"drise", "detector_random_grid"}.isdisjoint(classification) and {"rise", "sliding_window"} <= set(
+        classification)
+    assert task_named("classification").takes_generator(
+        "xaitk_saliency.impls.gen_image_classifier_blackbox_sal.rise.RISEStack")
+    assert not task_named("classification").takes_generator(
+        "xaitk_saliency.impls.gen_object_detector_blackbox_sal.drise.DRISEStack")
