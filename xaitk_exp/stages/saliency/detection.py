@@ -62,24 +62,36 @@ def label_indices(value: Any, index2label: Mapping[int, Any]) -> list[int] | Non
                                             f"0..{len(index2label) - 1}")
 
 
-def explain_image(algo: Any, blackbox: Any, image: np.ndarray, min_score: float | None = None,
-                  labels: list[int] | None = None, chunk_size: int = 256) -> Explained:
-    """Detect on ``image`` (``[H, W(, C)]``), choose detections (``min_score``, ``labels``) and compute their maps
-    with ``algo``'s generator (:class:`~xaitk_exp.stages.saliency.algorithm.Algorithm`), ``chunk_size`` masks
-    at a time."""
+def choose(blackbox: Any, image: np.ndarray, min_score: float | None = None,
+           labels: list[int] | None = None) -> tuple[Any, list[int]]:
+    """Detect on ``image`` (``[H, W(, C)]``): its detections and the indices of those scoring at least
+    ``min_score`` whose class is one of ``labels`` (None: any)."""
+    found = next(iter(blackbox.detect([image])))
+    return found, [int(j) for j in found.chosen(min_score, labels)]
+
+
+def detection_maps(algo: Any, blackbox: Any, image: np.ndarray, found: Any, indices: list[int],
+                   chunk_size: int = 256) -> np.ndarray:
+    """``[len(indices), H, W]`` maps in ``[-1, 1]`` of detections ``indices`` of ``found``, made by ``algo``'s
+    generator (:class:`~xaitk_exp.stages.saliency.algorithm.Algorithm`) ``chunk_size`` masks at a time."""
     from xaitk_exp.detection.drise import drise_maps
 
-    image = algo.prepare(image)
-    found = next(iter(blackbox.detect([image])))
-    chosen = [int(j) for j in found.chosen(min_score, labels)]
-    if not chosen:
-        return Explained(found, [], np.zeros((0, *image.shape[:2])))
+    if not indices:
+        return np.zeros((0, *image.shape[:2]))
     if algo.fill == MEAN_FILL:  # fill: auto on a colour image: its mean colour
         channels = image.shape[2] if image.ndim == 3 else 1
         algo.generator.fill = np.asarray(image, dtype=float).reshape(-1, channels).mean(axis=0)
-    bboxes, scores, objectness = found.select(chosen).xaitk_inputs(blackbox.n_classes)
+    bboxes, scores, objectness = found.select(indices).xaitk_inputs(blackbox.n_classes)
     maps = drise_maps(algo.generator, image, bboxes, scores, blackbox, objectness, chunk_size)
-    return Explained(found, chosen, -maps if algo.sign == -1 else maps)
+    return -maps if algo.sign == -1 else maps
+
+
+def explain_image(algo: Any, blackbox: Any, image: np.ndarray, min_score: float | None = None,
+                  labels: list[int] | None = None, chunk_size: int = 256) -> Explained:
+    """:func:`choose` then :func:`detection_maps` of every chosen detection."""
+    image = algo.prepare(image)
+    found, chosen = choose(blackbox, image, min_score, labels)
+    return Explained(found, chosen, detection_maps(algo, blackbox, image, found, chosen, chunk_size))
 
 
 def box_text(box: Any) -> str:
@@ -166,22 +178,24 @@ def run_detection_saliency(ctx: Context, model: Any, algo: Any, images_runs: lis
     try:
         for run in selected:
             k = int(run.data.tags[schema.IMAGE_ID])
-            image = np.asarray(images[k])
-            result = explain_image(algo, blackbox, image, q.min_score, labels, settings.chunk_size)
-            if not result.chosen:
+            image = algo.prepare(np.asarray(images[k]))
+            found, chosen = choose(blackbox, image, q.min_score, labels)
+            if not chosen:
                 print(f"[saliency] {algo.name}: image {k}: no detection with query.min_score={q.min_score}, "
                       f"query.label={q.label}")
-            truth = ground_truth(ctx.split, split_name, k) if settings.metrics.enabled else None
-            for i, j in enumerate(result.chosen):
-                if (str(k), str(j)) in done:
+            todo = [j for j in chosen if (str(k), str(j)) not in done]  # maps of the others: reused
+            result = Explained(found, todo, detection_maps(algo, blackbox, image, found, todo, settings.chunk_size))
+            truth = ground_truth(ctx.split, split_name, k) if settings.metrics.enabled and todo else None
+            for j in chosen:
+                if j not in todo:
                     run_ids.append(done[(str(k), str(j))])
                     reused += 1
                     continue
-                folder = root / f"{k}-{j}"
-                values = quality(ctx, blackbox, algo.prepare(image), result.maps[i], result.detections, j, truth,
+                i = todo.index(j)
+                values = quality(ctx, blackbox, image, result.maps[i], found, j, truth,
                                  (settings.metrics.seed, k, j)) if settings.metrics.enabled else {}
-                run_ids.append(record_detection(ctx, exp_id, base, params, run, image, result, i, folder, values,
-                                                blackbox.index2label, algo.name))
+                run_ids.append(record_detection(ctx, exp_id, base, params, run, image, result, i, root / f"{k}-{j}",
+                                                values, blackbox.index2label, algo.name))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if reused:
