@@ -105,6 +105,25 @@ def class_conf(label: object) -> str:
     return f"Class_{label}_conf"
 
 
+# ----- object detection's evaluation (task=detection, tasks/detection.py) ---------------------------------------------
+DETECTIONS = "Detections"  # an image run: how many detections the detector reported
+MAX_SCORE = "Max_score"  # an image run: the best detection's score (0 without detections)
+AP_50 = "AP_50"  # an image run with ground truth: its AP@0.5 (COCO, pycocotools)
+MAP_50 = "mAP_50"  # the summary: mAP@0.5 over the evaluated images
+MAP_50_95 = "mAP_50_95"  # the summary: mAP@[.5:.95]
+MEAN_DETECTIONS = "Mean_detections"  # the summary: detections per evaluated image
+GT_OBJECTS = "GT_objects"  # an image run's tag: its ground-truth objects (with annotations)
+DETECTED_LABELS = "Detected_labels"  # an image run's tag: its detections' class names, by decreasing score
+DETECTIONS_TABLE = "detections.json"  # an image run: one row per detection (box, label, name, score)
+DETECTIONS_FIGURE = "detections.png"  # an image run: the image with its boxes and labels (and ground truth)
+CLASS_AP_TABLE = "per_class_ap.json"  # the summary: AP@0.5 and AP@[.5:.95] per class
+
+
+def class_ap(label: object, iou: str = "50") -> str:
+    """A summary's per-class AP metric: ``AP_50_<class>`` (AP@0.5) or ``AP_50_95_<class>``."""
+    return f"AP_{iou}_{label}"
+
+
 # ----- artifacts -------------------------------------------------------------------------------------------------------
 MODEL_DIR = "sklearn-model"
 NPY_DIR = "saliency_map_np_arrays"

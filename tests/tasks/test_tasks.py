@@ -28,8 +28,8 @@ def test_an_unknown_task_is_refused_in_one_line_naming_the_key(make_cfg):
     from xaitk_exp.settings.validate import validate
 
     with pytest.raises(ConfigError) as err:
-        validate(make_cfg("task=detection"))
-    assert str(err.value) == "task='detection' is invalid: one of classification"
+        validate(make_cfg("task=segmentation"))
+    assert str(err.value) == "task='segmentation' is invalid: one of auto, classification, detection"
     with pytest.raises(ConfigError, match="^task='segmentation' is invalid"):
         task_named("segmentation")
 

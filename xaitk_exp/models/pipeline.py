@@ -18,7 +18,6 @@ from xaitk_exp.errors import ConfigError, TrackingError
 from xaitk_exp.models.image_model import ImageModel
 from xaitk_exp.models.sources import (
     MANY_CLASSES,
-    build_image_model,
     classes_kept,
     display_name,
     is_image_model,
@@ -32,9 +31,11 @@ def build(ctx: Any) -> ImageModel:
     """The ``model`` node's :class:`ImageModel`, loaded; refuses settings that need a scikit-learn model."""
     from xaitk_exp.settings.nodes import to_dict
 
+    from xaitk_exp.models.detector import build_for_task
+
     node = to_dict(ctx.cfg.model)
     _refuse_sanity(ctx, node)
-    return build_image_model(node, ctx.extra_allowed)
+    return build_for_task(node, ctx.extra_allowed, ctx.settings.task, ctx.split.image_shape)
 
 
 def _refuse_sanity(ctx: Any, node: dict[str, Any]) -> None:

@@ -61,6 +61,8 @@ def save(model: ImageModel, folder: Path, image_shape: Sequence[int]) -> str:
     """Save a loaded, checked ``model`` as an MLflow model in ``folder`` (created) with its source's recorder;
     returns its format. A source without a recorder (MAITE) returns :data:`NONE`."""
     source = registry.source_named(model.source)
+    if getattr(model, "task", "classification") != "classification":  # a detector: its file, or its factory
+        return FILE if model.file else NONE
     if source is None or source.record is None:
         return NONE
     return source.record(model, folder, image_shape)

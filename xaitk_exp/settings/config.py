@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "test")
 #: the ``task`` values: the names of the tasks in ``xaitk_exp/tasks/`` (``tests/test_tasks.py`` keeps them equal)
-TASKS = ("classification",)
+TASKS = ("classification", "detection")
+#: ``task=auto`` (the default): classification, or detection for a MAITE model that answers with detections
+TASK_AUTO = "auto"
 SWEEP_MODES = ("auto", "max", "min")
 _ORDER_BY = re.compile(r"[\w.`' ]+?( (ASC|DESC))?", re.IGNORECASE)
 
@@ -227,7 +229,7 @@ class Settings:
     are the ones configured: the runs a job finds or makes are handed on in the context (``ctx.train_run_id``)."""
 
     stage: str = "all"  # all | train | evaluation | saliency | reproduce
-    task: str = "classification"  # what the model answers: classification (xaitk_exp/tasks/)
+    task: str = "classification"  # what the model answers: auto | classification | detection (xaitk_exp/tasks/)
     seed: int = 0  # seeds the data split and every saliency algorithm (>= 0)
     force: bool = False  # rerun a stage even when a FINISHED run with the same config exists
     n_jobs: int = 1  # processes per stage (-1: every core, -2: all but one; never 0)
@@ -255,8 +257,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ConfigError("stage", self.stage, f"one of {', '.join(STAGES)}")
-        if self.task not in TASKS:
-            raise ConfigError("task", self.task, f"one of {', '.join(TASKS)}")
+        if self.task not in (TASK_AUTO, *TASKS):
+            raise ConfigError("task", self.task, f"one of {', '.join((TASK_AUTO, *TASKS))}")
         check_int("seed", self.seed, 0)
         check_int("n_jobs", self.n_jobs)
         if self.n_jobs == 0:

@@ -16,7 +16,7 @@ from xaitk_exp.errors import ConfigError, DataError, TrackingError
 from xaitk_exp.models.registry import source_for
 from xaitk_exp.models.sources import display_name, is_image_model
 from xaitk_exp.security.targets import instantiate
-from xaitk_exp.settings.config import Settings, trained_here
+from xaitk_exp.settings.config import TASK_AUTO, Settings, trained_here
 from xaitk_exp.settings.hashes import stage_hash
 from xaitk_exp.settings.nodes import to_dict
 from xaitk_exp.settings.validate import validate
@@ -68,10 +68,18 @@ class Context:
 
     @cached_property
     def task(self) -> Task:
-        """The task ``task`` selects (``classification``): what the stages record and which algorithms apply."""
+        """The task ``task`` selects (``auto``: inferred from a MAITE model): what the stages record and which
+        algorithms apply."""
         from xaitk_exp.tasks import task_named
 
-        return task_named(self.settings.task)
+        name = self.settings.task
+        if name == TASK_AUTO:  # a MAITE model that answers with detections is a detector (models/detector.py)
+            name = "classification"
+            if is_image_model(self.cfg.model) and self.cfg.model.get("source") == "maite":
+                if not is_image_model(self.model):
+                    self.model = self.build_model()
+                name = str(getattr(self.model, "task", name))
+        return task_named(name)
 
     def check_saliency_fits(self) -> None:
         """Refuse a saliency generator or quality metric the task has none of, and a saliency window or grid larger

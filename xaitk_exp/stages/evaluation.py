@@ -8,7 +8,7 @@ from __future__ import annotations
 from xaitk_exp import schema
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.describe import print_where
-from xaitk_exp.stages.evaluation_plan import image_runs, open_summary, plan_evaluation, write_summary
+from xaitk_exp.stages.evaluation_plan import image_artifacts, image_runs, open_summary, plan_evaluation, write_summary
 from xaitk_exp.stages.shards import write_evaluation_share
 from xaitk_exp.stages.upstream import ensure_model
 from xaitk_exp.tasks.classification import label_name
@@ -43,8 +43,9 @@ def run_evaluation(ctx: Context) -> str:
         open_summary(ctx, plan, parent)
         # one top-level run per image, linked to the summary by tag (a nested run is folded away in the UI's table),
         # few store calls each; with n_jobs > 1 the low level spreads them over processes
-        tracker.log_runs(exp_id, image_runs(ctx, plan, parent, records, range(n)), processes=ctx.processes,
-                         summary_run_id=parent)
+        ids = tracker.log_runs(exp_id, image_runs(ctx, plan, parent, records, range(n)), processes=ctx.processes,
+                               summary_run_id=parent)
+        image_artifacts(ctx, records, range(n), ids)
         outcome = write_summary(ctx, plan, parent, records)
     ctx.evaluation_run_id = parent
     print(f"[evaluation] {n} image runs + summary {parent} in '{ctx.experiment_name(schema.EVALUATION)}' ({outcome})")

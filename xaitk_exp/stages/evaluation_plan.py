@@ -80,6 +80,12 @@ def image_runs(ctx: Context, plan: EvaluationPlan, parent: str, records: Evaluat
         yield schema.evaluation_image_run(k), tags, metrics
 
 
+def image_artifacts(ctx: Context, records: EvaluationRecords, ids: Iterable[int], run_ids: Sequence[str]) -> None:
+    """Each image run's artifacts (the task's ``log_image``), once the runs exist; ``run_ids`` in ``ids``' order."""
+    for k, run_id in zip(ids, run_ids, strict=True):
+        records.log_image(ctx.tracker, run_id, k)
+
+
 def write_summary(ctx: Context, plan: EvaluationPlan, parent: str, records: EvaluationRecords) -> str:
     """The summary run's metrics (also on the logged model's page) and artifacts, from ``records`` of the whole
     split. Returns the console's closing words (accuracy, or why there is none)."""

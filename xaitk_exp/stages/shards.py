@@ -86,7 +86,7 @@ def _drop_unfinished(ctx: Context, exp_id: str, summary: str, ids: set[str]) -> 
 
 def write_evaluation_share(ctx: Context, plan: EvaluationPlan) -> str:
     """This shard's image runs (those not FINISHED yet) into the summary run the sweep opened. Returns its id."""
-    from xaitk_exp.stages.evaluation_plan import image_runs
+    from xaitk_exp.stages.evaluation_plan import image_artifacts, image_runs
 
     s = ctx.settings
     flt = f"{_open_summary_filter(ctx)} and tags.{schema.SWEEP_RUN_ID} = '{s.sweep_run_id or ''}' " \
@@ -105,8 +105,9 @@ def write_evaluation_share(ctx: Context, plan: EvaluationPlan) -> str:
     dropped = _drop_unfinished(ctx, plan.exp_id, parent, {str(k) for k in todo}) if todo else 0
     if todo:  # the model on the chunks holding this shard's unwritten images (none: a relaunch found them all)
         records = plan.records(ctx, todo)
-        ctx.tracker.log_runs(plan.exp_id, image_runs(ctx, plan, parent, records, todo, shard_tags(ctx)),
-                             processes=ctx.processes, summary_run_id=parent)
+        run_ids = ctx.tracker.log_runs(plan.exp_id, image_runs(ctx, plan, parent, records, todo, shard_tags(ctx)),
+                                       processes=ctx.processes, summary_run_id=parent)
+        image_artifacts(ctx, records, todo, run_ids)
     ctx.evaluation_run_id = parent
     reused = f", {len(ids) - len(todo)} reused" if len(todo) < len(ids) else ""
     replaced = f", {dropped} unfinished replaced" if dropped else ""

@@ -21,6 +21,11 @@ class EvaluationRecords(Protocol):
         """What image ``k``'s note says: the model's answer, its score and the ground truth (``unknown``)."""
         ...
 
+    def log_image(self, tracker: Any, run_id: str, k: int) -> None:
+        """Image ``k``'s artifacts, into its finished run ``run_id`` (detection: its detections table and picture;
+        classification: none)."""
+        ...
+
     def summary(self, n: int) -> dict[str, float]:
         """The summary run's metrics, ``n`` the number of evaluated images."""
         ...

@@ -63,6 +63,9 @@ class ClassificationRecords:
         truth = str(tags.get(schema.GT_LABEL) or tags.get(schema.GT_CLASS) or "unknown")
         return predicted, float(self.probs[k].max()), truth
 
+    def log_image(self, tracker: Any, run_id: str, k: int) -> None:
+        """No artifacts per image run: its tags and metrics say it all."""
+
     def summary(self, n: int) -> dict[str, float]:
         out: dict[str, float] = {
             schema.MEAN_PREDICTED_CLASS_CONF: float(self.probs.max(axis=1).mean()),
@@ -105,6 +108,8 @@ class Classification(Task):
     def check_model(self, model: Any, key: str = "model") -> None:
         from xaitk_exp.models.image_model import ImageModel
 
+        if getattr(model, "task", self.name) != self.name:  # a detector (models/detector.py)
+            raise ConfigError("task", self.name, f"{model.task}: model={model.source} answers with detections")
         if not isinstance(model, ImageModel) and not hasattr(model, "predict_proba"):
             kind = f"{type(model).__module__}.{type(model).__name__}"
             raise ConfigError(key, kind, "a classifier with predict_proba (class scores) for task=classification")
