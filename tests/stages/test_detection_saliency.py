@@ -136,3 +136,95 @@ def test_each_shipped_generator_belongs_to_one_task():
         "xaitk_saliency.impls.gen_image_classifier_blackbox_sal.rise.RISEStack")
     assert not task_named("classification").takes_generator(
         "xaitk_saliency.impls.gen_object_detector_blackbox_sal.drise.DRISEStack")
+
+
+# ----- the stage, in process, on a real SQLite store ------------------------------------------------------------------
+MAITE = ["model=maite", "model._target_=xaitk_exp.detection.toy.MaiteShapesDetector"]
+SALIENCY_EXP = f"MaiteShapesDetector - {schema.SALIENCY}"
+SMALL = ["saliency=drise", f"saliency.n={N}", "chunk_size=16", "metrics.step=64"]
+
+
+@pytest.fixture
+def coco(tmp_path):
+    path, scenes = toy.write_coco_folder(tmp_path / "shapes", n_images=3, size=(64, 64), n_objects=2, seed=3)
+    return path, scenes
+
+
+def _saliency_runs(client):
+    exp = client.get_experiment_by_name(SALIENCY_EXP)
+    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_one_run_per_detection_with_its_tags_map_picture_and_metrics(run_stage, client, coco):
+    """stage=all on a COCO folder: the best image's two detections, each a run whose map equals a direct
+    DRISEStack call on the loaded image with the same detector, seed and settings."""
+    path, scenes = coco
+    ctx = run_stage(*MAITE, "dataset=coco", f"dataset.annotations={path}", *SMALL, "query.max_results=1")
+    runs = sorted(_saliency_runs(client), key=lambda r: int(r.data.tags[schema.DETECTION]))
+    assert [r.info.run_id for r in runs] == sorted(ctx.results["saliency_run_ids"], key=lambda i: [
+        r.info.run_id for r in runs].index(i))
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    k = int(runs[0].data.tags[schema.IMAGE_ID])
+    evaluation = client.get_run(runs[0].data.tags[schema.EVALUATION_RUN_ID])
+    assert evaluation.data.tags[schema.IMAGE_ID] == str(k) and evaluation.info.run_name == schema.evaluation_image_run(k)
+    image = np.asarray(ctx.split.images("test")[k])
+    bb = MaiteDetector(toy.maite_shapes_detector(), chunk_size=16)
+    found = next(bb.detect([image]))
+    boxes, scores, objectness = found.xaitk_inputs(bb.n_classes)
+    gen = DRISEStack(n=N, s=7, p1=0.5, seed=0, threads=0)
+    gen.fill = image.reshape(-1, 3).astype(float).mean(axis=0)
+    direct = gen(image, boxes, scores, bb, objectness)
+    for j, run in enumerate(runs):
+        tags, metrics = run.data.tags, run.data.metrics
+        assert run.info.run_name == schema.detection_saliency_run(k, j) == f"ImageID-{k}_det-{j}_saliency_maps"
+        assert tags[schema.DETECTION] == str(j) and tags[schema.SALIENCY_ALGORITHM] == "drise"
+        assert tags[schema.PREDICTED_LABEL] == toy.CLASSES[int(found.labels[j])]
+        assert [float(v) for v in tags[schema.BOX].split(",")] == found.boxes[j].tolist()
+        assert tags[schema.TRAIN_RUN_ID] and tags[schema.CONFIG_HASH] and tags[schema.EVALUATION_SUMMARY_RUN_ID]
+        assert metrics[schema.SCORE] == pytest.approx(float(found.scores[j]))
+        assert run.data.params["n"] == str(N) and run.data.params["seed"] == "0"
+        saved = np.load(client.download_artifacts(run.info.run_id, f"{schema.NPY_DIR}/{schema.MAPS_NPY}"))
+        assert saved.shape == (1, 64, 64)
+        np.testing.assert_allclose(saved[0], direct[j], rtol=0, atol=1e-6)
+        assert schema.DETECTION_FIGURE in {a.path for a in client.list_artifacts(run.info.run_id)}
+        # quality (metrics.enabled): deletion / insertion with their baselines, and the pointing game (COCO boxes)
+        for key in ("Deletion_AUC", "Insertion_AUC", "Deletion_AUC_random", "Insertion_AUC_random"):
+            assert 0.0 <= metrics[key] <= 1.0
+        assert metrics["Pointing_game"] in (0.0, 1.0)
+    # the toy detector's maps are faithful: deleting by the map hurts more than deleting at random
+    assert np.mean([r.data.metrics["Deletion_AUC"] for r in runs]) < np.mean(
+        [r.data.metrics["Deletion_AUC_random"] for r in runs])
+
+
+def test_min_score_label_reuse_and_force(run_stage, client, coco):
+    path, _ = coco
+    common = (*MAITE, "dataset=coco", f"dataset.annotations={path}", *SMALL, "metrics.enabled=false",
+              "query.max_results=3")
+    ctx = run_stage(*common)
+    first = ctx.results["saliency_run_ids"]
+    runs = {r.info.run_id: r for r in _saliency_runs(client)}
+    assert len(first) == len(runs) == 6  # three images, two shapes each
+    # a class chosen by name: only its detections, reused from the first job
+    label = runs[first[0]].data.tags[schema.PREDICTED_LABEL]
+    ctx = run_stage(*common, f"query.label={label}", "stage=saliency")
+    picked = ctx.results["saliency_run_ids"]
+    assert picked and set(picked) <= set(first) and len(_saliency_runs(client)) == 6
+    assert {runs[i].data.tags[schema.PREDICTED_LABEL] for i in picked} == {label}
+    # min_score: the detections scoring at least that; force=true: new runs
+    scores = sorted(r.data.metrics[schema.SCORE] for r in runs.values())
+    threshold = (scores[0] + scores[-1]) / 2
+    ctx = run_stage(*common, f"query.min_score={threshold}", "stage=saliency", "force=true")
+    again = ctx.results["saliency_run_ids"]
+    assert len(again) == sum(s >= threshold for s in scores) and not set(again) & set(first)
+    assert all(client.get_run(i).data.metrics[schema.SCORE] >= threshold for i in again)
+    with pytest.raises(ConfigError, match=r"query\.label=.?cat.? is invalid"):
+        run_stage(*common, "query.label=cat", "stage=saliency")
+    with pytest.raises(ConfigError, match=r"n_jobs"):
+        run_stage(*common, "n_jobs=2", "stage=saliency")
+    assert all(r.info.status == "FINISHED" for r in _saliency_runs(client))
+
+
+def test_a_classifier_generator_is_refused_for_a_detector(run_stage, coco):
+    path, _ = coco
+    with pytest.raises(ConfigError, match=r"saliency\._target_.*task=detection"):
+        run_stage(*MAITE, "dataset=coco", f"dataset.annotations={path}", "saliency=rise", "stage=saliency")

@@ -120,15 +120,16 @@ def quality(ctx: Context, blackbox: Any, image: np.ndarray, sal: np.ndarray, fou
     return out
 
 
-def ground_truth(split: Any, split_name: str, k: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """Image ``k``'s true boxes ``[N, 4]`` and class indices ``[N]``, where the split has them
-    (``split.boxes(split_name)``: one ``(boxes, labels)`` per image, or None without annotations)."""
-    boxes = getattr(split, "boxes", None)
-    found = boxes(split_name) if callable(boxes) else None
-    if found is None or found[k] is None:
+def ground_truth(split: Any, split_name: str, k: int, index2label: Mapping[int, Any]
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Image ``k``'s true boxes ``[N, 4]`` (x0, y0, x1, y1) and the detector's class indices ``[N]``, where the split
+    has COCO annotations (``dataset=coco dataset.annotations=...``: its test split), else None."""
+    annotations = getattr(split, "annotations", None) if split_name == "test" else None
+    if annotations is None:
         return None
-    b, lab = found[k]
-    return np.asarray(b, float).reshape(-1, 4), np.asarray(lab, np.int64).reshape(-1)
+    image_ids = list(getattr(split, "image_ids", None) or range(k + 1))
+    boxes, labels = annotations.ground_truth(image_ids[k], annotations.category_index(index2label))
+    return np.asarray(boxes, float).reshape(-1, 4), np.asarray(labels, np.int64).reshape(-1)
 
 
 def image_order(ctx: Context) -> str:
@@ -185,7 +186,8 @@ def run_detection_saliency(ctx: Context, model: Any, algo: Any, images_runs: lis
                       f"query.label={q.label}")
             todo = [j for j in chosen if (str(k), str(j)) not in done]  # maps of the others: reused
             result = Explained(found, todo, detection_maps(algo, blackbox, image, found, todo, settings.chunk_size))
-            truth = ground_truth(ctx.split, split_name, k) if settings.metrics.enabled and todo else None
+            truth = (ground_truth(ctx.split, split_name, k, blackbox.index2label)
+                     if settings.metrics.enabled and todo else None)
             for j in chosen:
                 if j not in todo:
                     run_ids.append(done[(str(k), str(j))])
