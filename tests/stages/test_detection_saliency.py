@@ -3,6 +3,8 @@ xaitk-saliency's own, detections chosen by query.min_score / query.label."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -228,3 +230,57 @@ def test_a_classifier_generator_is_refused_for_a_detector(run_stage, coco):
     path, _ = coco
     with pytest.raises(ConfigError, match=r"saliency\._target_.*task=detection"):
         run_stage(*MAITE, "dataset=coco", f"dataset.annotations={path}", "saliency=rise", "stage=saliency")
+
+
+def _record(client, run) -> dict:
+    """What a saliency run records, without what differs between stores (ids, hosts, times, git)."""
+    varying = {schema.EVALUATION_RUN_ID, schema.EVALUATION_EXP_ID, schema.EVALUATION_SUMMARY_RUN_ID,
+               schema.TRAIN_RUN_ID, schema.HOST, schema.PID, schema.PROCESS}
+    tags = {k: v for k, v in run.data.tags.items() if k not in varying and not k.startswith("mlflow.")}
+
+    def files(path=None):
+        out = []
+        for a in client.list_artifacts(run.info.run_id, path):
+            out += files(a.path) if a.is_dir else [re.sub(r"\+timestamp\+[^.]*", "+<time, uuid>", a.path)]
+        return out
+
+    saved = np.load(client.download_artifacts(run.info.run_id, f"{schema.NPY_DIR}/{schema.MAPS_NPY}"))
+    return {"name": run.info.run_name, "tags": tags, "metrics": run.data.metrics, "params": run.data.params,
+            "files": sorted(files()), "map": saved.tobytes()}
+
+
+def test_the_three_logging_levels_leave_the_same_records(run_stage, coco, tmp_path):
+    from mlflow import MlflowClient
+
+    path, _ = coco
+    records = {}
+    for level in ("high", "mid", "low"):
+        (tmp_path / level).mkdir()
+        uri = f"sqlite:///{tmp_path / level / 'mlflow.db'}"
+        run_stage(*MAITE, "dataset=coco", f"dataset.annotations={path}", *SMALL, "saliency.n=20",
+                  "query.max_results=1", f"logging={level}", uri=uri)
+        client = MlflowClient(uri)
+        runs = sorted(_saliency_runs(client), key=lambda r: r.info.run_name)
+        records[level] = [_record(client, r) for r in runs]
+    assert len(records["low"]) == 2
+    for level in ("high", "mid"):
+        for a, b in zip(records[level], records["low"], strict=True):
+            for key in a:
+                assert a[key] == b[key], (level, key)
+
+
+@pytest.mark.slow
+def test_the_command_explains_detections_and_refuses_a_bad_label_in_one_line(tmp_path, coco):
+    from conftest import local_client, run_cli
+
+    path, _ = coco
+    args = [*MAITE, "dataset=coco", f"dataset.annotations={path}", *SMALL, "query.max_results=1", "progress=false"]
+    done = run_cli(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = _saliency_runs(local_client(tmp_path))
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    bad = run_cli([*args, "stage=saliency", "query.label=cat"], tmp_path)
+    assert bad.returncode == 2
+    lines = [line for line in bad.stderr.splitlines() if "query.label" in line]
+    assert len(lines) == 1 and "'cat'" in lines[0] and "red_square" in lines[0], bad.stderr[-2000:]
+    assert len(_saliency_runs(local_client(tmp_path))) == 2  # nothing recorded, nothing lost
