@@ -109,6 +109,7 @@ def class_conf(label: object) -> str:
 DETECTIONS = "Detections"  # an image run: how many detections the detector reported
 MAX_SCORE = "Max_score"  # an image run: the best detection's score (0 without detections)
 AP_50 = "AP_50"  # an image run with ground truth: its AP@0.5 (COCO, pycocotools)
+AP_50_95 = "AP_50_95"  # per_class_ap.json: a class's AP@[.5:.95]
 MAP_50 = "mAP_50"  # the summary: mAP@0.5 over the evaluated images
 MAP_50_95 = "mAP_50_95"  # the summary: mAP@[.5:.95]
 MEAN_DETECTIONS = "Mean_detections"  # the summary: detections per evaluated image

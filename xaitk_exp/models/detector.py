@@ -83,6 +83,8 @@ class DetectorModel(ImageModel):
         """One black image of ``image_shape`` and ``samples`` through the detector: it must answer with detections
         (boxes, labels, scores per image) whose labels are among its class names."""
         self.load()
+        if not self.class_names:  # names the runtime carries (a torch module's index2label) once it is a detector
+            self.class_names = list(self.model_names() or [])
         if not self.class_names:
             raise ConfigError("model.class_names", None, "a list of the detector's class names (or a model that "
                               "carries them, as a MAITE model's metadata index2label)")
@@ -181,6 +183,13 @@ def _torch_detector_model() -> type[DetectorModel]:
                     "a torchvision-style detector for task=detection (a list of dicts with boxes, labels, scores per "
                     f"image); this module returns {type(out).__name__} (a classifier: task=classification)",
                 )
+
+        def model_names(self) -> list[str] | None:
+            """A module's own ``index2label`` (``{index: name}``), if it has one."""
+            index2label = getattr(self._runtime, "index2label", None)
+            if isinstance(index2label, Mapping) and index2label:
+                return [str(index2label[k]) for k in sorted(index2label)]
+            return None
 
         def detector(self, chunk_size: int = 32, min_score: float = 0.0) -> Any:
             from xaitk_exp.detection.blackbox import TorchDetector

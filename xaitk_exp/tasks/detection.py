@@ -149,10 +149,11 @@ class DetectionRecords:
     def log_artifacts(self, tracker: Any, run_id: str, title: str) -> None:
         if self.coco is None:
             return
-        table = {name: {"AP_50": _finite(self.coco.ap_50[name]), "AP_50_95": _finite(self.coco.ap_50_95[name])}
+        table = {name: {schema.AP_50: _finite(self.coco.ap_50[name]),
+                        schema.AP_50_95: _finite(self.coco.ap_50_95[name])}
                  for name in self.coco.ap_50}
-        tracker.log_dict(run_id, {"split": title, "mAP_50": _finite(self.coco.map_50),
-                                  "mAP_50_95": _finite(self.coco.map_50_95), "classes": table},
+        tracker.log_dict(run_id, {"split": title, schema.MAP_50: _finite(self.coco.map_50),
+                                  schema.MAP_50_95: _finite(self.coco.map_50_95), "classes": table},
                          schema.CLASS_AP_TABLE)
 
     def outcome(self, split_name: str) -> str:

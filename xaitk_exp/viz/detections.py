@@ -10,13 +10,13 @@ import numpy as np
 
 from xaitk_exp.viz.figures import to_rgb
 
-DETECTED = (220, 20, 60)  #: detections' boxes
+DETECTED = (255, 140, 0)  #: detections' boxes (orange: apart from the shapes' red and blue)
 TRUTH = (20, 160, 60)  #: ground-truth boxes
 MIN_SIDE = 256  #: images smaller than this are enlarged (nearest neighbour) to about this size
 
 
 def draw_boxes(image: np.ndarray, boxes: np.ndarray, captions: Sequence[str], colour: tuple[int, int, int],
-               scale: float = 1.0, rgb: np.ndarray | None = None) -> np.ndarray:
+               scale: float = 1.0, rgb: np.ndarray | None = None, width: int = 1) -> np.ndarray:
     """``[H', W', 3]`` uint8: ``rgb`` (else ``image`` in [0, 1] enlarged ``scale`` times) with ``boxes`` (x0, y0, x1,
     y1 in ``image``'s pixels) outlined in ``colour``, each captioned."""
     from PIL import Image, ImageDraw
@@ -32,7 +32,7 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, captions: Sequence[str], co
     draw = ImageDraw.Draw(picture)
     for (x0, y0, x1, y1), caption in zip(np.asarray(boxes, float).reshape(-1, 4).tolist(), captions, strict=True):
         box = [x0 * scale, y0 * scale, max(x0 * scale, x1 * scale - 1), max(y0 * scale, y1 * scale - 1)]
-        draw.rectangle(box, outline=colour, width=2)
+        draw.rectangle(box, outline=colour, width=width)
         if caption:
             tw = draw.textlength(caption)
             ty = box[1] - 11 if box[1] >= 11 else box[1] + 1
@@ -43,14 +43,15 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, captions: Sequence[str], co
 
 def detections_figure(image: np.ndarray, boxes: np.ndarray, names: Sequence[str], scores: Sequence[float],
                       path: str | Path, truth: tuple[np.ndarray, Sequence[str]] | None = None) -> Path:
-    """Write the picture of one image's detections (red, ``name score``) and ground truth (green) to ``path``."""
+    """Write the picture of one image's detections (orange, ``name score``) and ground truth (green, wider, under
+    them) to ``path``."""
     from PIL import Image
 
     h, w = np.asarray(image).shape[:2]
     scale = max(1.0, float(np.ceil(MIN_SIDE / max(h, w))))
     rgb = draw_boxes(image, np.zeros((0, 4)), [], DETECTED, scale)
     if truth is not None:
-        rgb = draw_boxes(image, truth[0], [""] * len(truth[1]), TRUTH, scale, rgb)
+        rgb = draw_boxes(image, truth[0], [""] * len(truth[1]), TRUTH, scale, rgb, width=3)
     captions = [f"{n} {s:.2f}" for n, s in zip(names, scores, strict=True)]
     rgb = draw_boxes(image, boxes, captions, DETECTED, scale, rgb)
     Image.fromarray(rgb).save(path)
