@@ -209,7 +209,7 @@ def detection_figure(image: np.ndarray, sal: np.ndarray, box: Sequence[float], l
     the detection; the colour scale and ``legend`` under them."""
     image, sal = np.asarray(image), np.asarray(sal)
     cell = panel_size(*image.shape[:2])
-    panels = [(_boxed(to_rgb(image), box, cell), f"image, {label}"),
+    panels = [(_boxed(to_rgb(image), box, cell), label),
               (_boxed(overlay(image, sal), box, cell), "overlay"),
               (_boxed(diverging(sal), box, cell), "map")]
     return grid(panels, path, columns=3, title=title, legend=legend, scale=True)
