@@ -221,8 +221,6 @@ def test_min_score_label_reuse_and_force(run_stage, client, coco):
     assert all(client.get_run(i).data.metrics[schema.SCORE] >= threshold for i in again)
     with pytest.raises(ConfigError, match=r"query\.label=.?cat.? is invalid"):
         run_stage(*common, "query.label=cat", "stage=saliency")
-    with pytest.raises(ConfigError, match=r"n_jobs"):
-        run_stage(*common, "n_jobs=2", "stage=saliency")
     assert all(r.info.status == "FINISHED" for r in _saliency_runs(client))
 
 
@@ -284,3 +282,28 @@ def test_the_command_explains_detections_and_refuses_a_bad_label_in_one_line(tmp
     lines = [line for line in bad.stderr.splitlines() if "query.label" in line]
     assert len(lines) == 1 and "'cat'" in lines[0] and "red_square" in lines[0], bad.stderr[-2000:]
     assert len(_saliency_runs(local_client(tmp_path))) == 2  # nothing recorded, nothing lost
+
+
+@pytest.mark.slow
+def test_n_jobs_changes_no_bit_of_the_maps_or_metrics(run_stage, coco, tmp_path):
+    """n_jobs=2 (a worker process beside the stage's) records the runs n_jobs=1 records, maps bit for bit."""
+    from mlflow import MlflowClient
+
+    path, _ = coco
+    records = {}
+    for n_jobs in (1, 2):
+        (tmp_path / f"jobs{n_jobs}").mkdir()
+        uri = f"sqlite:///{tmp_path / f'jobs{n_jobs}' / 'mlflow.db'}"
+        ctx = run_stage(*MAITE, "dataset=coco", f"dataset.annotations={path}", *SMALL, "saliency.n=20",
+                        "query.max_results=3", f"n_jobs={n_jobs}", uri=uri)
+        client = MlflowClient(uri)
+        ids = ctx.results["saliency_run_ids"]
+        assert sorted(ids) == sorted(r.info.run_id for r in _saliency_runs(client))
+        records[n_jobs] = [_record(client, client.get_run(i)) for i in ids]
+        pids = {client.get_run(i).data.tags[schema.PID] for i in ids}
+        assert len(pids) == n_jobs  # n_jobs=2: a worker process recorded some of the runs
+    assert len(records[1]) == 6
+    for a, b in zip(records[1], records[2], strict=True):
+        for key in ("name", "metrics", "params", "files", "map"):
+            assert a[key] == b[key], key
+        assert a["tags"] == b["tags"]

@@ -9,16 +9,18 @@ the masks are seeded, the similarity and the scaling are per detection). Each ru
 ``[1, H, W]``, the image and a picture of the overlay with the box; with ``metrics.enabled``, deletion / insertion
 scored with D-RISE's similarity, their random baselines and, where the dataset has boxes, the pointing game.
 
-One process: ``n_jobs`` > 1 is refused in one line, as is ``update_run_id`` (a detection's run is not edited).
+With ``n_jobs`` > 1, worker processes take whole images (the same code, so the same bits); ``update_run_id`` is
+refused in one line (a detection's run is not edited).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,12 @@ import numpy as np
 from xaitk_exp import schema
 from xaitk_exp.errors import ConfigError, TrackingError
 from xaitk_exp.metrics.names import POINTING_GAME
+from xaitk_exp.settings.metrics import MetricSettings
 from xaitk_exp.settings.saliency import MEAN_FILL
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.describe import print_where
 from xaitk_exp.stages.shards import shard_tags, share
+from xaitk_exp.tracking.tracker import Tracker
 
 #: the classification default of ``query.order_by``; a detection evaluation lists its images by the task's order
 CLASSIFICATION_ORDER = f"metrics.{schema.PREDICTED_CLASS_CONF} DESC"
@@ -99,13 +103,12 @@ def box_text(box: Any) -> str:
     return ",".join(f"{float(v):.6g}" for v in box)
 
 
-def quality(ctx: Context, blackbox: Any, image: np.ndarray, sal: np.ndarray, found: Any, j: int,
+def quality(m: MetricSettings, blackbox: Any, image: np.ndarray, sal: np.ndarray, found: Any, j: int,
             truth: tuple[np.ndarray, np.ndarray] | None, seed: tuple[int, ...]) -> dict[str, float]:
     """Detection ``j``'s map quality (``metrics:``): deletion / insertion AUCs with D-RISE's similarity, the
     random-order baselines and, with ground truth, the pointing game (left out where no true box matches)."""
     from xaitk_exp.detection.quality import detection_quality
 
-    m = ctx.settings.metrics
     h, w = image.shape[:2]
     steps = 100 if m.step is None else max(1, math.ceil(h * w / int(m.step)))  # auto: ceil(H*W / 100) pixels a step
     bboxes, scores, objectness = found.select([j]).xaitk_inputs(blackbox.n_classes)
@@ -139,13 +142,104 @@ def image_order(ctx: Context) -> str:
     return ctx.task.order_by if q.order_by in (None, CLASSIFICATION_ORDER) else str(q.order_by)
 
 
+@dataclass
+class DetectionSpec:
+    """What every image of one stage shares, in this process and in worker processes (pickled once per job)."""
+
+    algorithm: dict[str, Any]  #: the ``saliency`` config node, as a plain dict
+    image_shape: tuple[int, ...]
+    extra_allowed: tuple[str, ...]
+    model: Any
+    task: str  #: the task's name: a worker looks it up and makes its black box
+    chunk_size: int
+    min_score: float | None
+    labels: list[int] | None  #: ``query.label`` as class indices (None: any)
+    metrics: MetricSettings | None  #: None: no quality metrics
+    tracker: tuple[str, str, str | None, str]  #: :meth:`Tracker.reopen_args`
+    experiment_id: str
+    tags: dict[str, Any]  #: tags every detection's run gets
+    params: dict[str, Any]
+    config_files: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ImageJob:
+    image_id: int
+    image: np.ndarray
+    evaluation: dict[str, Any]  #: the evaluation's image run: ``run_id``, ``experiment_id``, ``tags``
+    done: dict[int, str]  #: detection index -> its FINISHED run, reused
+    truth: tuple[np.ndarray, np.ndarray] | None  #: ground-truth boxes and class indices, where known
+    folder: str  #: where this image's files go (created here)
+
+
+@dataclass
+class ImageDone:
+    image_id: int
+    run_ids: list[str]  #: the chosen detections' runs, in detection order
+    reused: int
+
+
+#: per process: the last algorithm and black box built (a worker keeps them between images)
+_BUILT: dict[str, tuple[Any, Any]] = {}
+
+
+def _built(spec: DetectionSpec) -> tuple[Any, Any]:
+    import json
+
+    from xaitk_exp.stages.saliency.algorithm import Algorithm
+    from xaitk_exp.tasks import task_named
+
+    key = json.dumps([spec.algorithm, list(spec.image_shape), list(spec.extra_allowed), spec.task, spec.chunk_size,
+                      id(spec.model)], sort_keys=True, default=str)
+    if key not in _BUILT:
+        _BUILT.clear()
+        _BUILT[key] = (Algorithm(spec.algorithm, spec.image_shape, spec.extra_allowed),
+                       task_named(spec.task).blackbox(spec.model, spec.chunk_size))
+    return _BUILT[key]
+
+
+def explain_and_record_image(spec: DetectionSpec, job: ImageJob, tracker: Tracker | None = None) -> ImageDone:
+    """One image: its chosen detections explained and each recorded in a run of its own, through ``tracker`` (in a
+    worker process: its own on the same store). The same code on every path, under one BLAS thread, so ``n_jobs``
+    changes no bit."""
+    import os
+
+    from threadpoolctl import threadpool_limits
+
+    from xaitk_exp.tracking.factory import worker_tracker
+
+    if tracker is None:
+        os.environ.update(spec.env)
+        tracker = worker_tracker(spec.tracker)
+    algo, blackbox = _built(spec)
+    k = job.image_id
+    with threadpool_limits(limits=1, user_api="blas"):
+        image = algo.prepare(np.asarray(job.image))
+        found, chosen = choose(blackbox, image, spec.min_score, spec.labels)
+        todo = [j for j in chosen if j not in job.done]  # maps of the others: reused
+        result = Explained(found, todo, detection_maps(algo, blackbox, image, found, todo, spec.chunk_size))
+        run_ids = []
+        for j in chosen:
+            if j in job.done:
+                run_ids.append(job.done[j])
+                continue
+            i = todo.index(j)
+            values = {} if spec.metrics is None else quality(spec.metrics, blackbox, image, result.maps[i], found, j,
+                                                              job.truth, (spec.metrics.seed, k, j))
+            run_ids.append(record_detection(tracker, spec, job, image, result, i, values, blackbox.index2label,
+                                            algo.name))
+    return ImageDone(k, run_ids, len(chosen) - len(todo))
+
+
 def run_detection_saliency(ctx: Context, model: Any, algo: Any, images_runs: list[Any]) -> list[str]:
     """The saliency stage for detections (called by :func:`~xaitk_exp.stages.saliency.stage.run_saliency` with the
-    evaluation's image runs the query selected, in order)."""
+    evaluation's image runs the query selected, in order). With ``n_jobs`` > 1, images are shared with worker
+    processes (:func:`xaitk_exp.parallel.share_work`), each recording its images' runs."""
+    from xaitk_exp.settings.nodes import to_dict
+    from xaitk_exp.stages.saliency.image import WORKER_ENV
+
     settings, tracker, task = ctx.settings, ctx.tracker, ctx.task
-    if ctx.processes > 1:
-        raise ConfigError("n_jobs", settings.n_jobs, f"1 for task={task.name} (its saliency stage runs in one process; "
-                          "chunk_size sets the images per detector call and the masks per step)")
     if settings.update_run_id:
         raise ConfigError("update_run_id", settings.update_run_id, f"unset for task={task.name} (a detection's "
                           "saliency run is not edited: run the stage again, or force=true)")
@@ -158,48 +252,57 @@ def run_detection_saliency(ctx: Context, model: Any, algo: Any, images_runs: lis
         if k >= len(images):
             raise TrackingError(f"evaluation run {run.info.run_id} names Image_id={k}, outside the {split_name} "
                                 f"split ({len(images)} images): the dataset config differs from the evaluation's")
-    blackbox = task.blackbox(model, settings.chunk_size)
-    labels = label_indices(q.label, blackbox.index2label)
+    index2label = task.blackbox(model, settings.chunk_size).index2label
+    labels = label_indices(q.label, index2label)
     exp_id = tracker.experiment(ctx.experiment_name(schema.SALIENCY), framework=ctx.framework)
     done = {} if settings.force or tracker.created_here(exp_id) else finished_runs(ctx, exp_id)
-    base = {
-        schema.DATASET: ctx.dataset_name,
-        schema.DATASPLIT: split_name,
-        schema.EVALUATION_SUMMARY_RUN_ID: ctx.evaluation_run_id or "",
-        schema.SALIENCY_ALGORITHM: algo.name,
-        schema.WORK_HASH: ctx.hash_for("saliency_work"),
-        schema.TRAIN_RUN_ID: ctx.train_run_id or "",
-        **ctx.provenance_tags("saliency"),
-        **shard_tags(ctx),
-    }
-    params = algo.config()
-    run_ids: list[str] = []
-    reused = 0
+    spec = DetectionSpec(
+        algorithm=to_dict(ctx.cfg.saliency), image_shape=tuple(ctx.split.image_shape),
+        extra_allowed=tuple(ctx.extra_allowed), model=model, task=task.name, chunk_size=settings.chunk_size,
+        min_score=q.min_score, labels=labels, metrics=settings.metrics if settings.metrics.enabled else None,
+        tracker=tracker.reopen_args(), experiment_id=exp_id,
+        tags={
+            schema.DATASET: ctx.dataset_name,
+            schema.DATASPLIT: split_name,
+            schema.EVALUATION_SUMMARY_RUN_ID: ctx.evaluation_run_id or "",
+            schema.SALIENCY_ALGORITHM: algo.name,
+            schema.WORK_HASH: ctx.hash_for("saliency_work"),
+            schema.TRAIN_RUN_ID: ctx.train_run_id or "",
+            **ctx.provenance_tags("saliency"),
+            **shard_tags(ctx),
+        },
+        params=algo.config(), config_files=ctx.config_texts(),
+        env={k: os.environ[k] for k in WORKER_ENV if k in os.environ},
+    )
     root = Path(tempfile.mkdtemp(prefix="xaitk-exp-detsal-"))
+    jobs = []
+    for run in selected:
+        k = int(run.data.tags[schema.IMAGE_ID])
+        truth = ground_truth(ctx.split, split_name, k, index2label) if settings.metrics.enabled else None
+        evaluation = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tags": dict(run.data.tags)}
+        own = {int(j): r for (i, j), r in done.items() if i == str(k)}
+        jobs.append(ImageJob(k, np.asarray(images[k]), evaluation, own, truth, str(root / str(k))))
+    results: dict[int, ImageDone] = {}
     try:
-        for run in selected:
-            k = int(run.data.tags[schema.IMAGE_ID])
-            image = algo.prepare(np.asarray(images[k]))
-            found, chosen = choose(blackbox, image, q.min_score, labels)
-            if not chosen:
-                print(f"[saliency] {algo.name}: image {k}: no detection with query.min_score={q.min_score}, "
-                      f"query.label={q.label}")
-            todo = [j for j in chosen if (str(k), str(j)) not in done]  # maps of the others: reused
-            result = Explained(found, todo, detection_maps(algo, blackbox, image, found, todo, settings.chunk_size))
-            truth = (ground_truth(ctx.split, split_name, k, blackbox.index2label)
-                     if settings.metrics.enabled and todo else None)
-            for j in chosen:
-                if j not in todo:
-                    run_ids.append(done[(str(k), str(j))])
-                    reused += 1
-                    continue
-                i = todo.index(j)
-                values = quality(ctx, blackbox, image, result.maps[i], found, j, truth,
-                                 (settings.metrics.seed, k, j)) if settings.metrics.enabled else {}
-                run_ids.append(record_detection(ctx, exp_id, base, params, run, image, result, i, root / f"{k}-{j}",
-                                                values, blackbox.index2label, algo.name))
+        if ctx.processes > 1 and len(jobs) > 1:
+            from xaitk_exp.parallel import share_work
+
+            def here(job: ImageJob) -> ImageDone:
+                return explain_and_record_image(spec, job, tracker)
+
+            for index, result in share_work(iter(jobs), here, explain_and_record_image, (spec,), ctx.processes):
+                results[index] = result
+        else:
+            for index, job in enumerate(jobs):
+                results[index] = explain_and_record_image(spec, job, tracker)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    run_ids = [r for index in range(len(jobs)) for r in results[index].run_ids]
+    for index, job in enumerate(jobs):
+        if not results[index].run_ids:
+            print(f"[saliency] {algo.name}: image {job.image_id}: no detection with query.min_score={q.min_score}, "
+                  f"query.label={q.label}")
+    reused = sum(r.reused for r in results.values())
     if reused:
         print(f"[saliency] {algo.name}: reused {reused} FINISHED run(s) of the same detection(s), algorithm settings "
               "and evaluation (force=true reruns)")
@@ -210,28 +313,29 @@ def run_detection_saliency(ctx: Context, model: Any, algo: Any, images_runs: lis
     return run_ids
 
 
-def record_detection(ctx: Context, exp_id: str, base: Mapping[str, Any], params: Mapping[str, Any], evaluation: Any,
-                     image: np.ndarray, result: Explained, i: int, folder: Path, values: Mapping[str, float],
-                     index2label: Mapping[int, Any], algorithm: str) -> str:
+def record_detection(tracker: Tracker, spec: DetectionSpec, job: ImageJob, image: np.ndarray, result: Explained,
+                     i: int, values: Mapping[str, float], index2label: Mapping[int, Any], algorithm: str) -> str:
     """The saliency run of ``result.chosen[i]``: tags, params and metrics in one batch, then its files."""
     from xaitk_exp.viz.figures import detection_figure
 
-    k, j = int(evaluation.data.tags[schema.IMAGE_ID]), result.chosen[i]
+    k, j = job.image_id, result.chosen[i]
     found = result.detections
     label, score, box = int(found.labels[j]), float(found.scores[j]), found.boxes[j]
     name = str(index2label.get(label, label))
+    ev_tags = job.evaluation["tags"]
     tags = {
-        **base,
-        schema.EVALUATION_EXP_ID: evaluation.info.experiment_id,
-        schema.EVALUATION_RUN_ID: evaluation.info.run_id,
+        **spec.tags,
+        schema.EVALUATION_EXP_ID: job.evaluation["experiment_id"],
+        schema.EVALUATION_RUN_ID: job.evaluation["run_id"],
         schema.IMAGE_ID: k,
         schema.DETECTION: j,
         schema.PREDICTED_CLASS: label,
         schema.PREDICTED_LABEL: name,
         schema.BOX: box_text(box),
     }
-    if schema.IMAGE_PATH in evaluation.data.tags:
-        tags[schema.IMAGE_PATH] = evaluation.data.tags[schema.IMAGE_PATH]
+    if schema.IMAGE_PATH in ev_tags:
+        tags[schema.IMAGE_PATH] = ev_tags[schema.IMAGE_PATH]
+    folder = Path(job.folder, str(j))
     npy = folder / schema.NPY_DIR
     npy.mkdir(parents=True)
     np.save(npy / schema.MAPS_NPY, result.maps[i : i + 1])
@@ -241,11 +345,10 @@ def record_detection(ctx: Context, exp_id: str, base: Mapping[str, Any], params:
     detection_figure(image, result.maps[i], box, f"{name} {score:.2f}", figure, title, legend=LEGEND)
     config = folder / schema.CONFIG_DIR
     config.mkdir()
-    for file, text in ctx.config_texts().items():
+    for file, text in spec.config_files.items():
         (config / file).write_text(text)
-    tracker = ctx.tracker
-    with tracker.run(exp_id, schema.detection_saliency_run(k, j), tags=tags) as run_id:
-        tracker.log(run_id, params=params, metrics={schema.SCORE: score, **values})
+    with tracker.run(spec.experiment_id, schema.detection_saliency_run(k, j), tags=tags) as run_id:
+        tracker.log(run_id, params=spec.params, metrics={schema.SCORE: score, **values})
         tracker.log_artifacts(run_id, str(folder))
         tracker.log_image(run_id, figure, schema.saliency_image_key(algorithm))
     return run_id
