@@ -15,7 +15,6 @@ refused in one line (a detection's run is not edited).
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -28,11 +27,11 @@ import numpy as np
 
 from xaitk_exp import schema
 from xaitk_exp.errors import ConfigError, TrackingError
-from xaitk_exp.metrics.names import POINTING_GAME
 from xaitk_exp.settings.metrics import MetricSettings
 from xaitk_exp.settings.saliency import MEAN_FILL
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.describe import print_where
+from xaitk_exp.stages.saliency.quality import detection_metrics, ground_truth
 from xaitk_exp.stages.shards import shard_tags, share
 from xaitk_exp.tracking.tracker import Tracker
 
@@ -101,38 +100,6 @@ def explain_image(algo: Any, blackbox: Any, image: np.ndarray, min_score: float 
 def box_text(box: Any) -> str:
     """The ``Box`` tag: ``x0,y0,x1,y1`` in the image's pixels."""
     return ",".join(f"{float(v):.6g}" for v in box)
-
-
-def quality(m: MetricSettings, blackbox: Any, image: np.ndarray, sal: np.ndarray, found: Any, j: int,
-            truth: tuple[np.ndarray, np.ndarray] | None, seed: tuple[int, ...]) -> dict[str, float]:
-    """Detection ``j``'s map quality (``metrics:``): deletion / insertion AUCs with D-RISE's similarity, the
-    random-order baselines and, with ground truth, the pointing game (left out where no true box matches)."""
-    from xaitk_exp.detection.quality import detection_quality
-
-    h, w = image.shape[:2]
-    steps = 100 if m.step is None else max(1, math.ceil(h * w / int(m.step)))  # auto: ceil(H*W / 100) pixels a step
-    bboxes, scores, objectness = found.select([j]).xaitk_inputs(blackbox.n_classes)
-    obj = None if objectness is None else float(objectness[0])
-    gt_boxes, gt_labels = truth if truth is not None else (None, None)
-    q = detection_quality(image, sal, bboxes[0], int(found.labels[j]), scores[0], blackbox, obj, gt_boxes, gt_labels,
-                          steps, m.substrate, m.substrate, int(np.random.SeedSequence(seed).generate_state(1)[0]))
-    out = {"Deletion_AUC": q.deletion_auc, "Insertion_AUC": q.insertion_auc,
-           "Deletion_AUC_random": q.deletion_auc_random, "Insertion_AUC_random": q.insertion_auc_random}
-    if not math.isnan(q.pointing):
-        out[POINTING_GAME] = q.pointing
-    return out
-
-
-def ground_truth(split: Any, split_name: str, k: int, index2label: Mapping[int, Any]
-                 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Image ``k``'s true boxes ``[N, 4]`` (x0, y0, x1, y1) and the detector's class indices ``[N]``, where the split
-    has COCO annotations (``dataset=coco dataset.annotations=...``: its test split), else None."""
-    annotations = getattr(split, "annotations", None) if split_name == "test" else None
-    if annotations is None:
-        return None
-    image_ids = list(getattr(split, "image_ids", None) or range(k + 1))
-    boxes, labels = annotations.ground_truth(image_ids[k], annotations.category_index(index2label))
-    return np.asarray(boxes, float).reshape(-1, 4), np.asarray(labels, np.int64).reshape(-1)
 
 
 def image_order(ctx: Context) -> str:
@@ -225,7 +192,7 @@ def explain_and_record_image(spec: DetectionSpec, job: ImageJob, tracker: Tracke
                 run_ids.append(job.done[j])
                 continue
             i = todo.index(j)
-            values = {} if spec.metrics is None else quality(spec.metrics, blackbox, image, result.maps[i], found, j,
+            values = {} if spec.metrics is None else detection_metrics(spec.metrics, blackbox, image, result.maps[i], found, j,
                                                               job.truth, (spec.metrics.seed, k, j))
             run_ids.append(record_detection(tracker, spec, job, image, result, i, values, blackbox.index2label,
                                             algo.name))
