@@ -4,6 +4,7 @@ itself, and each wrong pairing of model and task is one line naming the key."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,10 @@ def test_a_torchvision_style_module_is_a_detector_with_its_own_class_names(tmp_p
     model = build_for_task(node, (), "detection", SHAPE)
     model.check_images(SHAPE)
     assert model.class_names == NAMES
-    expected = TorchDetector(shapes_detector(), CLASSES).detect(scenes())
-    same_detections(model.detect(scenes(), chunk_size=2), list(expected))
+    expected = list(TorchDetector(shapes_detector(), CLASSES).detect(scenes()))
+    same_detections(model.detect(scenes(), chunk_size=2), expected)
+    # a worker process gets it pickled, without its runtime, and loads it again
+    same_detections(pickle.loads(pickle.dumps(model)).detect(scenes()), expected)
 
 
 def test_an_onnx_detector_reads_the_outputs_the_config_names(tmp_path: Path):
@@ -89,8 +92,9 @@ def test_an_onnx_detector_reads_the_outputs_the_config_names(tmp_path: Path):
     node = {"source": "onnx", "path": str(path), "outputs": outputs, "class_names": NAMES}
     model = build_for_task(node, (), "detection", SHAPE)
     model.check_images(SHAPE)
-    expected = OnnxDetector(str(path), outputs, CLASSES).detect(scenes())
-    same_detections(model.detect(scenes(), chunk_size=2), list(expected))
+    expected = list(OnnxDetector(str(path), outputs, CLASSES).detect(scenes()))
+    same_detections(model.detect(scenes(), chunk_size=2), expected)
+    same_detections(pickle.loads(pickle.dumps(model)).detect(scenes()), expected)
 
 
 @pytest.mark.parametrize(("outputs", "message"), [

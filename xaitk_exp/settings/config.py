@@ -229,7 +229,7 @@ class Settings:
     are the ones configured: the runs a job finds or makes are handed on in the context (``ctx.train_run_id``)."""
 
     stage: str = "all"  # all | train | evaluation | saliency | reproduce
-    task: str = "classification"  # what the model answers: auto | classification | detection (xaitk_exp/tasks/)
+    task: str = TASK_AUTO  # what the model answers: auto | classification | detection (xaitk_exp/tasks/)
     seed: int = 0  # seeds the data split and every saliency algorithm (>= 0)
     force: bool = False  # rerun a stage even when a FINISHED run with the same config exists
     n_jobs: int = 1  # processes per stage (-1: every core, -2: all but one; never 0)

@@ -112,22 +112,23 @@ class DetectionRecords:
         return answer, score, "unknown" if truth is None else f"{len(truth[0])} objects"
 
     def log_image(self, tracker: Any, run_id: str, k: int) -> None:
-        """Image ``k``'s run: its detections table and the picture of its boxes."""
+        """Image ``k``'s run: its detections table and the picture of its boxes, in one upload."""
+        import json
+
         from xaitk_exp.viz.detections import detections_figure
 
         d = self.dets[k]
         order = self._order(k)
         rows = [{"box": [round(float(v), 3) for v in d.boxes[i]], "label": int(d.labels[i]),
                  "name": self.names[int(d.labels[i])], "score": float(d.scores[i])} for i in order]
-        tracker.log_dict(run_id, {"index2label": {str(i): n for i, n in self.index2label.items()},
-                                  "detections": rows}, schema.DETECTIONS_TABLE)
+        table = {"index2label": {str(i): n for i, n in self.index2label.items()}, "detections": rows}
         truth = self._truth(k)
         gt = None if truth is None else (truth[0], [self.names[int(c)] for c in truth[1]])
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp, schema.DETECTIONS_FIGURE)
+            Path(tmp, schema.DETECTIONS_TABLE).write_text(json.dumps(table, indent=1))
             detections_figure(self.images[k], d.boxes[order], [r["name"] for r in rows],
-                              [r["score"] for r in rows], path, gt)
-            tracker.log_artifact(run_id, str(path))
+                              [r["score"] for r in rows], Path(tmp, schema.DETECTIONS_FIGURE), gt)
+            tracker.log_artifacts(run_id, tmp)
 
     def summary(self, n: int) -> dict[str, float]:
         counts = [len(d) for d in self.dets.values()]
