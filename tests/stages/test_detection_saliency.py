@@ -143,7 +143,7 @@ def test_each_shipped_generator_belongs_to_one_task():
 # ----- the stage, in process, on a real SQLite store ------------------------------------------------------------------
 MAITE = ["model=maite", "model._target_=xaitk_exp.detection.toy.MaiteShapesDetector"]
 SALIENCY_EXP = f"MaiteShapesDetector - {schema.SALIENCY}"
-SMALL = ["saliency=drise", f"saliency.n={N}", "chunk_size=16", "metrics.step=64"]
+SMALL = ["saliency=drise", f"saliency.n={N}", "chunk_size=16", "metrics.step=256"]
 
 
 @pytest.fixture
@@ -161,7 +161,8 @@ def test_one_run_per_detection_with_its_tags_map_picture_and_metrics(run_stage, 
     """stage=all on a COCO folder: the best image's two detections, each a run whose map equals a direct
     DRISEStack call on the loaded image with the same detector, seed and settings."""
     path, scenes = coco
-    ctx = run_stage(*MAITE, "dataset=coco", f"dataset.annotations={path}", *SMALL, "query.max_results=1")
+    ctx = run_stage(*MAITE, "dataset=coco", f"dataset.annotations={path}", *SMALL, "metrics.step=64",
+                    "query.max_results=1")
     runs = sorted(_saliency_runs(client), key=lambda r: int(r.data.tags[schema.DETECTION]))
     assert [r.info.run_id for r in runs] == sorted(ctx.results["saliency_run_ids"], key=lambda i: [
         r.info.run_id for r in runs].index(i))
