@@ -156,6 +156,18 @@ MODEL_VERSION = "Model_version"  # the registered model version a run used or re
 REGISTERED_MODEL = "Registered_model"  # the name of that registered model
 
 
+# ----- detection saliency (task=detection): one saliency run per explained detection ---------------------------------
+DETECTION = "Detection"  # the detection's index among its image's detections (the detector's order)
+BOX = "Box"  # the detection's box, "x0,y0,x1,y1" in the original image's pixels
+SCORE = "Score"  # metric: the detection's score (its label's)
+DETECTION_FIGURE = "Detection_saliency_map.png"  # the image and the overlay of the map, the box drawn on both
+
+
+def detection_saliency_run(image_id: int | str, detection: int | str) -> str:
+    """``ImageID-<k>_det-<j>_saliency_maps``: the saliency run of detection ``j`` of image ``k``."""
+    return f"ImageID-{image_id}_det-{detection}_saliency_maps"
+
+
 def logged_model_name(model_class: str) -> str:
     """A train run's MLflow 3 logged model is named after the model's class. Not ``sklearn-model``: MLflow 3.17 lists
     a logged model's files under the run's same-named folder, and resolves them through the process-wide tracking

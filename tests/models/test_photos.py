@@ -194,7 +194,7 @@ def test_auto_sizes_keep_the_digit_settings_and_bound_the_work_on_photos():
 def test_every_shipped_algorithm_beats_the_random_order_on_colour_photos(run_stage, client, tmp_path, shape):
     """A colour classifier (logistic regression) trained on photos whose only evidence is a small coloured disc;
     each shipped algorithm, with its shipped (auto) settings, explains the same test photos."""
-    from xaitk_exp.cli import group_options
+    from xaitk_exp.tasks import task_named
     from xaitk_exp.settings.saliency import auto_sizes
 
     folder = _photos(tmp_path, shape, n=48)
@@ -202,7 +202,7 @@ def test_every_shipped_algorithm_beats_the_random_order_on_colour_photos(run_sta
               "query.max_results=6", "metrics.mufidelity.subsets=16")
     keys = ("Deletion_AUC", "Deletion_AUC_random", "Insertion_AUC", "Insertion_AUC_random")
     means: dict[str, dict[str, float]] = {}
-    for name in group_options("saliency"):
+    for name in task_named("classification").saliency_options():
         ctx = run_stage(f"saliency={name}", *common)
         runs = [client.get_run(r) for r in ctx.results["saliency_run_ids"]]
         assert len(runs) == 6

@@ -9,8 +9,9 @@ from PIL import Image
 from xaitk_exp.cli import group_options, precheck_overrides
 from xaitk_exp.security.targets import instantiate
 from xaitk_exp.settings.nodes import estimator_node
+from xaitk_exp.tasks import task_named
 
-SALIENCY = group_options("saliency")
+SALIENCY = task_named("classification").saliency_options()  # detectors': tests/stages/test_detection_saliency.py
 
 
 def _trained_here(option: str) -> bool:

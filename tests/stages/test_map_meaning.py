@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xaitk_exp.cli import group_options
+from xaitk_exp.tasks import task_named
 
-SHIPPED = group_options("saliency")
+SHIPPED = task_named("classification").saliency_options()  # the classifier generators
 IMAGES = 12  # >= 10 digits per algorithm
 KEYS = ("Deletion_AUC", "Deletion_AUC_random", "Insertion_AUC", "Insertion_AUC_random", "MuFidelity")
 

@@ -35,10 +35,15 @@ def test_an_unknown_task_is_refused_in_one_line_naming_the_key(make_cfg):
 
 
 @pytest.mark.parametrize("option", sorted(p.stem for p in (ROOT / "conf" / "saliency").glob("*.yaml")))
-def test_every_shipped_saliency_option_is_a_classification_generator(make_cfg, option):
+def test_every_shipped_saliency_option_is_the_generator_of_one_task(make_cfg, option):
     from xaitk_exp.settings.nodes import to_dict
+    from xaitk_exp.tasks import tasks
 
-    task_named("classification").check_saliency(to_dict(make_cfg(f"saliency={option}").saliency))
+    node = to_dict(make_cfg(f"saliency={option}").saliency)
+    takers = [t.name for t in tasks() if t.takes_generator(node["_target_"])]
+    assert len(takers) == 1, takers
+    task_named(takers[0]).check_saliency(node)
+    assert (takers[0] == "detection") == (option in ("drise", "detector_random_grid"))
 
 
 def test_a_detector_generator_is_refused_for_classification_before_any_run_opens(run_stage, client):

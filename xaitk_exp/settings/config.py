@@ -124,11 +124,17 @@ class QuerySettings:
     gt_class: Any = None  # shortcut: tags.GT_class = value
     order_by: str | None = f"metrics.{PREDICTED_CLASS_CONF} DESC"  # '<entity>.<name> [ASC|DESC]'
     max_results: int = 1  # images explained (>= 1)
+    min_score: float | None = None  # task=detection: explain an image's detections scoring at least this, in [0, 1]
+    label: Any = None  # task=detection: explain only detections of this class (its name, or its index)
 
     def __post_init__(self) -> None:
         check_text("query.filter", self.filter)
         if self.min_conf is not None and not (is_number(self.min_conf) and 0 <= self.min_conf <= 1):
             raise ConfigError("query.min_conf", self.min_conf, "a confidence in [0, 1]")
+        if self.min_score is not None and not (is_number(self.min_score) and 0 <= self.min_score <= 1):
+            raise ConfigError("query.min_score", self.min_score, "a detection score in [0, 1]")
+        if self.label is not None and (isinstance(self.label, bool) or not isinstance(self.label, (str, int))):
+            raise ConfigError("query.label", self.label, "a class name or a class index")
         if self.order_by is not None and not _ORDER_BY.fullmatch(str(self.order_by)):
             raise ConfigError("query.order_by", self.order_by, "'<metrics|params|tags|attributes>.<name> [ASC|DESC]'")
         check_int("query.max_results", self.max_results, 1)

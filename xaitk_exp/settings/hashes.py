@@ -38,5 +38,7 @@ def stage_hash(cfg: Any, stage: str, image_shape: Callable[[], tuple[int, ...]] 
         saliency = resolve_auto(to_dict(saliency), tuple(image_shape()))
     if stage == "saliency_work":  # what was done to an image, whichever query selected it
         return config_hash(evaluation, saliency, c.get("metrics"), c.chunk_size, *maps)
+    # detection's query keys hashed only when set: classification configs keep their hashes
+    query = {k: v for k, v in to_dict(c.query).items() if v is not None or k not in ("min_score", "label")}
     # chunking changes float bits
-    return config_hash(evaluation, saliency, c.query, c.get("metrics"), c.chunk_size, *maps)
+    return config_hash(evaluation, saliency, query, c.get("metrics"), c.chunk_size, *maps)

@@ -72,7 +72,7 @@ def resolve_auto(node: Any, image_shape: tuple[int, ...]) -> Any:
     if out.get("radius") == AUTO:
         out["radius"] = list(sizes["radius"])
     if out.get("s") == AUTO:  # RandomGrid's s is a cell size in pixels; RISE's (and MC-RISE's) a grid count
-        out["s"] = list(sizes["cell"]) if target.endswith("RandomGrid") else sizes["s"]
+        out["s"] = list(sizes["cell"]) if target.endswith(("RandomGrid", "RandomGridStack")) else sizes["s"]
     if out.get("fill") == AUTO:
         out["fill"] = 0 if channels == 1 else MEAN_FILL
     if out.get("fill_colors") == AUTO:

@@ -62,6 +62,9 @@ class Task(ABC):
     quality_metrics: tuple[str, ...]
     #: the metric evaluation image runs are listed by, best first (``metrics.<name> DESC``)
     order_by: str
+    #: what one saliency run explains: ``images`` (one run per image, a map per class) or ``detections`` (one run
+    #: per detection of each chosen image: ``stages/saliency/detection.py``)
+    explains: str = "images"
 
     @abstractmethod
     def check_model(self, model: Any, key: str = "model") -> None:
@@ -105,20 +108,37 @@ class Task(ABC):
         the model again."""
         return None
 
-    def check_saliency(self, node: Mapping[str, Any], extra_allowed: tuple[str, ...] = ()) -> None:
-        """Refuse a ``saliency`` node whose generator does not implement :attr:`generator_interface` (the class is
-        imported behind the allow-list)."""
+    def takes_generator(self, target: str) -> bool:
+        """True when the class at dotted path ``target`` implements :attr:`generator_interface` (imported)."""
         import importlib
 
-        from xaitk_exp.security.targets import check_targets
-
-        target = str(node.get("_target_", ""))
-        check_targets({"_target_": target}, extra_allowed, "saliency")
         module, _, cls_name = target.rpartition(".")
         cls = getattr(importlib.import_module(module), cls_name, None)
         base_module, _, base_name = self.generator_interface.rpartition(".")
         base = getattr(importlib.import_module(base_module), base_name)
-        if not (isinstance(cls, type) and issubclass(cls, base)):
+        return isinstance(cls, type) and issubclass(cls, base)
+
+    def saliency_options(self) -> list[str]:
+        """The shipped ``saliency=<option>`` configs whose generator this task takes (classification: ``rise``,
+        ...; detection: ``drise``, ``detector_random_grid``)."""
+        from importlib.resources import files
+
+        import yaml
+
+        shipped = sorted((p for p in files("xaitk_exp.conf").joinpath("saliency").iterdir()
+                          if p.name.endswith(".yaml")), key=lambda p: p.name)
+        return [p.name.removesuffix(".yaml") for p in shipped
+                if self.takes_generator(str(yaml.safe_load(p.read_text())["_target_"]))]
+
+    def check_saliency(self, node: Mapping[str, Any], extra_allowed: tuple[str, ...] = ()) -> None:
+        """Refuse a ``saliency`` node whose generator does not implement :attr:`generator_interface` (the class is
+        imported behind the allow-list)."""
+        from xaitk_exp.security.targets import check_targets
+
+        target = str(node.get("_target_", ""))
+        check_targets({"_target_": target}, extra_allowed, "saliency")
+        base_name = self.generator_interface.rpartition(".")[2]
+        if not self.takes_generator(target):
             raise ConfigError(
                 "saliency._target_", target,
                 f"a {self.name} saliency generator (a {base_name}) for task={self.name}",

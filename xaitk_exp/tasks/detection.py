@@ -24,6 +24,8 @@ import numpy as np
 
 from xaitk_exp import schema
 from xaitk_exp.errors import ConfigError
+from xaitk_exp.metrics.names import DETECTION_METRICS
+from xaitk_exp.settings.metrics import MetricSettings
 from xaitk_exp.tasks.base import Task
 
 #: detection labels listed in an image run's ``Detected_labels`` tag at most
@@ -170,8 +172,14 @@ class Detection(Task):
     generator_interface = (
         "xaitk_saliency.interfaces.gen_object_detector_blackbox_sal.GenerateObjectDetectorBlackboxSaliency"
     )
-    quality_metrics: tuple[str, ...] = ()  # the detection quality metrics join with the saliency stage (issue 22)
+    quality_metrics = DETECTION_METRICS  # deletion / insertion with D-RISE's similarity, baselines, pointing game
     order_by = f"metrics.{schema.MAX_SCORE} DESC"
+    explains = "detections"  # one saliency run per detection (stages/saliency/detection.py)
+
+    def check_metrics(self, metrics: MetricSettings) -> None:
+        """Refuse ``metrics.sanity``; ``metrics.complexity`` (on by default) is a classifier map's: not recorded."""
+        if metrics.enabled and metrics.sanity:
+            raise ConfigError("metrics.sanity", True, f"false for task={self.name}: it has no sanity metrics")
 
     def check_model(self, model: Any, key: str = "model") -> None:
         if getattr(model, "task", None) != self.name:

@@ -184,6 +184,37 @@ def saliency_figure(
     return grid(panels, path, columns=columns, title=title, legend=LEGEND, scale=True)
 
 
+BOX_COLOUR = (255, 200, 0)  #: a detection's box in the pictures: yellow, apart from the maps' red and blue
+
+
+def _boxed(rgb: np.ndarray, box: Sequence[float], cell: tuple[int, int]) -> np.ndarray:
+    """``rgb`` resized (nearest) to ``cell`` ``(height, width)`` with ``box`` (x0, y0, x1, y1 in ``rgb``'s pixels,
+    exclusive ends) drawn on it, two pixels wide."""
+    from PIL import Image, ImageDraw
+
+    h, w = rgb.shape[:2]
+    ph, pw = cell
+    img = Image.fromarray(rgb).resize((pw, ph), Image.Resampling.NEAREST)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    sx, sy = pw / w, ph / h
+    ImageDraw.Draw(img).rectangle([x0 * sx, y0 * sy, max(x0 * sx, x1 * sx - 1), max(y0 * sy, y1 * sy - 1)],
+                                  outline=BOX_COLOUR, width=2)
+    return np.asarray(img)
+
+
+def detection_figure(image: np.ndarray, sal: np.ndarray, box: Sequence[float], label: str, path: str | Path,
+                     title: str = "", legend: str = LEGEND) -> Path:
+    """One detection's picture: the image and the overlay of its map (``sal`` ``[H, W]`` in ``[-1, 1]``), the
+    detection's ``box`` (x0, y0, x1, y1 in the image's pixels) drawn on both, then the map alone; ``label`` names
+    the detection; the colour scale and ``legend`` under them."""
+    image, sal = np.asarray(image), np.asarray(sal)
+    cell = panel_size(*image.shape[:2])
+    panels = [(_boxed(to_rgb(image), box, cell), label),
+              (_boxed(overlay(image, sal), box, cell), "overlay"),
+              (_boxed(diverging(sal), box, cell), "map")]
+    return grid(panels, path, columns=3, title=title, legend=legend, scale=True)
+
+
 def confusion_figure(matrix: np.ndarray, labels: Sequence[str], path: str | Path, title: str = "") -> Path:
     """A confusion matrix (rows: ground truth, columns: predicted) with counts in each cell."""
     from PIL import Image, ImageDraw

@@ -65,9 +65,12 @@ def user_filter(query: QuerySettings, class_names: list[str] | None = None) -> s
     return " and ".join(parts)
 
 
-def select_images(ctx: Context, evaluation: Any, class_names: list[str] | None = None) -> list[Any]:
+def select_images(ctx: Context, evaluation: Any, class_names: list[str] | None = None,
+                  order_by: str | None = None) -> list[Any]:
+    """The evaluation's image runs the query selects, in ``order_by`` (default ``query.order_by``)."""
     q = ctx.settings.query
-    order = [str(q.order_by)] if q.order_by else None
+    order_by = order_by or q.order_by
+    order = [str(order_by)] if order_by else None
     try:
         for link in image_runs_filters(evaluation.info.run_id):  # a store written before nests the image runs
             flt = build_filter(q, evaluation.info.run_id, link, class_names)
@@ -98,6 +101,10 @@ def run_saliency(ctx: Context) -> list[str]:
     ctx.check_image_shape(model)
     algo = Algorithm(ctx.cfg.saliency, split.image_shape, ctx.extra_allowed)
     task = ctx.task  # what the model's outputs are, and so what gets a map and how it is named
+    if task.explains == "detections":  # one run per explained detection
+        from xaitk_exp.stages.saliency.detection import image_order, run_detection_saliency
+
+        return run_detection_saliency(ctx, model, algo, select_images(ctx, evaluation, None, image_order(ctx)))
     selected = select_images(ctx, evaluation, task.output_names(model))
     update = settings.update_run_id
     if update:
