@@ -308,3 +308,21 @@ def test_n_jobs_changes_no_bit_of_the_maps_or_metrics(run_stage, coco, tmp_path)
         for key in ("name", "metrics", "params", "files", "map"):
             assert a[key] == b[key], key
         assert a["tags"] == b["tags"]
+
+
+def test_reproducing_a_detections_run_matches_that_detection(run_stage, client, coco):
+    """stage=reproduce of the image's second detection reruns it, not the first, and finds every byte the same;
+    the data fingerprint the run recorded after the evaluation (pycocotools had read the annotations) still holds."""
+    path, _ = coco
+    common = (*MAITE, "dataset=coco", f"dataset.annotations={path}", *SMALL, "query.max_results=1")
+    ctx = run_stage(*common)
+    second = next(r for r in _saliency_runs(client) if r.data.tags[schema.DETECTION] == "1")
+    train_fingerprint = client.get_run(second.data.tags[schema.TRAIN_RUN_ID]).data.tags[schema.DATA_FINGERPRINT]
+    assert second.data.tags[schema.DATA_FINGERPRINT] == train_fingerprint == ctx.split.fingerprint()
+    ctx = run_stage(*common, "stage=reproduce", f"run_id={second.info.run_id}")
+    new = client.get_run(ctx.results["reproduce_run_id"])
+    assert new.data.tags["reproduced_from"] == second.info.run_id
+    assert (new.data.tags[schema.DETECTION], new.data.tags[schema.BOX]) == (
+        second.data.tags[schema.DETECTION], second.data.tags[schema.BOX])
+    assert new.data.tags["reproduced_match"] == "True", new.data.tags["reproduced_differs"]
+    assert "data differs" not in new.data.tags["reproduced_warnings"]

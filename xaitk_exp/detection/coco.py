@@ -8,6 +8,7 @@ a plain relative path inside the image folder. Boxes are COCO ``bbox`` x, y, w, 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import math
@@ -140,11 +141,12 @@ def evaluate(annotations: CocoAnnotations, detections: Mapping[int, Detections],
             results.append({"id": len(results) + 1, "image_id": int(image_id), "category_id": to_category[label],
                             "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "score": score,
                             "iscrowd": 0})
-    base = {"images": annotations.images,
+    # copies: COCOeval marks each ground-truth dict (``ignore``) in place, which would change the split's fingerprint
+    base = {"images": copy.deepcopy(annotations.images),
             "categories": [{"id": c, "name": n} for c, n in sorted(annotations.categories.items())]}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools reports progress on stdout
         gt, dt = COCO(), COCO()
-        gt.dataset = {**base, "annotations": annotations.annotations}
+        gt.dataset = {**base, "annotations": copy.deepcopy(annotations.annotations)}
         dt.dataset = {**base, "annotations": results}
         gt.createIndex()
         dt.createIndex()

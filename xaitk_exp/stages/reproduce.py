@@ -161,12 +161,14 @@ def _new_run(tracker: Tracker, replay: Context, original: Any, stage: str) -> An
     if stage == "evaluation":
         return tracker.get_run(str(replay.evaluation_run_id))
     image = original.data.tags.get(schema.IMAGE_ID)
+    detection = original.data.tags.get(schema.DETECTION)  # a detector's run explains one detection of its image
     for run_id in replay.results.get("saliency_run_ids") or []:
         run = tracker.get_run(run_id)
-        if run.data.tags.get(schema.IMAGE_ID) == image:
+        if run.data.tags.get(schema.IMAGE_ID) == image and run.data.tags.get(schema.DETECTION) == detection:
             return run
+    what = f"image {image}" + (f" detection {detection}" if detection is not None else "")
     raise TrackingError(
-        f"reproducing run {original.info.run_id}: the recorded query no longer selects image {image} "
+        f"reproducing run {original.info.run_id}: the recorded query no longer selects {what} "
         f"(selected runs: {', '.join(replay.results.get('saliency_run_ids') or []) or 'none'})"
     )
 
@@ -183,8 +185,9 @@ def compare_runs(tracker: Tracker, original: Any, new: Any, stage: str) -> tuple
     key = schema.WORK_HASH if stage == "saliency" and original.data.tags.get(schema.WORK_HASH) else schema.CONFIG_HASH
     if original.data.tags.get(key) != new.data.tags.get(key):
         differences.append(f"{key} {original.data.tags.get(key)} != {new.data.tags.get(key)}")
-    if stage == "saliency" and original.data.tags.get(schema.IMAGE_ID) != new.data.tags.get(schema.IMAGE_ID):
-        differences.append(f"{schema.IMAGE_ID} {original.data.tags.get(schema.IMAGE_ID)} != {new.data.tags.get(schema.IMAGE_ID)}")
+    for tag in (schema.IMAGE_ID, schema.DETECTION, schema.BOX) if stage == "saliency" else ():
+        if original.data.tags.get(tag) != new.data.tags.get(tag):
+            differences.append(f"{tag} {original.data.tags.get(tag)} != {new.data.tags.get(tag)}")
     compared[-1] = key
     if stage == "saliency":
         differences += _array_diff(tracker, original.info.run_id, new.info.run_id)
