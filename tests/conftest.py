@@ -27,16 +27,67 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files that hold a slow test first, then the others; each file's tests stay together and in order. pytest-xdist
+    (``--dist loadfile`` in pyproject.toml) hands out whole files in this order: the long files start early and the
+    many short ones fill the end, instead of one worker being left alone on a long file at the end."""
+
+    def file(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]
+
+    order: dict[str, int] = {}
+    slow: set[str] = set()
+    for item in items:
+        order.setdefault(file(item), len(order))
+        if item.get_closest_marker("slow"):
+            slow.add(file(item))
+    items.sort(key=lambda item: (file(item) not in slow, order[file(item)]))
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Each test leaves ``os.environ`` and the working directory as it found them (an in-process stage sets
+    ``MLFLOW_TRACKING_URI``; a later test in the same worker must not write to that store)."""
+    saved, cwd = dict(os.environ), os.getcwd()
+    yield
+    if os.getcwd() != cwd:
+        os.chdir(cwd)
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
-def upstream_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store holding the default config's train run and evaluation (20 image runs), made once per session."""
+def upstream_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``upstream_store(*overrides)``: a store holding the default config's train run and evaluation with those
+    overrides, made in-process once per session (per xdist worker) and shared; give it to :func:`copy_store`, never
+    write to it."""
     from xaitk_exp.app import compose_config, run
 
-    folder = tmp_path_factory.mktemp("upstream")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    for stage in ("train", "evaluation"):
-        run(compose_config([f"tracking.uri={uri}", "progress=false", f"stage={stage}"]), [], folder)
-    return folder
+    made: dict[tuple[str, ...], Path] = {}
+
+    def _make(*overrides: str) -> Path:
+        if overrides not in made:
+            folder = tmp_path_factory.mktemp("upstream")
+            uri = f"sqlite:///{folder / 'mlflow.db'}"
+            saved = dict(os.environ)  # session-scoped: what the stages set must not stay for every later test
+            try:
+                for stage in ("train", "evaluation"):
+                    run(compose_config([f"tracking.uri={uri}", "progress=false", *overrides, f"stage={stage}"]), [],
+                        folder)
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
+            made[overrides] = folder
+        return made[overrides]
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def upstream_template(upstream_store: Callable[..., Path]) -> Path:
+    """A store holding the default config's train run and evaluation (20 image runs), made once per session."""
+    return upstream_store()
 
 
 def copy_store(template: Path, target: Path) -> None:
