@@ -32,6 +32,7 @@ from xaitk_exp.settings.metrics import MetricSettings
 from xaitk_exp.settings.saliency import MEAN_FILL
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.describe import print_where
+from xaitk_exp.stages.saliency.detection_runs import check_update, detection_of, finished_runs
 from xaitk_exp.stages.saliency.quality import detection_metrics, ground_truth
 from xaitk_exp.stages.shards import shard_tags, share
 from xaitk_exp.tracking.tracker import Tracker
@@ -285,7 +286,7 @@ def run_detection_saliency(ctx: Context, model: Any, algo: Any, images_runs: lis
             print(f"[saliency] {algo.name}: image {job.image_id}: no detection with query.min_score={q.min_score}, "
                   f"query.label={q.label}")
     if update and run_ids:
-        k, j = jobs[-1].image_id, _detection_of(tracker, run_ids[0])
+        k, j = jobs[-1].image_id, detection_of(tracker, run_ids[0])
         print(f"[saliency] edited run {update}: image {previous[schema.PREVIOUS_IMAGE_ID]} detection "
               f"{previous[schema.PREVIOUS_DETECTION]} -> image {k} detection {j}, renamed "
               f"{schema.detection_saliency_run(k, j)!r} (tagged {schema.MODIFIED_RUN}=True)")
@@ -344,32 +345,3 @@ def record_detection(tracker: Tracker, spec: DetectionSpec, job: ImageJob, image
         tracker.log_image(run_id, figure, schema.saliency_image_key(algorithm))
     return run_id
 
-
-def finished_runs(ctx: Context, exp_id: str) -> dict[tuple[str, str], str]:
-    """``(Image_id, Detection)`` -> the latest FINISHED detection run of this evaluation by the same algorithm
-    configuration (``work_hash``), to be reused."""
-    flt = (f"tags.{schema.WORK_HASH} = '{ctx.hash_for('saliency_work')}' and attributes.status = 'FINISHED' "
-           f"and tags.{schema.EVALUATION_SUMMARY_RUN_ID} = '{ctx.evaluation_run_id}'")
-    found: dict[tuple[str, str], str] = {}
-    for run in ctx.tracker.search([exp_id], flt, ["attributes.start_time DESC"], 10000):
-        key = (run.data.tags.get(schema.IMAGE_ID, ""), run.data.tags.get(schema.DETECTION, ""))
-        if key[1]:
-            found.setdefault(key, run.info.run_id)
-    return found
-
-
-def check_update(ctx: Context, run_id: str, exp_id: str, algo: Any) -> dict[str, str]:
-    """``update_run_id`` names a detection saliency run of this model recorded with the same params (one-line
-    :class:`ConfigError` otherwise); what it shows now, as the tags it keeps after the edit."""
-    from xaitk_exp.stages.saliency.stage import _check_update
-
-    _check_update(ctx, run_id, exp_id, algo)  # this model's saliency experiment, the same params
-    tags = ctx.tracker.get_run(run_id).data.tags
-    if not tags.get(schema.DETECTION):
-        raise ConfigError("update_run_id", run_id, f"a detection's saliency run (one tagged {schema.DETECTION})")
-    return {schema.PREVIOUS_IMAGE_ID: tags.get(schema.IMAGE_ID, "?"), schema.PREVIOUS_DETECTION: tags[schema.DETECTION],
-            schema.PREVIOUS_EVALUATION_RUN_ID: tags.get(schema.EVALUATION_RUN_ID, "")}
-
-
-def _detection_of(tracker: Tracker, run_id: str) -> str:
-    return str(tracker.get_run(run_id).data.tags.get(schema.DETECTION, "?"))
