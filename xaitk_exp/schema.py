@@ -147,6 +147,7 @@ MODEL = "Model"  # the model's class, a column users can show or group by
 WORK_HASH = "work_hash"  # saliency: evaluation + algorithm + metrics settings, whatever query selected the image
 PREVIOUS_IMAGE_ID = "Previous_image_id"  # an edited saliency run: the image it showed before
 PREVIOUS_EVALUATION_RUN_ID = "Previous_evaluation_run_id"
+PREVIOUS_DETECTION = "Previous_detection"  # an edited detection saliency run: the detection it showed before
 
 # ----- lineage MLflow shows natively (datasets, logged models, the registry, images) ---------------------------------
 MODEL_SHA256 = "Model_sha256"  # an ONNX / PyTorch / MAITE model's identity: its file's SHA-256 (or its factory's)

@@ -13,7 +13,7 @@ from xaitk_saliency.impls.gen_object_detector_blackbox_sal.drise import DRISESta
 from xaitk_exp import schema
 from xaitk_exp.detection import toy
 from xaitk_exp.detection.blackbox import MaiteDetector, TorchDetector
-from xaitk_exp.errors import ConfigError
+from xaitk_exp.errors import ConfigError, QueryError
 from xaitk_exp.settings.config import QuerySettings
 from xaitk_exp.stages.saliency.algorithm import Algorithm
 from xaitk_exp.stages.saliency.detection import box_text, explain_image, label_indices
@@ -326,3 +326,70 @@ def test_reproducing_a_detections_run_matches_that_detection(run_stage, client, 
         second.data.tags[schema.DETECTION], second.data.tags[schema.BOX])
     assert new.data.tags["reproduced_match"] == "True", new.data.tags["reproduced_differs"]
     assert "data differs" not in new.data.tags["reproduced_warnings"]
+
+
+def test_update_run_id_rewrites_a_detections_run_for_the_newly_selected_detection(run_stage, client, coco):
+    """update_run_id: the given detection run now shows the first detection the query selects (another image):
+    its map (a direct DRISEStack call's), tags, score, the new name, Modified_run=True and what it showed before."""
+    path, _ = coco
+    common = (*MAITE, "dataset=coco", f"dataset.annotations={path}", *SMALL, "metrics.step=64")
+    run_stage(*common, "query.max_results=1")
+    before = {r.info.run_id: r for r in _saliency_runs(client)}
+    old = next(r for r in before.values() if r.data.tags[schema.DETECTION] == "1")
+    k_old = old.data.tags[schema.IMAGE_ID]
+    ctx = run_stage(*common, "stage=saliency", f"update_run_id={old.info.run_id}",
+                    f"query.filter=\"tags.{schema.IMAGE_ID} != '{k_old}'\"")
+    assert ctx.results["saliency_run_ids"] == [old.info.run_id]
+    after = _saliency_runs(client)
+    assert sorted(r.info.run_id for r in after) == sorted(before)  # edited, none added
+    run = client.get_run(old.info.run_id)
+    tags, metrics = run.data.tags, run.data.metrics
+    k = int(tags[schema.IMAGE_ID])
+    assert str(k) != k_old and tags[schema.DETECTION] == "0" and run.info.status == "FINISHED"
+    assert run.info.run_name == schema.detection_saliency_run(k, 0)
+    assert tags[schema.MODIFIED_RUN] == "True"
+    assert (tags[schema.PREVIOUS_IMAGE_ID], tags[schema.PREVIOUS_DETECTION]) == (k_old, "1")
+    assert tags[schema.PREVIOUS_EVALUATION_RUN_ID] == old.data.tags[schema.EVALUATION_RUN_ID]
+    evaluation = client.get_run(tags[schema.EVALUATION_RUN_ID])
+    assert evaluation.data.tags[schema.IMAGE_ID] == str(k)
+    assert tags[schema.EVALUATION_RUN_ID] != old.data.tags[schema.EVALUATION_RUN_ID]
+    image = np.asarray(ctx.split.images("test")[k])
+    bb = MaiteDetector(toy.maite_shapes_detector(), chunk_size=16)
+    found = next(bb.detect([image]))
+    assert tags[schema.PREDICTED_LABEL] == toy.CLASSES[int(found.labels[0])]
+    assert [float(v) for v in tags[schema.BOX].split(",")] == found.boxes[0].tolist()
+    assert metrics[schema.SCORE] == pytest.approx(float(found.scores[0]))
+    history = client.get_metric_history(run.info.run_id, "Deletion_AUC")
+    assert len(history) == 2 and metrics["Deletion_AUC"] == history[-1].value  # the new detection's, logged after
+    boxes, scores, objectness = found.xaitk_inputs(bb.n_classes)
+    gen = DRISEStack(n=N, s=7, p1=0.5, seed=0, threads=0)
+    gen.fill = image.reshape(-1, 3).astype(float).mean(axis=0)
+    direct = gen(image, boxes[:1], scores[:1], bb, None if objectness is None else objectness[:1])
+    saved = np.load(client.download_artifacts(run.info.run_id, f"{schema.NPY_DIR}/{schema.MAPS_NPY}"))
+    np.testing.assert_allclose(saved, direct, rtol=0, atol=1e-6)
+    assert run.data.params == old.data.params
+    # the other detection's run is untouched
+    other = next(i for i in before if i != old.info.run_id)
+    assert client.get_run(other).data.tags == before[other].data.tags
+
+
+def test_update_run_id_that_is_not_a_detection_run_of_this_model_is_a_one_line_error(run_stage, client, coco):
+    path, _ = coco
+    common = (*MAITE, "dataset=coco", f"dataset.annotations={path}", *SMALL, "metrics.enabled=false",
+              "query.max_results=1")
+    ctx = run_stage(*common)
+    ids = sorted(ctx.results["saliency_run_ids"])
+    evaluation = client.get_run(ctx.evaluation_run_id)
+    for bad in (ctx.evaluation_run_id, "0123456789abcdef0123456789abcdef"):
+        with pytest.raises(ConfigError, match=rf"update_run_id=.?{bad}.? is invalid") as err:
+            run_stage(*common, "stage=saliency", f"update_run_id={bad}")
+        assert "\n" not in str(err.value)
+    # a differing saliency param: MLflow params are immutable
+    with pytest.raises(ConfigError, match=r"update_run_id.*these differ: n"):
+        run_stage(*common, "stage=saliency", f"update_run_id={ids[0]}", "saliency.n=20")
+    # no detection scores 1.0: nothing to write, the run is left as it was
+    with pytest.raises(QueryError, match=rf"update_run_id={ids[0]}: no selected image has a detection"):
+        run_stage(*common, "stage=saliency", f"update_run_id={ids[0]}", "query.min_score=1.0")
+    assert sorted(r.info.run_id for r in _saliency_runs(client)) == ids
+    assert all(r.info.status == "FINISHED" and schema.MODIFIED_RUN not in r.data.tags for r in _saliency_runs(client))
+    assert client.get_run(ctx.evaluation_run_id).data.tags == evaluation.data.tags

@@ -20,17 +20,18 @@ from xaitk_exp.metrics.names import DIRECTIONS, METRICS, RANKED
 
 
 def _latest_per_image(runs: Iterable[Any], group_tag: str) -> dict[str, list[Any]]:
-    """Runs grouped by ``group_tag``; for each (group, ``Image_id``) only the run that started last."""
-    best: dict[tuple[str, str], Any] = {}
+    """Runs grouped by ``group_tag``; for each (group, ``Image_id``, ``Detection``: a detector's runs, one per
+    explained detection) only the run that started last."""
+    best: dict[tuple[str, str, str], Any] = {}
     for run in runs:
         tags = run.data.tags
         if group_tag not in tags:
             continue
-        key = (tags[group_tag], tags.get(schema.IMAGE_ID, run.info.run_id))
+        key = (tags[group_tag], tags.get(schema.IMAGE_ID, run.info.run_id), tags.get(schema.DETECTION, ""))
         if key not in best or (run.info.start_time or 0) > (best[key].info.start_time or 0):
             best[key] = run
     groups: dict[str, list[Any]] = {}
-    for (group, _), run in sorted(best.items()):
+    for (group, *_), run in sorted(best.items()):
         groups.setdefault(group, []).append(run)
     return groups
 

@@ -115,7 +115,10 @@ def _saliency_summaries(ctx: Any, records: list[dict[str, Any]]) -> list[str]:
         done.add(evaluation)
         ctx.evaluation_run_id = evaluation
         try:
-            log_evaluation_summary(ctx, ctx.tracker.get_run(maps[0]).info.experiment_id)
+            first = ctx.tracker.get_run(maps[0])
+            if first.data.tags.get(schema.DETECTION):  # detections: no per-image summary, as in one process
+                continue
+            log_evaluation_summary(ctx, first.info.experiment_id)
         except Exception as exc:
             errors.append(f"saliency quality summary of evaluation {evaluation} failed: {type(exc).__name__}: {exc}")
     return errors

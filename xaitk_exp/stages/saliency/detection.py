@@ -9,8 +9,9 @@ the masks are seeded, the similarity and the scaling are per detection). Each ru
 ``[1, H, W]``, the image and a picture of the overlay with the box; with ``metrics.enabled``, deletion / insertion
 scored with D-RISE's similarity, their random baselines and, where the dataset has boxes, the pointing game.
 
-With ``n_jobs`` > 1, worker processes take whole images (the same code, so the same bits); ``update_run_id`` is
-refused in one line (a detection's run is not edited).
+With ``n_jobs`` > 1, worker processes take whole images (the same code, so the same bits). ``update_run_id`` rewrites
+that detection saliency run for the first detection the query selects (tagged ``Modified_run=True`` and with what it
+showed before), as for classifiers.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from typing import Any
 import numpy as np
 
 from xaitk_exp import schema
-from xaitk_exp.errors import ConfigError, TrackingError
+from xaitk_exp.errors import ConfigError, QueryError, TrackingError
 from xaitk_exp.settings.metrics import MetricSettings
 from xaitk_exp.settings.saliency import MEAN_FILL
 from xaitk_exp.stages.context import Context
 from xaitk_exp.stages.describe import print_where
+from xaitk_exp.stages.saliency.detection_runs import check_update, detection_of, finished_runs
 from xaitk_exp.stages.saliency.quality import detection_metrics, ground_truth
 from xaitk_exp.stages.shards import shard_tags, share
 from xaitk_exp.tracking.tracker import Tracker
@@ -128,6 +130,7 @@ class DetectionSpec:
     params: dict[str, Any]
     config_files: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    update_run_id: str | None = None  #: rewrite this run for the first chosen detection instead of opening new ones
 
 
 @dataclass
@@ -184,6 +187,8 @@ def explain_and_record_image(spec: DetectionSpec, job: ImageJob, tracker: Tracke
     with threadpool_limits(limits=1, user_api="blas"):
         image = algo.prepare(np.asarray(job.image))
         found, chosen = choose(blackbox, image, spec.min_score, spec.labels)
+        if spec.update_run_id:
+            chosen = chosen[:1]  # one run to rewrite: the first chosen detection
         todo = [j for j in chosen if j not in job.done]  # maps of the others: reused
         result = Explained(found, todo, detection_maps(algo, blackbox, image, found, todo, spec.chunk_size))
         run_ids = []
@@ -207,11 +212,11 @@ def run_detection_saliency(ctx: Context, model: Any, algo: Any, images_runs: lis
     from xaitk_exp.stages.saliency.image import WORKER_ENV
 
     settings, tracker, task = ctx.settings, ctx.tracker, ctx.task
-    if settings.update_run_id:
-        raise ConfigError("update_run_id", settings.update_run_id, f"unset for task={task.name} (a detection's "
-                          "saliency run is not edited: run the stage again, or force=true)")
+    update = settings.update_run_id
     q = settings.query
     selected = share(images_runs, settings.shard, settings.shards)
+    if update and settings.shard:  # as for classifiers: the first selected goes to shard 0
+        selected = []
     split_name = images_runs[0].data.tags.get(schema.DATASPLIT, "test")
     images = ctx.split.images(split_name)
     for run in selected:
@@ -222,7 +227,8 @@ def run_detection_saliency(ctx: Context, model: Any, algo: Any, images_runs: lis
     index2label = task.blackbox(model, settings.chunk_size).index2label
     labels = label_indices(q.label, index2label)
     exp_id = tracker.experiment(ctx.experiment_name(schema.SALIENCY), framework=ctx.framework)
-    done = {} if settings.force or tracker.created_here(exp_id) else finished_runs(ctx, exp_id)
+    previous = check_update(ctx, update, exp_id, algo) if update else {}
+    done = {} if settings.force or update or tracker.created_here(exp_id) else finished_runs(ctx, exp_id)
     spec = DetectionSpec(
         algorithm=to_dict(ctx.cfg.saliency), image_shape=tuple(ctx.split.image_shape),
         extra_allowed=tuple(ctx.extra_allowed), model=model, task=task.name, chunk_size=settings.chunk_size,
@@ -237,9 +243,10 @@ def run_detection_saliency(ctx: Context, model: Any, algo: Any, images_runs: lis
             schema.TRAIN_RUN_ID: ctx.train_run_id or "",
             **ctx.provenance_tags("saliency"),
             **shard_tags(ctx),
+            **previous,
         },
-        params=algo.config(), config_files=ctx.config_texts(),
-        env={k: os.environ[k] for k in WORKER_ENV if k in os.environ},
+        params={} if update else algo.config(), config_files={} if update else ctx.config_texts(),
+        env={k: os.environ[k] for k in WORKER_ENV if k in os.environ}, update_run_id=update,
     )
     root = Path(tempfile.mkdtemp(prefix="xaitk-exp-detsal-"))
     jobs = []
@@ -251,7 +258,16 @@ def run_detection_saliency(ctx: Context, model: Any, algo: Any, images_runs: lis
         jobs.append(ImageJob(k, np.asarray(images[k]), evaluation, own, truth, str(root / str(k))))
     results: dict[int, ImageDone] = {}
     try:
-        if ctx.processes > 1 and len(jobs) > 1:
+        if update:  # image after image until one has a detection the query chooses
+            for index, job in enumerate(jobs):
+                results[index] = explain_and_record_image(spec, job, tracker)
+                if results[index].run_ids:
+                    jobs = jobs[: index + 1]
+                    break
+            if not any(r.run_ids for r in results.values()):
+                raise QueryError(f"update_run_id={update}: no selected image has a detection with query.min_score="
+                                 f"{q.min_score}, query.label={q.label}; the run is left as it was")
+        elif ctx.processes > 1 and len(jobs) > 1:
             from xaitk_exp.parallel import share_work
 
             def here(job: ImageJob) -> ImageDone:
@@ -269,6 +285,11 @@ def run_detection_saliency(ctx: Context, model: Any, algo: Any, images_runs: lis
         if not results[index].run_ids:
             print(f"[saliency] {algo.name}: image {job.image_id}: no detection with query.min_score={q.min_score}, "
                   f"query.label={q.label}")
+    if update and run_ids:
+        k, j = jobs[-1].image_id, detection_of(tracker, run_ids[0])
+        print(f"[saliency] edited run {update}: image {previous[schema.PREVIOUS_IMAGE_ID]} detection "
+              f"{previous[schema.PREVIOUS_DETECTION]} -> image {k} detection {j}, renamed "
+              f"{schema.detection_saliency_run(k, j)!r} (tagged {schema.MODIFIED_RUN}=True)")
     reused = sum(r.reused for r in results.values())
     if reused:
         print(f"[saliency] {algo.name}: reused {reused} FINISHED run(s) of the same detection(s), algorithm settings "
@@ -302,6 +323,8 @@ def record_detection(tracker: Tracker, spec: DetectionSpec, job: ImageJob, image
     }
     if schema.IMAGE_PATH in ev_tags:
         tags[schema.IMAGE_PATH] = ev_tags[schema.IMAGE_PATH]
+    if spec.update_run_id:  # renamed for the detection it now shows
+        tags.update({schema.MODIFIED_RUN: "True", "mlflow.runName": schema.detection_saliency_run(k, j)})
     folder = Path(job.folder, str(j))
     npy = folder / schema.NPY_DIR
     npy.mkdir(parents=True)
@@ -310,25 +333,15 @@ def record_detection(tracker: Tracker, spec: DetectionSpec, job: ImageJob, image
     title = f"{algorithm} | image {k} | detection {j}: {name} {score:.3f} at [{box_text(box)}]"
     figure = folder / schema.DETECTION_FIGURE
     detection_figure(image, result.maps[i], box, f"{name} {score:.2f}", figure, title, legend=LEGEND)
-    config = folder / schema.CONFIG_DIR
-    config.mkdir()
-    for file, text in spec.config_files.items():
-        (config / file).write_text(text)
-    with tracker.run(spec.experiment_id, schema.detection_saliency_run(k, j), tags=tags) as run_id:
+    if spec.config_files:
+        config = folder / schema.CONFIG_DIR
+        config.mkdir()
+        for file, text in spec.config_files.items():
+            (config / file).write_text(text)
+    with tracker.run(spec.experiment_id, schema.detection_saliency_run(k, j), tags=tags,
+                     run_id=spec.update_run_id) as run_id:
         tracker.log(run_id, params=spec.params, metrics={schema.SCORE: score, **values})
         tracker.log_artifacts(run_id, str(folder))
         tracker.log_image(run_id, figure, schema.saliency_image_key(algorithm))
     return run_id
 
-
-def finished_runs(ctx: Context, exp_id: str) -> dict[tuple[str, str], str]:
-    """``(Image_id, Detection)`` -> the latest FINISHED detection run of this evaluation by the same algorithm
-    configuration (``work_hash``), to be reused."""
-    flt = (f"tags.{schema.WORK_HASH} = '{ctx.hash_for('saliency_work')}' and attributes.status = 'FINISHED' "
-           f"and tags.{schema.EVALUATION_SUMMARY_RUN_ID} = '{ctx.evaluation_run_id}'")
-    found: dict[tuple[str, str], str] = {}
-    for run in ctx.tracker.search([exp_id], flt, ["attributes.start_time DESC"], 10000):
-        key = (run.data.tags.get(schema.IMAGE_ID, ""), run.data.tags.get(schema.DETECTION, ""))
-        if key[1]:
-            found.setdefault(key, run.info.run_id)
-    return found
