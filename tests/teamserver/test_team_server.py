@@ -134,3 +134,36 @@ def test_parallel_sweep_against_the_team_server(server, pipeline, tmp_path):
             assert maps.shape[-3:] == (10, 8, 8) and np.isfinite(maps).all()
             assert os.path.getsize(os.path.join(local, "Image_saliency_maps.png")) > 1000
     assert all(r.info.status != "RUNNING" for r in _all_runs(client))
+
+
+def test_a_detector_is_recorded_and_explained_on_the_team_server(server, tmp_path):
+    """task=detection against the team server: the per-image runs, the mAP summary and one saliency run per
+    detection reach PostgreSQL, and their artifacts (detections table, map) come back through the server's proxy."""
+    import json
+    from pathlib import Path
+
+    from xaitk_exp import schema
+    from xaitk_exp.app import compose_config, run
+    from xaitk_exp.detection import toy
+
+    path, _ = toy.write_coco_folder(tmp_path / "shapes", n_images=3, size=(64, 64), n_objects=2, seed=3)
+    cfg = compose_config([f"tracking.uri={server}", "progress=false", "dataset=coco", f"dataset.annotations={path}",
+                          "model=maite", "model._target_=xaitk_exp.detection.toy.MaiteShapesDetector",
+                          "saliency=drise", "saliency.n=50", "metrics.enabled=false", "query.max_results=1"])
+    ctx = run(cfg, [], tmp_path / "run")
+    client = _client(server)
+    evaluation = client.get_experiment_by_name("MaiteShapesDetector - Evaluation")
+    images = client.search_runs([evaluation.experiment_id], f"tags.{schema.RUN_TYPE} = 'image'")
+    assert len(images) == 3 and all(r.info.status == "FINISHED" for r in images)
+    summary = client.get_run(ctx.evaluation_run_id)
+    assert summary.data.metrics[schema.MAP_50] == 1.0
+    table = json.loads(Path(client.download_artifacts(images[0].info.run_id, schema.DETECTIONS_TABLE,
+                                                      str(tmp_path))).read_text())
+    assert len(table) == int(images[0].data.metrics[schema.DETECTIONS])
+    runs = [client.get_run(i) for i in ctx.results["saliency_run_ids"]]
+    assert len(runs) == 2 and {r.data.tags[schema.DETECTION] for r in runs} == {"0", "1"}
+    for run_ in runs:
+        maps = np.load(client.download_artifacts(run_.info.run_id, f"{schema.NPY_DIR}/{schema.MAPS_NPY}",
+                                                 str(tmp_path)))
+        assert maps.shape == (1, 64, 64) and run_.info.status == "FINISHED"
+    assert _count_in_postgres(server, "SELECT count(*) FROM runs WHERE name LIKE 'ImageID-%_det-%'") == 2
