@@ -119,13 +119,15 @@ def server():
                 entries = []
             for entry in entries:
                 # every dot-file is a temporary of a secret, but for the two public files (the URL and the pids)
+                # and basic_auth.ini's (no secret in it: the server's account reads it through its group, 0640)
                 public = entry.name.startswith((".url.", ".server.json."))
+                group_read = entry.name.startswith(".basic_auth.ini.")
                 secret = entry.name in SECRETS or (entry.name.startswith(".") and not public)
                 try:
                     mode = entry.stat(follow_symlinks=False).st_mode
                 except OSError:
                     continue
-                if secret and mode & 0o077:
+                if secret and mode & (0o037 if group_read else 0o077):
                     loose.add((entry.name, stat.S_IMODE(mode)))
             time.sleep(0.002)
 
