@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from xaitk_exp.errors import ConfigError
-from xaitk_exp.models.image_model import ImageModel
+from xaitk_exp.models.image_model import ImageModel, probe_images
 from xaitk_exp.models.maite import MaiteModel
 from xaitk_exp.models.sources import build_image_model
 
@@ -94,17 +94,11 @@ class DetectorModel(ImageModel):
         if samples is not None and len(samples):
             probe += [np.asarray(s, np.float32).reshape(shape) for s in samples]
         self._check_answer(probe[:1])
-        try:
-            self.detect(probe)
-        except ConfigError:
-            raise
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise ConfigError(
-                dataset_key, list(shape[:2]),
-                f"images the detector accepts: {self.source} refused {list(shape)} images ({type(exc).__name__}: "
-                f"{first}); set the dataset's shape / grayscale to the model's input",
-            ) from exc
+        probe_images(
+            lambda: self.detect(probe), dataset_key, shape,
+            lambda why: f"images the detector accepts: {self.source} refused {list(shape)} images ({why}); set the "
+                        "dataset's shape / grayscale to the model's input",
+        )
 
     def _check_answer(self, images: list[np.ndarray]) -> None:
         """Refuse a model that does not answer with detections (a classifier with task=detection)."""

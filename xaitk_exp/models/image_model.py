@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,19 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def probe_images(call: Callable[[], Any], dataset_key: str, shape: Sequence[int],
+                 allowed: Callable[[str], str]) -> Any:
+    """``call()`` (a model run on probe images of ``shape``); any error but a :class:`ConfigError` becomes one line
+    naming ``dataset_key`` with the image size, ``allowed(why)`` saying what fits, ``why`` the error's first line."""
+    try:
+        return call()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ConfigError(dataset_key, list(shape[:2]), allowed(f"{type(exc).__name__}: {first}")) from exc
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -162,21 +175,14 @@ class ImageModel:
                     f"one value per image channel (or one for all): the images have {channels} "
                     f"(dataset.grayscale={channels == 1}), {len(values)} values given",
                 )
-        try:
-            probe = np.zeros((1, *shape), dtype=np.float32)
-            if samples is not None and len(samples):
-                probe = np.concatenate([probe, np.asarray(samples, dtype=np.float32).reshape(-1, *shape)])
-            out = self.scores(probe)
-        except ConfigError:
-            raise
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise ConfigError(
-                dataset_key, list(shape[:2]),
-                f"an image size the model accepts: {self.source} refused [1, {', '.join(map(str, shape))}] "
-                f"images in [N, H, W, C] ({type(exc).__name__}: {first}); set dataset.shape / dataset.grayscale "
-                "to the model's input",
-            ) from exc
+        probe = np.zeros((1, *shape), dtype=np.float32)
+        if samples is not None and len(samples):
+            probe = np.concatenate([probe, np.asarray(samples, dtype=np.float32).reshape(-1, *shape)])
+        out = probe_images(
+            lambda: self.scores(probe), dataset_key, shape,
+            lambda why: f"an image size the model accepts: {self.source} refused [1, {', '.join(map(str, shape))}] "
+                        f"images in [N, H, W, C] ({why}); set dataset.shape / dataset.grayscale to the model's input",
+        )
         n = int(out.shape[1])
         if self.class_names and len(self.class_names) != n:
             key = "model.class_names" if self.configured_names else "model"
