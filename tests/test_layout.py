@@ -45,7 +45,7 @@ def test_layout_names_every_module_in_its_folder():
 #: the package's rooms (a folder, or a module at the top), highest first. A room imports only rooms of its own tier or
 #: below; within a tier the import graph must still be acyclic (viz reads metrics' names, never the reverse).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("cli", "__main__", "teamserver"),  # entry points: argv, exit codes, the team server command
+    ("cli", "overrides", "__main__", "teamserver"),  # entry points: argv, exit codes, the team server command
     ("sweep",),  # Hydra's callback and jobs: one app.run per job
     ("app",),  # run(cfg): what the CLI, the sweep and the tests call
     ("stages",),

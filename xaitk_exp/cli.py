@@ -6,19 +6,16 @@ Heavy libraries (mlflow, xaitk-saliency, scikit-learn) are imported only once a 
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
-import re
 import sys
 from importlib.resources import files
 
 import hydra
 from omegaconf import DictConfig
 
-from xaitk_exp.app import CONFIG_PACKAGE, compose_config, job_result, run
-
-GROUPS = ("dataset", "model", "saliency", "logging")
+from xaitk_exp.app import CONFIG_PACKAGE, job_result, run
+from xaitk_exp.overrides import GROUPS, precheck_keys, precheck_sweep
 
 
 def group_options(group: str) -> list[str]:
@@ -114,142 +111,6 @@ def _scrub(text: str, cfg: DictConfig) -> str:
     return redact_text(text, cfg.tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI"))
 
 
-_NO_COMPOSE_FLAGS = (
-    "-m", "--multirun", "-h", "--help", "--hydra-help", "--version", "-i", "--info", "-sc", "--shell-completion",
-    "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
-)
-
-
-def precheck_keys(argv: list[str]) -> str | None:
-    """A one-line error for an override Hydra cannot apply (unknown key, bad syntax), or for a key added with ``+``
-    (or ``++``) that nothing would read, else None. Hydra reports the first kind in several lines (exit 1) and
-    accepts the second silently; composing once here names the closest valid key. A key may be added only under a
-    node with a ``_target_`` (its constructor receives it). Single runs of the shipped config only."""
-    if any(a.split("=", 1)[0] in _NO_COMPOSE_FLAGS for a in argv):
-        return None
-    overrides = [a for a in argv if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
-    if not overrides:
-        return None
-    from hydra.errors import HydraException
-
-    try:
-        compose_config(overrides)
-    except HydraException as exc:
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        cause = exc.__cause__
-        reason = f" ({str(cause).splitlines()[0]})" if cause is not None and str(cause).strip() else ""
-        hints = [*_key_hints(overrides, first), "'xaitk-exp --cfg job' lists every key"]
-        return f"{first}{reason}; {'; '.join(hints)}"
-    return _unread_added_key(overrides)
-
-
-_ABSENT = object()  # OmegaConf.select's default for a key that is not there (a null value is there)
-
-
-def _override_key(token: str) -> tuple[str, str, str]:
-    """``(prefix, key, value)`` of ``[+|++|~]key=value``."""
-    key, _, value = token.partition("=")
-    stripped = key.lstrip("+~")
-    return key[: len(key) - len(stripped)], stripped, value
-
-
-def _base_config(overrides: list[str], skip: str) -> DictConfig | None:
-    """The shipped config composed with ``overrides`` minus those on key ``skip`` (None if that fails too)."""
-    from hydra.errors import HydraException
-
-    try:
-        return compose_config([o for o in overrides if _override_key(o)[1] != skip])
-    except HydraException:
-        return None
-
-
-def _config_keys(node: object, prefix: str = "") -> list[str]:
-    """Every dotted key path of a composed config (sections and values)."""
-    from omegaconf import DictConfig as _DictConfig
-
-    out: list[str] = []
-    if isinstance(node, _DictConfig):
-        for k in node.keys():
-            name = str(k)
-            path = f"{prefix}.{name}" if prefix else name
-            out.append(path)
-            out += _config_keys(node._get_node(k), path)
-    return out
-
-
-def _closest_key(cfg: DictConfig, key: str) -> str | None:
-    """The valid key nearest to ``key`` (difflib), preferring the same section."""
-    keys = _config_keys(cfg)
-    section = key.rpartition(".")[0]
-    same = [k for k in keys if k.rpartition(".")[0] == section]
-    for pool in (same, keys):
-        found = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
-        if found:
-            return found[0]
-    return None
-
-
-def _constructor_node(cfg: DictConfig, key: str) -> str | None:
-    """The nearest existing section above ``key`` if it has a ``_target_`` (its constructor receives free keys)."""
-    from omegaconf import DictConfig as _DictConfig
-    from omegaconf import OmegaConf
-
-    parts = key.split(".")
-    for n in range(len(parts) - 1, 0, -1):
-        section = ".".join(parts[:n])
-        node = OmegaConf.select(cfg, section, default=_ABSENT, throw_on_missing=False)
-        if node is _ABSENT:
-            continue
-        return section if isinstance(node, _DictConfig) and "_target_" in node else None
-    return None
-
-
-def _key_hints(overrides: list[str], first_line: str) -> list[str]:
-    """The closest valid key (and how to pass a constructor argument) for Hydra's "Could not override 'key'"."""
-    match = re.match(r"Could not override '([^']+)'", first_line)
-    cfg = _base_config(overrides, match.group(1)) if match else None
-    if cfg is None or match is None:
-        return []
-    key = match.group(1)
-    value = next((_override_key(o)[2] for o in overrides if _override_key(o)[1] == key), "")
-    hints = []
-    closest = _closest_key(cfg, key)
-    if closest:
-        hints.append(f"closest valid key: {closest}")
-    section = _constructor_node(cfg, key)
-    if section:
-        hints.append(f"'+{key}={value}' passes a new argument to the {section} constructor")
-    return hints
-
-
-def _unread_added_key(overrides: list[str]) -> str | None:
-    """A one-line error for a ``+key``/``++key`` that is not in the config and not under a constructor's node."""
-    added = [(p, k, v) for p, k, v in map(_override_key, overrides) if p in ("+", "++")]
-    added = [(p, k, v) for p, k, v in added if "/" not in k and k not in GROUPS and "@" not in k]
-    if not added:
-        return None
-    from omegaconf import OmegaConf
-
-    keys = {k for _, k, _ in added}
-    cfg = _base_config([o for o in overrides if _override_key(o)[1] not in keys], "")
-    if cfg is None:
-        return None
-    for prefix, key, value in added:
-        if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False) is not _ABSENT:
-            continue  # '++' on an existing key overrides it
-        if _constructor_node(cfg, key):
-            continue
-        closest = _closest_key(cfg, key)
-        sections = [k for k in ("dataset", "model", "saliency") if _constructor_node(cfg, f"{k}.x")]
-        return (
-            f"{prefix}{key}={value}: no stage reads '{key}'"
-            + (f"; closest valid key: {closest}" if closest else "")
-            + f" ('+' adds constructor arguments only, under {', '.join(sections)}; "
-            "'xaitk-exp --cfg job' lists every key)"
-        )
-    return None
-
-
 #: where a job's and a sweep's folders go when the config is not the shipped one (a ``.hydra`` folder saved with a run
 #: has no ``hydra:`` node, so Hydra would fall back to its own ``outputs/<date>/<time>``)
 RUN_DIR = "outputs/runs/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"
@@ -322,6 +183,8 @@ def main() -> None:
     from xaitk_exp.tracking.access import take_credentials  # user:password@ in tracking.uri: to the env
 
     message = take_credentials(sys.argv) or precheck_overrides(sys.argv[1:]) or precheck_keys(sys.argv[1:])
+    if not message:
+        message, sys.argv[1:] = precheck_sweep(sys.argv[1:])
     if message:
         print(f"xaitk-exp: error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import run_cli
 
-from xaitk_exp.cli import precheck_keys
+from xaitk_exp.overrides import precheck_keys, precheck_sweep
 
 
 @pytest.mark.parametrize(
@@ -73,6 +73,58 @@ def test_the_command_refuses_an_unread_key_before_anything_runs(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("xaitk-exp: error: +evaluation.num_image=50"), proc.stderr
     assert "evaluation.num_images" in lines[0]
     assert not (tmp_path / "outputs").exists()  # no store, no run folder
+
+
+def test_a_key_every_swept_option_has_reaches_the_jobs_as_typed():
+    """Hydra composes a sweep's first config from the default saliency (sliding_window, no ``n``) and stopped there;
+    the key now goes as ``++`` and each job composes with it set (the jobs' own configs, composed as Hydra will)."""
+    from xaitk_exp.app import compose_config
+
+    argv = ["-m", "saliency=rise,mc_rise", "saliency.n=100", "stage=saliency"]
+    message, rewritten = precheck_sweep(argv)
+    assert message is None and rewritten == ["-m", "saliency=rise,mc_rise", "++saliency.n=100", "stage=saliency"]
+    for option in ("rise", "mc_rise"):
+        assert compose_config([f"saliency={option}", "++saliency.n=100"]).saliency.n == 100
+    # nothing to do: a default that has the key, a value sweep, a single run, a sweep without a group
+    for argv in (["-m", "saliency=sliding_window,rise"], ["-m", "saliency=rise", "saliency.n=10,20"],
+                 ["saliency=rise", "saliency.n=100"], ["-m", "evaluation.num_images=2,3"],
+                 ["-m", "model=random_forest,svc", "evaluation.num_images=3"]):
+        assert precheck_sweep(argv) == (None, argv), argv
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        # an option of the swept group that lacks the key: which job, which key
+        (["-m", "saliency=sliding_window,rise", "saliency.n=100"],
+         ["saliency.n=100: the sweep's job 'saliency=sliding_window' has no key 'saliency.n'",
+          "'xaitk-exp saliency=sliding_window --cfg job'"]),
+        (["-m", "saliency=rise,sliding_window", "saliency.n=100", "model=random_forest,svc"],
+         ["job 'saliency=sliding_window model=random_forest' has no key 'saliency.n'"]),
+        # a key no option has: the closest valid key, as for a single run
+        (["-m", "saliency=rise,mc_rise", "saliency.nn=3"],
+         ["the sweep's job 'saliency=rise'", "closest valid key: saliency.n"]),
+        (["-m", "model=random_forest,svc", "saliency.n=4"], ["the sweep's job 'model=random_forest'", "saliency.n"]),
+        # another swept key, at its first value
+        (["-m", "saliency=sliding_window,rise", "saliency.n=10,20"], ["has no key 'saliency.n'"]),
+        (["-m", "evaluation.num_image=2,3"], ["closest valid key: evaluation.num_images"]),
+    ],
+)
+def test_a_sweep_whose_job_cannot_compose_is_one_line_naming_the_job(argv, fragments):
+    message, rewritten = precheck_sweep(argv)
+    assert message is not None and "\n" not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+    assert rewritten == argv
+
+
+@pytest.mark.slow
+def test_the_command_refuses_a_sweep_job_without_the_key_before_anything_runs(tmp_path):
+    proc = run_cli(["-m", "saliency=sliding_window,rise", "saliency.n=100"], tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"xaitk-exp: error: {precheck_sweep(['-m', 'saliency=sliding_window,rise', 'saliency.n=100'])[0]}"]
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_allow_list_error_names_each_trusted_prefix_once():

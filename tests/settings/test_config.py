@@ -185,14 +185,14 @@ def test_known_options_pass_the_precheck():
     ],
 )
 def test_unknown_key_or_bad_syntax_gets_one_line(argv, fragment):
-    from xaitk_exp.cli import precheck_keys
+    from xaitk_exp.overrides import precheck_keys
 
     message = precheck_keys(argv)
     assert message is not None and fragment in message and "\n" not in message
 
 
 def test_good_overrides_and_flag_values_pass_the_key_check():
-    from xaitk_exp.cli import precheck_keys
+    from xaitk_exp.overrides import precheck_keys
 
     assert precheck_keys(["saliency=rise", "saliency.n=10", "--cfg", "job", "+model.tol=0.1"]) is None
     assert precheck_keys(["-m", "saliency=rise,mc_rise", "saliency.nope=1"]) is None  # sweeps: Hydra's to check

@@ -24,7 +24,8 @@ def sweep_parents(runs: list) -> list:
 
 @pytest.mark.slow
 def test_parallel_saliency_sweep_on_fresh_store_then_relaunch_skips_finished_jobs(tmp_path: Path) -> None:
-    args = ["-m", "saliency=rise,mc_rise", "++saliency.n=200", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+    args = ["-m", "saliency=rise,mc_rise", "saliency.n=200",  # as typed: the default has no n (cli precheck_sweep)
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
             "sweep.metric=Predicted_class_conf", *SMALL]
     first = run_cli(args, tmp_path, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -46,6 +47,7 @@ def test_parallel_saliency_sweep_on_fresh_store_then_relaunch_skips_finished_job
     parent = parents[0]
     assert {r.info.status for r in [*train, *summaries, *maps, parent]} == {"FINISHED"}
     assert sorted(r.data.tags["Saliency_algorithm"] for r in maps) == ["mc_rise", "rise"]
+    assert [r.data.params["n"] for r in maps] == ["200", "200"], "saliency.n=200 reached both jobs"
     for run in [*train, *summaries, *maps]:
         assert run.data.tags["Sweep_run_id"] == parent.info.run_id
     for run in maps:  # same experiment as the parent: nested under it
