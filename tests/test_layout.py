@@ -37,7 +37,7 @@ def test_layout_names_every_module_in_its_folder():
         if path.stem not in rows.get(folder_key, ""):
             missing.append(rel.as_posix())
     assert not missing, f"docs/layout.md does not name: {missing}"
-    for group in sorted(p.name for p in (ROOT / "conf").iterdir() if p.is_dir()):
+    for group in sorted(p.name for p in (ROOT / "conf").iterdir() if p.is_dir() and p.name != "__pycache__"):
         assert f"{group}/" in rows.get("conf/", ""), f"docs/layout.md does not name conf/{group}/"
 
 

@@ -21,6 +21,8 @@ CONFIG_PACKAGE = "xaitk_exp.conf"
 def run(cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | Path | None = None) -> Context:
     """Check ``cfg`` into typed settings (once: stages read ``ctx.settings``), open the tracker for its logging
     level and run ``cfg.stage``. Returns the stage context."""
+    from xaitk_exp.lazy import import_skops
+    from xaitk_exp.models.sources import is_image_model
     from xaitk_exp.security.stored import check_folder_config
     from xaitk_exp.settings.validate import validate
     from xaitk_exp.stages import STAGES, Context
@@ -35,6 +37,8 @@ def run(cfg: DictConfig, overrides: list[str] | None = None, output_dir: str | P
     settings = validate(cfg)  # the one check of the config: a ConfigError here leaves nothing behind
     os.environ.update(settings.tracking.http.environment())  # bounds for a tracking server that does not answer
     uri, artifact_root = resolve_tracking(settings.tracking)
+    if not is_image_model(cfg.model):  # a scikit-learn model, stored with skops: import it before mlflow (lazy.py)
+        import_skops()
     tracker = make_tracker(settings.logging.level, uri, artifact_root, settings.tracking.sqlite_journal)
     ctx = Context(cfg=cfg, tracker=tracker, output_dir=Path(output_dir or "."), overrides=list(overrides or []))
     ctx.settings = settings  # stages read these, checked once

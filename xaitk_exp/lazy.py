@@ -6,6 +6,10 @@ PyTorch whenever it is installed (about 1-2 s and a few hundred MB for a digits 
 :func:`import_skops` imports skops once with ``torch`` hidden unless this process already uses it; the walk
 skips the package it cannot import, and nothing of skops depends on it.
 
+Importing skops also looks up every numpy and scipy ufunc in each loaded module (about 600 names times every entry of
+``sys.modules``): 1-3 s after mlflow has loaded its few thousand modules, 0.4 s before. ``app.run`` therefore imports
+it first for a scikit-learn model; the trusted-type names it computes are the same in either order.
+
 :func:`registered_in` finds the modules of a package that register something (a model source, a dataset, a task)
 and imports only those, on first use.
 """

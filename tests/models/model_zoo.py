@@ -231,12 +231,13 @@ class MaiteDigits:
 
 #: the pid of the only process a :class:`DyingMaiteCNN` answers in (set by the test that runs the stage)
 HOME_PID = "XAITK_EXP_TEST_HOME_PID"
+SLOW_HOME = "XAITK_EXP_TEST_SLOW_HOME"
 
 
 class DyingMaiteCNN(MaiteCNN):
     """:class:`MaiteCNN` that ends any other process than ``$XAITK_EXP_TEST_HOME_PID`` it is called in with
-    ``os._exit(9)``, as a crash or the OOM killer would: every ``n_jobs`` worker dies on its first image. At home
-    each call takes a second more."""
+    ``os._exit(9)``, as a crash or the OOM killer would: every ``n_jobs`` worker dies on its first image. At home,
+    while ``$XAITK_EXP_TEST_SLOW_HOME`` is set, each call takes a second more."""
 
     def __call__(self, batch: Any) -> list[np.ndarray]:
         import os
@@ -244,7 +245,8 @@ class DyingMaiteCNN(MaiteCNN):
 
         if os.environ.get(HOME_PID) != str(os.getpid()):
             os._exit(9)
-        time.sleep(1.0)  # at home, slowly: the workers start and take images before this process is done
+        if os.environ.get(SLOW_HOME):
+            time.sleep(1.0)  # at home, slowly: the workers start and take images before this process is done
         return super().__call__(batch)
 
 

@@ -467,7 +467,7 @@ def test_default_command_does_not_import_torch_or_onnxruntime(tmp_path):
 
     code = (
         "import sys\n"
-        "from xaitk_exp.cli import compose_config, run\n"
+        "from xaitk_exp.app import compose_config, run\n"
         f"cfg = compose_config(['tracking.uri=sqlite:///{tmp_path}/m.db', 'progress=false', "
         "'evaluation.num_images=2'])\n"
         "run(cfg, [], '.')\n"
@@ -527,8 +527,11 @@ def test_a_worker_that_dies_fails_the_stage_in_one_line_and_leaves_no_run_open(z
     previous = signal.signal(signal.SIGALRM, hung)
     signal.setitimer(signal.ITIMER_REAL, 240, 10)  # again every 10 s: a wait in a finally block is left too
     try:
+        for stage in ("train", "evaluation"):  # at full speed
+            run_stage(*ov, f"stage={stage}")
+        monkeypatch.setenv(model_zoo.SLOW_HOME, "1")  # the saliency stage, where the workers die: this process slowly
         with pytest.raises(WorkerDied) as info:
-            run_stage(*ov, "n_jobs=2")  # train, evaluation, then saliency, where the workers die
+            run_stage(*ov, "n_jobs=2", "stage=saliency")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -541,6 +544,7 @@ def test_a_worker_that_dies_fails_the_stage_in_one_line_and_leaves_no_run_open(z
             client.download_artifacts(run.info.run_id, "saliency_map_np_arrays/saliency_maps.npy")
     kept = {r.info.run_id for r in runs if r.info.status == "FINISHED"}
     assert kept  # this process took images too, and recorded them
+    monkeypatch.delenv(model_zoo.SLOW_HOME)
     run_stage(*ov, "n_jobs=1")  # reuses the runs recorded, makes the others
     done = _exp_runs(client, "dying_maite_cnn - Saliency Map Generation", "attributes.status = 'FINISHED'")
     images = _exp_runs(client, "dying_maite_cnn - Evaluation", "tags.Run_type = 'image'")
