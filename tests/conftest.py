@@ -50,11 +50,21 @@ def _restore_environment():
     ``MLFLOW_TRACKING_URI``; a later test in the same worker must not write to that store)."""
     saved, cwd = dict(os.environ), os.getcwd()
     yield
+    forget_artifact_repos()
     if os.getcwd() != cwd:
         os.chdir(cwd)
     if dict(os.environ) != saved:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def forget_artifact_repos() -> None:
+    """Empty MLflow's process-wide cache of each run's artifact repository, keyed by run id alone: copies of the
+    upstream store hold the same run ids, and a test would write its artifacts into the store cached first (the
+    template, or an earlier test's copy)."""
+    repos = getattr(sys.modules.get("mlflow.tracking._tracking_service.utils"), "_artifact_repos_cache", None)
+    if repos is not None:
+        repos.clear()
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +88,7 @@ def upstream_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Pa
             finally:
                 os.environ.clear()
                 os.environ.update(saved)
+                forget_artifact_repos()
             made[overrides] = folder
         return made[overrides]
 

@@ -105,6 +105,7 @@ def test_the_documented_local_command_runs(tmp_path: Path) -> None:
     done = run_cli([*args, "progress=false"], tmp_path, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "merged from 2 shards" in done.stdout and "(saved outputs)" in done.stdout
+    assert "(not ranked: the jobs are shards of one record" in done.stdout and "ranked by" not in done.stdout
     summaries, images, parents = _split(experiment_runs(local_client(tmp_path), EVALUATION))
     assert len(summaries) == 1 and summaries[0].info.status == "FINISHED" and len(images) == 10
     assert sorted(r.data.tags[schema.SHARD] for r in images) == ["0/2"] * 5 + ["1/2"] * 5  # chunk_size=5

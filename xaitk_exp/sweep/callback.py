@@ -164,12 +164,13 @@ class SweepCallback(Callback):
                 records = read_job_records(Path(str(config.hydra.sweep.dir)), parent)
                 rows = summary_rows(tracker, records, parent)
                 sweep_cfg = config.get("sweep") or {}
-                metric = sweep_cfg.get("metric") or default_metric(rows)  # a saliency sweep: by a map's quality
+                # a saliency sweep: by a map's quality; shards hold shares of one record, not rivals
+                metric = None if self._shards else (sweep_cfg.get("metric") or default_metric(rows))
                 try:
                     rows = rank_rows(rows, metric, str(sweep_cfg.get("mode") or "auto"))
                 except ConfigError as exc:  # the table is still worth having, unranked
                     print(f"xaitk-exp: warning: summary not ranked: {exc}", file=sys.stderr)
-                write_summary(tracker, parent, rows, Path(str(config.hydra.sweep.dir)))
+                write_summary(tracker, parent, rows, Path(str(config.hydra.sweep.dir)), sharded=bool(self._shards))
             failed = [r for r in rows if r["status"] == "FAILED"]
         except Exception as exc:  # never leave the parent RUNNING because the summary broke
             tracker.log(parent, tags={"error": f"summary failed: {type(exc).__name__}: {exc}"[:500]})

@@ -150,8 +150,10 @@ def rank_rows(rows: list[dict[str, Any]], metric: str | None, mode: str = "auto"
     return ranked + [r for r in rows if r not in has]
 
 
-def write_summary(tracker: Tracker, parent: str, rows: list[dict[str, Any]], sweep_dir: Path) -> None:
-    """The table (MLflow table artifact + CSV, also in ``sweep_dir``), the montage and counts in the parent run."""
+def write_summary(tracker: Tracker, parent: str, rows: list[dict[str, Any]], sweep_dir: Path, sharded: bool = False
+                  ) -> None:
+    """The table (MLflow table artifact + CSV, also in ``sweep_dir``), the montage and counts in the parent run.
+    ``sharded``: the jobs are shards of one record (left unranked, and the console says why)."""
     ranked_by = next((str(r["ranked_by"]).rsplit(" (", 1)[0] for r in rows if r.get("ranked_by")), None)
     first = ["rank", *([ranked_by] if ranked_by else []), "job", "status", "overrides", "algorithm", "runtime_s", "error"]
     columns = [c for c in first if any(c in r for r in rows)]
@@ -181,19 +183,21 @@ def write_summary(tracker: Tracker, parent: str, rows: list[dict[str, Any]], swe
         tags.update(Sweep_best_job=rows[0]["job"], Sweep_best_overrides=rows[0]["overrides"][:5000],
                     Sweep_ranked_by=rows[0]["ranked_by"])
     tracker.log(parent, metrics=metrics, tags=tags)
-    _print_table(rows, columns)
+    _print_table(rows, columns, sharded)
 
 
 #: jobs named on the console's ranking line; the rest are in the table
 SHOWN_RANKS = 5
 
 
-def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+def _print_table(rows: list[dict[str, Any]], columns: list[str], sharded: bool = False) -> None:
     """One line: the ranking (best first, the first few jobs with their value), or the table's place. Each job had
     its own line when it ended; the whole table is the parent run's artifact."""
     ranked_by = next((r["ranked_by"] for r in rows if r.get("ranked_by")), None)
     if ranked_by is None:
-        print(f"[sweep] summary of {len(rows)} job(s): {SUMMARY_CSV} in the parent run (not ranked: sweep.metric)")
+        why = ("the jobs are shards of one record; its merged summary run holds the results" if sharded
+               else "sweep.metric")
+        print(f"[sweep] summary of {len(rows)} job(s): {SUMMARY_CSV} in the parent run (not ranked: {why})")
         return
     column = ranked_by.rsplit(" (", 1)[0]
     ranked = [r for r in rows if r.get("rank")]
